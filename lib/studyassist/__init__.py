@@ -1,0 +1,1 @@
+"""PTIT Study Assistant: shared code (``studyassist.core``) and generated protobuf packages."""

@@ -1,0 +1,1 @@
+"""Shared core of every service: settings, logging, errors, servers, channels, cache, telemetry."""

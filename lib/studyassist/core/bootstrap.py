@@ -1,0 +1,62 @@
+"""``python -m <service>``: read settings, set up logging and telemetry, build, serve.
+
+A wrong setting, a port that cannot be bound or a dependency that cannot be reached at start
+ends the process with exit code 2 and one clear line on stderr, not a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import uvloop
+
+from studyassist.core.config import CommonSettings, ConfigError
+from studyassist.core.logs import setup_logging
+from studyassist.core.server import Server, run
+from studyassist.core.telemetry import Telemetry, resolve_endpoint, setup_telemetry
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+
+
+class StartupError(Exception):
+    """Something the service needs at start is not there (a database, a model directory)."""
+
+
+def run_service(
+    name: str,
+    load_settings: Callable[[], S],
+    build: Callable[[S, CommonSettings, Telemetry], Awaitable[tuple[Server, int]]],
+    *,
+    metrics_addr: Callable[[S], str],
+) -> None:
+    try:
+        common = CommonSettings.from_env()
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"{name}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    setup_logging(name, common.log_level)
+    telemetry = setup_telemetry(name, resolve_endpoint(common.otlp_endpoint, metrics_addr(settings)))
+
+    async def main() -> None:
+        server, port = await build(settings, common, telemetry)
+        await run(
+            server,
+            grace=common.shutdown_grace_seconds,
+            ready=lambda: log.info("serving", extra={"fields": {"port": port, "host": common.bind_host}}),
+        )
+
+    try:
+        uvloop.run(main())
+    except (StartupError, OSError, ConfigError) as exc:
+        print(f"{name}: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        telemetry.shutdown()

@@ -1,0 +1,152 @@
+"""Two-layer cache: an in-process LRU with TTL, then Redis when configured.
+
+Each service owns a key prefix. Redis being down or slow is a miss, never an error: every Redis
+call has a short timeout, failures are counted, and after a failure Redis is skipped for a
+short back-off so a dead Redis costs nothing on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class LayerStats:
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+
+
+class LruTtlCache:
+    """A bounded in-process LRU whose entries expire after ``ttl_s`` seconds."""
+
+    def __init__(self, max_entries: int, ttl_s: float) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self.stats = LayerStats()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: str) -> bytes | None:
+        entry = self._data.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            if entry is not None:
+                del self._data[key]
+            self.stats.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.stats.hits += 1
+        return entry[1]
+
+    def set(self, key: str, value: bytes) -> None:
+        if self.max_entries <= 0:
+            return
+        self._data[key] = (time.monotonic() + self.ttl_s, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    def delete_prefix(self, prefix: str) -> None:
+        for key in [k for k in self._data if k.startswith(prefix)]:
+            del self._data[key]
+
+
+@dataclass(slots=True)
+class TwoLayerCache:
+    """Local LRU in front of Redis. Values are bytes; callers choose the encoding."""
+
+    prefix: str
+    local: LruTtlCache
+    redis: aioredis.Redis | None = None
+    ttl_s: float = 3600.0
+    redis_stats: LayerStats = field(default_factory=LayerStats)
+    backoff_s: float = 5.0
+    _redis_down_until: float = 0.0
+
+    def _redis_usable(self) -> bool:
+        return self.redis is not None and time.monotonic() >= self._redis_down_until
+
+    def _redis_failed(self, exc: Exception) -> None:
+        self.redis_stats.errors += 1
+        if self._redis_down_until < time.monotonic():
+            log.warning("redis unavailable, caching locally only", extra={"fields": {"error": str(exc)}})
+        self._redis_down_until = time.monotonic() + self.backoff_s
+
+    async def get(self, key: str) -> bytes | None:
+        value = self.local.get(key)
+        if value is not None:
+            return value
+        if not self._redis_usable():
+            return None
+        assert self.redis is not None
+        try:
+            value = await self.redis.get(self.prefix + key)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._redis_failed(exc)
+            return None
+        if value is None:
+            self.redis_stats.misses += 1
+            return None
+        self.redis_stats.hits += 1
+        self.local.set(key, value)
+        return bytes(value)
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        found: list[bytes | None] = [self.local.get(k) for k in keys]
+        missing = [i for i, v in enumerate(found) if v is None]
+        if not missing or not self._redis_usable():
+            return found
+        assert self.redis is not None
+        try:
+            values = await self.redis.mget([self.prefix + keys[i] for i in missing])
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._redis_failed(exc)
+            return found
+        for i, value in zip(missing, values, strict=True):
+            if value is None:
+                self.redis_stats.misses += 1
+            else:
+                self.redis_stats.hits += 1
+                found[i] = bytes(value)
+                self.local.set(keys[i], found[i])  # type: ignore[arg-type]
+        return found
+
+    async def set_many(self, items: dict[str, bytes]) -> None:
+        for key, value in items.items():
+            self.local.set(key, value)
+        if not items or not self._redis_usable():
+            return
+        assert self.redis is not None
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, value in items.items():
+                    pipe.set(self.prefix + key, value, ex=max(1, int(self.ttl_s)))
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._redis_failed(exc)
+
+    async def set(self, key: str, value: bytes) -> None:
+        await self.set_many({key: value})
+
+
+def connect_redis(url: str, *, timeout_s: float = 0.25) -> aioredis.Redis | None:
+    """A Redis client for ``url`` ("" = none). Connecting is lazy; failures surface as misses."""
+    if not url:
+        return None
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=30,
+        retry_on_timeout=False,
+    )

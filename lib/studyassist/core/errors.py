@@ -1,0 +1,82 @@
+"""Domain errors and the one table that maps them to gRPC and HTTP status codes.
+
+Servicers raise these; ``studyassist.core.server`` turns them into gRPC statuses, and the
+gateway turns gRPC statuses into HTTP ones (google/rpc/code.proto). Anything else that escapes
+a servicer is a bug and becomes INTERNAL with a generic message, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class StudyAssistError(Exception):
+    """Base domain error. The message is safe to show to the caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(StudyAssistError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(StudyAssistError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(StudyAssistError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PermissionDenied(StudyAssistError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(StudyAssistError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class FailedPrecondition(StudyAssistError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(StudyAssistError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(StudyAssistError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(StudyAssistError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+# gRPC status -> HTTP status, as google/rpc/code.proto documents it.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    return HTTP_STATUS.get(code, 500)

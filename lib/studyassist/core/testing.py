@@ -1,0 +1,167 @@
+"""Pytest fixtures shared by every service's tests (loaded as a plugin by tests/conftest.py).
+
+Real parts only: an embedded PostgreSQL with pgvector (pgserver), the Redis at ``REDIS_URL``
+(missing Redis skips locally but fails under ``CI=true``), real gRPC servers on port 0.
+We use this port-0 fixture rather than pytest-grpc: pytest-grpc drives the synchronous
+``grpc.server`` API and cannot host the asyncio servicers every service uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis
+
+from studyassist.core.server import Server
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@asynccontextmanager
+async def serving(build: Callable[[], Awaitable[tuple[Server, int]]]) -> AsyncIterator[str]:
+    """Start a server built on port 0, yield its ``127.0.0.1:port`` address, stop it after."""
+    server, port = await build()
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(grace=1.0)
+
+
+@dataclass
+class ServiceProcess:
+    """A service started as a real process (``python -m <module>``) on a free port."""
+
+    module: str
+    process: subprocess.Popen[str]
+    port: int
+    log_lines: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def spawn_service(module: str, env: dict[str, str], *, timeout: float = 120.0) -> ServiceProcess:
+    """Run ``python -m module`` with ``env`` added to ours; wait for its "serving" log line.
+
+    Set the service's port variable to 0 in ``env``: the service reports the port it bound.
+    """
+    full_env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "none", "LOG_LEVEL": "info", **env}
+    process = subprocess.Popen(
+        [sys.executable, "-m", module], env=full_env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    lines: list[str] = []
+    port: list[int] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line.rstrip())
+            del lines[:-500]
+            if not port and '"serving"' in line:
+                try:
+                    port.append(int(json.loads(line)["port"]))
+                    ready.set()
+                except (ValueError, KeyError):
+                    pass
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True, name=f"{module}-stderr").start()
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.1):
+        if time.monotonic() > deadline:
+            process.kill()
+            raise TimeoutError(f"{module} did not start in {timeout}s; log:\n" + "\n".join(lines[-30:]))
+    if not port:
+        process.wait(5)
+        raise RuntimeError(f"{module} exited with {process.returncode}; log:\n" + "\n".join(lines[-30:]))
+    return ServiceProcess(module, process, port[0], lines)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One embedded PostgreSQL 16 + pgvector for the whole test session (or TEST_DATABASE_URL)."""
+    if url := os.environ.get("TEST_DATABASE_URL"):
+        yield url
+        return
+    import pgserver
+
+    # Short path: PostgreSQL's unix socket path must stay under ~100 bytes.
+    data_dir = Path("/tmp") / f"sa-pg-{uuid.uuid4().hex[:8]}"
+    server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+async def database_url(postgres_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = _with_database(postgres_url, name)
+    yield url
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _with_database(url: str, name: str) -> str:
+    # pgserver URIs look like postgresql://postgres:@/postgres?host=/tmp/x
+    base, sep, query = url.partition("?")
+    scheme_auth, _, _old = base.rpartition("/")
+    return f"{scheme_auth}/{name}{sep}{query}"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The real Redis; fails under CI=true when it is not there, skips otherwise."""
+    url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except (redis.RedisError, OSError) as exc:
+        if in_ci():
+            pytest.fail(f"Redis at {url} is required under CI=true: {exc}")
+        pytest.skip(f"Redis at {url} not reachable: {exc}")
+    return url
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A unique Redis key prefix so tests never see each other's keys."""
+    return f"test:{uuid.uuid4().hex[:10]}:"
