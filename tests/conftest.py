@@ -12,7 +12,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
 from studyassist.core.testing import ServiceProcess, spawn_service
 
 pytest_plugins = ["studyassist.core.testing"]

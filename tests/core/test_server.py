@@ -8,7 +8,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-
 from studyassist.core.channels import create_channel
 from studyassist.core.errors import InvalidArgument, NotFound
 from studyassist.core.server import ServiceSpec, create_server
@@ -22,7 +21,9 @@ class ProbeServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     def __init__(self) -> None:
         self.release = asyncio.Event()
 
-    async def Embed(self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext) -> embedding_pb2.EmbedResponse:
+    async def Embed(
+        self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.EmbedResponse:
         text = request.texts[0].decode() if request.texts else ""
         if text == "bad":
             raise InvalidArgument("text is bad")
@@ -33,6 +34,16 @@ class ProbeServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         if text == "slow":
             await self.release.wait()
         return embedding_pb2.EmbedResponse(model_id=text, dimension=len(text))
+
+    async def Info(
+        self, request: embedding_pb2.InfoRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.InfoResponse:
+        raise NotFound("not part of this probe")
+
+    async def Stats(
+        self, request: embedding_pb2.StatsRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.StatsResponse:
+        raise NotFound("not part of this probe")
 
 
 def build(servicer: ProbeServicer):  # type: ignore[no-untyped-def]

@@ -90,16 +90,17 @@ class TwoLayerCache:
             return None
         assert self.redis is not None
         try:
-            value = await self.redis.get(self.prefix + key)
+            stored = await self.redis.get(self.prefix + key)
         except (RedisError, OSError, TimeoutError) as exc:
             self._redis_failed(exc)
             return None
-        if value is None:
+        if stored is None:
             self.redis_stats.misses += 1
             return None
         self.redis_stats.hits += 1
+        value = _as_bytes(stored)
         self.local.set(key, value)
-        return bytes(value)
+        return value
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         found: list[bytes | None] = [self.local.get(k) for k in keys]
@@ -117,8 +118,8 @@ class TwoLayerCache:
                 self.redis_stats.misses += 1
             else:
                 self.redis_stats.hits += 1
-                found[i] = bytes(value)
-                self.local.set(keys[i], found[i])  # type: ignore[arg-type]
+                found[i] = _as_bytes(value)
+                self.local.set(keys[i], _as_bytes(value))
         return found
 
     async def set_many(self, items: dict[str, bytes]) -> None:
@@ -137,6 +138,11 @@ class TwoLayerCache:
 
     async def set(self, key: str, value: bytes) -> None:
         await self.set_many({key: value})
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    # Clients are created without decode_responses, so Redis hands back bytes.
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def connect_redis(url: str, *, timeout_s: float = 0.25) -> aioredis.Redis | None:

@@ -22,9 +22,9 @@ USER_ID_HEADER = "x-user-id"
 
 def _with_context(details: grpc.aio.ClientCallDetails, default_timeout: float) -> grpc.aio.ClientCallDetails:
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
-    if request_id := request_id_var.get():
-        if REQUEST_ID_HEADER not in metadata:
-            metadata.add(REQUEST_ID_HEADER, request_id)
+    request_id = request_id_var.get()
+    if request_id and REQUEST_ID_HEADER not in metadata:
+        metadata.add(REQUEST_ID_HEADER, request_id)
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     for key, value in carrier.items():
@@ -91,7 +91,8 @@ def create_channel(
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
-    return grpc.aio.insecure_channel(target, options=options, interceptors=[_ContextInterceptor(default_timeout)])
+    interceptors: list[Any] = [_ContextInterceptor(default_timeout)]
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 
 def user_metadata(user_id: str) -> tuple[tuple[str, str], ...]:

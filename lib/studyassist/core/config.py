@@ -88,7 +88,7 @@ def env_url(env: Environ, name: str, default: str, *, schemes: tuple[str, ...]) 
     if not value:
         return value
     parsed = urlparse(value)
-    if parsed.scheme not in schemes or not parsed.netloc and parsed.scheme not in {"unix"}:
+    if parsed.scheme not in schemes or (not parsed.netloc and parsed.scheme not in {"unix"}):
         raise ConfigError(f"{name}={value!r} must be a URL with scheme {' or '.join(schemes)}")
     return value
 

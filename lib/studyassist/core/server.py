@@ -131,8 +131,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             elapsed_ms = (time.perf_counter() - started) * 1000
             interceptor._duration.record(elapsed_ms, {**attributes, "rpc.grpc.status": status})
 
-        if handler.unary_unary or handler.stream_unary:
-            inner_unary = handler.unary_unary or handler.stream_unary
+        # grpc-stubs types handlers as the synchronous API; in grpc.aio they are coroutines.
+        inner_unary: Any = handler.unary_unary or handler.stream_unary
+        if inner_unary is not None:
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 span, started = begin(context)
@@ -150,14 +151,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     finish(span, started, context, error)
 
-            factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            factory = (
+                grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            )
             return factory(
                 unary,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
 
-        inner_stream = handler.unary_stream or handler.stream_stream
+        inner_stream: Any = handler.unary_stream or handler.stream_stream
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             span, started = begin(context)
@@ -176,7 +179,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 finish(span, started, context, error)
 
-        factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        factory = (
+            grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        )
         return factory(
             streaming,
             request_deserializer=handler.request_deserializer,
@@ -214,8 +219,9 @@ def create_server(
         names.append(spec.name)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
-    reflection.enable_server_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                                         reflection.SERVICE_NAME], grpc_server)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], grpc_server
+    )
     try:
         port = grpc_server.add_insecure_port(address)
     except RuntimeError as exc:

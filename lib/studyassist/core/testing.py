@@ -15,9 +15,9 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg

@@ -1,0 +1,255 @@
+"""``make run``: the whole mesh on one machine with nothing to configure.
+
+Starts an embedded PostgreSQL (pgserver, data in DATA_DIR/pg) unless DATABASE_URL is set, uses
+Redis at REDIS_URL and the LLM at LLM_BASE_URL when they answer, starts the five services in
+dependency order, waits for each one's health, prints the address and what it found. Ctrl-C or
+SIGTERM stops the services in reverse order, then PostgreSQL; children also die with the launcher
+(PR_SET_PDEATHSIG), so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from studyassist.core.config import CommonSettings, ConfigError, env_port, env_str
+from studyassist.core.logs import setup_logging
+
+log = logging.getLogger("launcher")
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_LLM_BASE_URL = "http://localhost:1234/v1"
+START_TIMEOUT_S = 180.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDef:
+    name: str
+    port_var: str
+    default_port: int
+    # gRPC services are checked with grpc.health.v1; the gateway over HTTP /readyz.
+    http: bool = False
+
+
+SERVICES = (
+    ServiceDef("metrics", "METRICS_PORT", 50054),
+    ServiceDef("embedding", "EMBEDDING_PORT", 50053),
+    ServiceDef("storage", "STORAGE_PORT", 50052),
+    ServiceDef("chat", "CHAT_PORT", 50051),
+    ServiceDef("gateway", "GATEWAY_PORT", 8080, http=True),
+)
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if the launcher dies, the child gets SIGTERM.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def llm_answers(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=1.0) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def database(data_dir: Path) -> Iterator[str]:
+    """DATABASE_URL when set, else an embedded PostgreSQL 16 + pgvector stopped on exit."""
+    if url := os.environ.get("DATABASE_URL"):
+        yield url
+        return
+    import pgserver
+
+    pg_dir = data_dir / "pg"
+    pg_dir.mkdir(parents=True, exist_ok=True)
+    log.info("starting embedded PostgreSQL", extra={"fields": {"data_dir": str(pg_dir)}})
+    server = pgserver.get_server(pg_dir, cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        log.info("stopping embedded PostgreSQL")
+        server.cleanup()
+
+
+def grpc_serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def http_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class Mesh:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.processes: list[tuple[ServiceDef, subprocess.Popen[bytes]]] = []
+
+    def start(self, service: ServiceDef, ready: Callable[[], bool]) -> None:
+        process = subprocess.Popen([sys.executable, "-m", service.name], env=self.env, preexec_fn=_die_with_parent)
+        self.processes.append((service, process))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not ready():
+            if process.poll() is not None:
+                raise RuntimeError(f"{service.name} exited with code {process.returncode} during start")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{service.name} was not healthy within {START_TIMEOUT_S:.0f}s")
+            time.sleep(0.2)
+        log.info("service ready", extra={"fields": {"service": service.name}})
+
+    def exited(self) -> tuple[ServiceDef, int] | None:
+        for service, process in self.processes:
+            if process.poll() is not None:
+                return service, process.returncode
+        return None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for service, process in reversed(self.processes):
+            if process.poll() is None:
+                log.info("stopping", extra={"fields": {"service": service.name}})
+                process.terminate()
+        for service, process in reversed(self.processes):
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("killing", extra={"fields": {"service": service.name}})
+                process.kill()
+                process.wait()
+
+
+def summary(host: str, port: int, found_redis: bool, redis_url: str, found_llm: bool, llm_base_url: str) -> str:
+    shown_host = "localhost" if host in {"127.0.0.1", "0.0.0.0"} else host
+    database_line = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded (pgserver)"
+    redis_line = redis_url if found_redis else "not found (in-process caches only)"
+    llm_line = llm_base_url if found_llm else f"not found at {llm_base_url} (extractive answers until one answers)"
+    return "\n".join(
+        [
+            "",
+            f"  PTIT Study Assistant is up: http://{shown_host}:{port}",
+            f"  PostgreSQL: {database_line}",
+            f"  Redis:      {redis_line}",
+            f"  LLM:        {llm_line}",
+            "  Ctrl-C stops everything.",
+            "",
+        ]
+    )
+
+
+def main() -> int:
+    try:
+        common = CommonSettings.from_env()
+        ports = {s.name: env_port(os.environ, s.port_var, s.default_port) for s in SERVICES}
+        redis_url = env_str(os.environ, "REDIS_URL", DEFAULT_REDIS_URL)
+        llm_base_url = env_str(os.environ, "LLM_BASE_URL", DEFAULT_LLM_BASE_URL)
+    except ConfigError as exc:
+        print(f"launcher: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("launcher", common.log_level)
+    host = common.bind_host
+    busy = [f"{s.name} ({s.port_var}={ports[s.name]})" for s in SERVICES if not _port_free(host, ports[s.name])]
+    if busy:
+        print(
+            f"launcher: ports already in use on {host}: {', '.join(busy)}; is the mesh already running?",
+            file=sys.stderr,
+        )
+        return 2
+
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    found_redis = redis_answers(redis_url)
+    found_llm = llm_answers(llm_base_url)
+    common.data_dir.mkdir(parents=True, exist_ok=True)
+    with database(common.data_dir) as database_url:
+        addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+        env = {
+            **os.environ,
+            "DATA_DIR": str(common.data_dir),
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url if found_redis else "",
+            "LLM_BASE_URL": llm_base_url,
+            **{s.port_var: str(ports[s.name]) for s in SERVICES},
+            "CHAT_ADDR": addresses["chat"],
+            "STORAGE_ADDR": addresses["storage"],
+            "EMBEDDING_ADDR": addresses["embedding"],
+            "METRICS_ADDR": addresses["metrics"],
+        }
+        mesh = Mesh(env)
+        try:
+            for service in SERVICES:
+                if stopping:
+                    break
+                if service.http:
+                    url = f"http://127.0.0.1:{ports[service.name]}/readyz"
+                    mesh.start(service, lambda url=url: http_ready(url))  # type: ignore[misc]
+                else:
+                    address = addresses[service.name]
+                    mesh.start(service, lambda address=address: grpc_serving(address))  # type: ignore[misc]
+            if not stopping:
+                print(summary(host, ports["gateway"], found_redis, redis_url, found_llm, llm_base_url), flush=True)
+            while not stopping:
+                if (dead := mesh.exited()) is not None:
+                    log.error("service exited", extra={"fields": {"service": dead[0].name, "code": dead[1]}})
+                    return 1
+                time.sleep(0.5)
+        except RuntimeError as exc:
+            print(f"launcher: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            mesh.stop()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
