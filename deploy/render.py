@@ -41,10 +41,28 @@ MERGE_KEYS = {
     "volumeMounts": "mountPath",
     "imagePullSecrets": "name",
 }
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass",
-                  "PriorityClass", "IngressClass", "CustomResourceDefinition"}
-FIELDS = {"apiVersion", "kind", "resources", "components", "secretGenerator", "patches", "namespace",
-          "labels", "replicas", "images"}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "PersistentVolume",
+    "StorageClass",
+    "PriorityClass",
+    "IngressClass",
+    "CustomResourceDefinition",
+}
+FIELDS = {
+    "apiVersion",
+    "kind",
+    "resources",
+    "components",
+    "secretGenerator",
+    "patches",
+    "namespace",
+    "labels",
+    "replicas",
+    "images",
+}
 
 
 class RenderError(Exception):
@@ -131,8 +149,13 @@ def _secret(directory: Path, generator: Obj) -> Obj:
         if not sep or not re.fullmatch(r"[-._a-zA-Z0-9]+", key):
             raise RenderError(f"secretGenerator {generator['name']}: {line.split('=')[0]!r} is not KEY=value")
         data[key] = base64.b64encode(value.encode()).decode()
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": generator["name"]}, "type": "Opaque",
-            "data": data}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": generator["name"]},
+        "type": "Opaque",
+        "data": data,
+    }
 
 
 def _patch(objects: list[Obj], directory: Path, patch: Obj) -> None:
@@ -145,8 +168,11 @@ def _patch(objects: list[Obj], directory: Path, patch: Obj) -> None:
     target = patch.get("target", {"kind": body["kind"], "name": re.escape(body["metadata"]["name"])})
     if unknown := set(target) - {"kind", "name"}:
         raise RenderError(f"patch {patch['path']}: unsupported target fields {sorted(unknown)}")
-    matched = [i for i, obj in enumerate(objects)
-               if obj["kind"] == target["kind"] and re.fullmatch(target.get("name", ".*"), obj["metadata"]["name"])]
+    matched = [
+        i
+        for i, obj in enumerate(objects)
+        if obj["kind"] == target["kind"] and re.fullmatch(target.get("name", ".*"), obj["metadata"]["name"])
+    ]
     if not matched:
         raise RenderError(f"patch {patch['path']}: no object matches {target}")
     for i in matched:
@@ -169,8 +195,9 @@ def _merge(base: Any, patch: Any, field: str = "") -> Any:
         # As kustomize orders them: the patch's items first, then the items only the base has.
         key = MERGE_KEYS[field]
         originals = {item[key]: item for item in base}
-        patched = [_merge(originals[item[key]], item) if item[key] in originals else copy.deepcopy(item)
-                   for item in patch]
+        patched = [
+            _merge(originals[item[key]], item) if item[key] in originals else copy.deepcopy(item) for item in patch
+        ]
         return patched + [item for item in base if item[key] not in {new[key] for new in patch}]
     return copy.deepcopy(patch)
 
@@ -189,8 +216,11 @@ def _label(objects: list[Obj], label: Obj) -> None:
 
 
 def _replicas(objects: list[Obj], replicas: Obj) -> None:
-    matched = [obj for obj in objects
-               if obj["kind"] in {"Deployment", "StatefulSet"} and obj["metadata"]["name"] == replicas["name"]]
+    matched = [
+        obj
+        for obj in objects
+        if obj["kind"] in {"Deployment", "StatefulSet"} and obj["metadata"]["name"] == replicas["name"]
+    ]
     if not matched:
         raise RenderError(f"replicas: no Deployment or StatefulSet named {replicas['name']}")
     for obj in matched:

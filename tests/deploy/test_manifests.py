@@ -1,0 +1,662 @@
+"""Kubernetes manifests and images: every overlay renders (deploy/render.py, no kustomize binary
+needed), validates offline against the Kubernetes API schemas, and keeps the invariants SREs rely
+on; each image installs what its service imports.
+
+Every ``check_*`` function returns the problems it finds (empty: all good), so
+``test_checks_catch_broken_manifests`` can feed them broken manifests and watch them fail.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import copy
+import importlib
+import importlib.metadata
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from studyassist.core.config import CommonSettings
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from deploy.render import Obj, RenderError, pod_spec, render  # noqa: E402
+
+K8S = REPO / "deploy" / "k8s"
+K8S_VERSION: str = kubernetes_validate.latest_version()
+OVERLAYS = ("dev", "prod")
+PORTS = {"gateway": 8080, "chat": 50051, "storage": 50052, "embedding": 50053, "metrics": 50054}
+GRPC_SERVICES = ("chat", "storage", "embedding", "metrics")
+SCRAPE_PORTS = {9464, 8889}  # Prometheus may scrape these from the "monitoring" namespace
+NAME = "app.kubernetes.io/name"
+Check = Callable[[list[Obj]], list[str]]
+
+
+# ---------------------------------------------------------------- rendering
+
+
+@pytest.fixture(scope="module")
+def k8s_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of deploy/k8s whose prod secrets.env is the committed example, never a real one."""
+    tree = tmp_path_factory.mktemp("deploy") / "k8s"
+    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("secrets.env"))
+    prod = tree / "overlays" / "prod"
+    shutil.copy(prod / "secrets.env.example", prod / "secrets.env")
+    return tree
+
+
+@pytest.fixture(scope="module")
+def rendered(k8s_tree: Path) -> dict[str, list[Obj]]:
+    return {overlay: render(k8s_tree / "overlays" / overlay) for overlay in OVERLAYS}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def find(objects: Iterable[Obj], kind: str, name: str) -> Obj | None:
+    return next((o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name), None)
+
+
+def workloads(objects: Iterable[Obj]) -> list[Obj]:
+    return [o for o in objects if pod_spec(o) is not None]
+
+
+def spec_of(obj: Obj) -> Obj:
+    spec = pod_spec(obj)
+    assert spec is not None, f"{obj['kind']}/{obj['metadata']['name']} has no pod template"
+    return spec
+
+
+def container(objects: list[Obj], workload: str) -> Obj:
+    """The first container of the Deployment or StatefulSet named ``workload``."""
+    obj = find(objects, "Deployment", workload) or find(objects, "StatefulSet", workload)
+    assert obj is not None, f"no workload {workload}"
+    first: Obj = spec_of(obj)["containers"][0]
+    return first
+
+
+def selects(selector: Obj, labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector ({} selects everything) matches ``labels``."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        present, value = expr["key"] in labels, labels.get(expr["key"])
+        ok = {
+            "In": present and value in expr.get("values", []),
+            "NotIn": value not in expr.get("values", []),
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[expr["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def pods(objects: Iterable[Obj]) -> dict[str, dict[str, str]]:
+    """Workload name -> the labels of its pods."""
+    return {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in workloads(objects)}
+
+
+def selected(objects: list[Obj], selector: Obj) -> set[str]:
+    return {name for name, labels in pods(objects).items() if selects(selector, labels)}
+
+
+def config(objects: list[Obj]) -> dict[str, str]:
+    cm = find(objects, "ConfigMap", "studyassist-config")
+    return dict(cm["data"]) if cm else {}
+
+
+# ---------------------------------------------------------------- checks
+
+
+def check_schema(objects: list[Obj]) -> list[str]:
+    """Every object is valid for the newest Kubernetes that kubernetes-validate knows, strictly
+    (an unknown field, a typo, is an error)."""
+    problems = []
+    for obj in objects:
+        try:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as exc:
+            problems.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+    return problems
+
+
+def check_containers(objects: list[Obj]) -> list[str]:
+    """Probes, requests and limits, and a hardened security context for every container."""
+    problems = []
+    for workload in workloads(objects):
+        spec = spec_of(workload)
+        pod_security = spec.get("securityContext", {})
+        where = f"{workload['kind']}/{workload['metadata']['name']}"
+        if spec.get("automountServiceAccountToken") is not False:
+            problems.append(f"{where}: automountServiceAccountToken is not false")
+        scratch = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+        for c in spec["containers"]:
+            at = f"{where} container {c['name']}"
+            security = c.get("securityContext", {})
+            problems += [f"{at}: no {probe}" for probe in ("livenessProbe", "readinessProbe") if probe not in c]
+            problems += [
+                f"{at}: no resources.{kind}.{resource}"
+                for kind in ("requests", "limits")
+                for resource in ("cpu", "memory")
+                if resource not in c.get("resources", {}).get(kind, {})
+            ]
+            if not security.get("runAsNonRoot", pod_security.get("runAsNonRoot")):
+                problems.append(f"{at}: runAsNonRoot is not true")
+            if security.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{at}: readOnlyRootFilesystem is not true")
+            if security.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{at}: allowPrivilegeEscalation is not false")
+            if "ALL" not in security.get("capabilities", {}).get("drop", []):
+                problems.append(f"{at}: capabilities do not drop ALL")
+            if security.get("seccompProfile", pod_security.get("seccompProfile", {})).get("type") != "RuntimeDefault":
+                problems.append(f"{at}: seccompProfile is not RuntimeDefault")
+            if not any(m["mountPath"] == "/tmp" and m["name"] in scratch for m in c.get("volumeMounts", [])):
+                problems.append(f"{at}: /tmp is not a writable emptyDir")
+    return problems
+
+
+def check_workloads(objects: list[Obj]) -> list[str]:
+    """A PDB and a ServiceAccount for each, and time to drain before SIGKILL."""
+    problems = []
+    drain = float(config(objects).get("SHUTDOWN_GRACE_SECONDS", 10))
+    pdbs = [o["spec"]["selector"] for o in objects if o["kind"] == "PodDisruptionBudget"]
+    for workload in workloads(objects):
+        where = f"{workload['kind']}/{workload['metadata']['name']}"
+        spec, labels = spec_of(workload), workload["spec"]["template"]["metadata"]["labels"]
+        if not any(selects(selector, labels) for selector in pdbs):
+            problems.append(f"{where}: no PodDisruptionBudget selects its pods")
+        account = spec.get("serviceAccountName")
+        if not account or not find(objects, "ServiceAccount", account):
+            problems.append(f"{where}: no ServiceAccount of its own ({account})")
+        for c in spec["containers"]:
+            command = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+            pre_stop = float(command[1]) if command[:1] == ["sleep"] else 0.0
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+            if grace <= max(drain, 10) + pre_stop:
+                problems.append(f"{where}: terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + drain {drain}")
+    return problems
+
+
+def check_autoscaling(objects: list[Obj]) -> list[str]:
+    """HPAs target real Deployments; embedding scales on CPU and on its queue depth."""
+    problems = []
+    for hpa in (o for o in objects if o["kind"] == "HorizontalPodAutoscaler"):
+        spec, name = hpa["spec"], hpa["metadata"]["name"]
+        if not find(objects, spec["scaleTargetRef"]["kind"], spec["scaleTargetRef"]["name"]):
+            problems.append(f"HPA {name}: its target does not exist")
+        if spec.get("minReplicas", 1) > spec["maxReplicas"]:
+            problems.append(f"HPA {name}: minReplicas > maxReplicas")
+    embedding = find(objects, "HorizontalPodAutoscaler", "embedding")
+    metrics = embedding["spec"].get("metrics", []) if embedding else []
+    if not any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in metrics):
+        problems.append("HPA embedding: does not scale on CPU")
+    if not any(
+        m.get(m["type"].lower(), {}).get("metric", {}).get("name") == "studyassist_embedding_queue_depth"
+        for m in metrics
+    ):
+        problems.append("HPA embedding: does not scale on studyassist_embedding_queue_depth")
+    return problems
+
+
+def check_services(objects: list[Obj]) -> list[str]:
+    """Named ports, a headless Service and native gRPC probes per gRPC service; only the gateway
+    is exposed beyond the cluster."""
+    problems = []
+    for service, port in PORTS.items():
+        port_name = "http" if service == "gateway" else "grpc"
+        names = [service] + ([f"{service}-headless"] if service in GRPC_SERVICES else [])
+        for name in names:
+            svc = find(objects, "Service", name)
+            if not svc or not any(p.get("name") == port_name and p["port"] == port for p in svc["spec"]["ports"]):
+                problems.append(f"Service {name}: no port {port} named {port_name}")
+            elif name.endswith("-headless") and svc["spec"].get("clusterIP") != "None":
+                problems.append(f"Service {name}: not headless")
+        if service in GRPC_SERVICES:
+            c = container(objects, service)
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                if c.get(probe, {}).get("grpc", {}).get("port") != port:
+                    problems.append(f"{service}: {probe} is not a gRPC health probe on {port}")
+    for svc in (o for o in objects if o["kind"] == "Service"):
+        if svc["spec"].get("type", "ClusterIP") != "ClusterIP" and svc["metadata"]["name"] != "gateway":
+            problems.append(f"Service {svc['metadata']['name']}: type {svc['spec']['type']} exposes it")
+    for ingress in (o for o in objects if o["kind"] == "Ingress"):
+        backends = re.findall(r"'service': \{'name': '([^']+)'", str(ingress["spec"]))
+        problems += [f"Ingress {ingress['metadata']['name']}: routes to {b}" for b in backends if b != "gateway"]
+    return problems
+
+
+def check_config(objects: list[Obj]) -> list[str]:
+    """Peers addressed through their headless Services, every in-cluster address in this
+    namespace; every Secret and ConfigMap a pod reads exists with the keys it reads."""
+    problems = []
+    settings = config(objects)
+    for service in GRPC_SERVICES:
+        headless = find(objects, "Service", f"{service}-headless")
+        namespace = headless["metadata"].get("namespace") if headless else None
+        want = f"dns:///{service}-headless.{namespace}.svc.cluster.local:{PORTS[service]}"
+        if settings.get(f"{service.upper()}_ADDR") != want:
+            problems.append(f"{service.upper()}_ADDR is {settings.get(f'{service.upper()}_ADDR')!r}, not {want!r}")
+    for cm in (o for o in objects if o["kind"] == "ConfigMap"):
+        for svc, namespace in re.findall(r"([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local", str(cm["data"])):
+            ours = find(objects, "Service", svc)
+            if ours and ours["metadata"].get("namespace") != namespace:
+                problems.append(f"ConfigMap {cm['metadata']['name']}: {svc}.{namespace} is not where {svc} runs")
+    if settings.get("BIND_HOST") != "0.0.0.0":
+        problems.append("BIND_HOST is not 0.0.0.0: nothing outside the pod could connect")
+    for workload in workloads(objects):
+        for c in spec_of(workload)["containers"]:
+            for ref in (e["configMapRef"]["name"] for e in c.get("envFrom", []) if "configMapRef" in e):
+                if not find(objects, "ConfigMap", ref):
+                    problems.append(f"{c['name']}: ConfigMap {ref} does not exist")
+            for env in c.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if not ref or ref.get("optional"):
+                    continue
+                secret = find(objects, "Secret", ref["name"])
+                keys = {*secret.get("data", {}), *secret.get("stringData", {})} if secret else set()
+                if ref["key"] not in keys:
+                    problems.append(f"{c['name']}: Secret {ref['name']} has no key {ref['key']}")
+    return problems
+
+
+def _from_outside(peer: Obj | None) -> bool:
+    """Whether an ingress peer admits traffic from beyond this namespace (None: no ``from``)."""
+    return peer is None or "ipBlock" in peer or "namespaceSelector" in peer
+
+
+def _is_prometheus(peer: Obj | None) -> bool:
+    namespaces = (peer or {}).get("namespaceSelector", {}).get("matchLabels", {})
+    return namespaces == {"kubernetes.io/metadata.name": "monitoring"} and "podSelector" in (peer or {})
+
+
+def check_network_policies(objects: list[Obj]) -> list[str]:
+    """Default deny; only the gateway admits traffic from outside the namespace (and Prometheus
+    its scrape ports); only storage reaches PostgreSQL."""
+    problems = []
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    if not any(
+        p["spec"]["podSelector"] == {}
+        and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+        for p in policies
+    ):
+        problems.append("no default-deny NetworkPolicy for every pod, both directions")
+    postgres = {name for name, labels in pods(objects).items() if labels.get(NAME) == "postgres"}
+    for policy in policies:
+        name, spec = policy["metadata"]["name"], policy["spec"]
+        targets = selected(objects, spec["podSelector"])
+        for rule in spec.get("ingress", []):
+            ports = {p.get("port") for p in rule.get("ports", [])}
+            for peer in rule.get("from") or [None]:
+                scrape = _is_prometheus(peer) and bool(ports) and ports <= SCRAPE_PORTS
+                if _from_outside(peer) and not scrape and not targets <= {"gateway"}:
+                    problems.append(f"NetworkPolicy {name}: admits {sorted(targets)} from outside the namespace")
+                if targets & postgres and (
+                    _from_outside(peer) or not selected(objects, peer["podSelector"]) <= {"storage"}
+                ):
+                    problems.append(f"NetworkPolicy {name}: lets {peer} reach postgres")
+        for rule in spec.get("egress", []):
+            ports = {p.get("port") for p in rule.get("ports", [])}
+            reaches_port = not ports or bool(ports & {5432, "postgres", None})
+            peers = rule.get("to") or [None]
+            reaches_pod = any(_from_outside(p) or postgres & selected(objects, p["podSelector"]) for p in peers)
+            if reaches_port and reaches_pod and not targets <= {"storage"}:
+                problems.append(f"NetworkPolicy {name}: lets {sorted(targets - {'storage'})} reach postgres")
+    return problems
+
+
+def check_gpu(objects: list[Obj], *, expected: bool) -> list[str]:
+    """Embedding on GPU nodes (a GPU limit, the GPU taint tolerated, a GPU node selector, cuda)."""
+    embedding = find(objects, "Deployment", "embedding")
+    assert embedding is not None
+    spec, c = spec_of(embedding), container(objects, "embedding")
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    facts = {
+        "an nvidia.com/gpu limit": int(c["resources"]["limits"].get("nvidia.com/gpu", 0)) >= 1,
+        "a toleration for nvidia.com/gpu": any(t.get("key") == "nvidia.com/gpu" for t in spec.get("tolerations", [])),
+        "a GPU nodeSelector": any("nvidia.com/gpu" in key for key in spec.get("nodeSelector", {})),
+        "EMBEDDING_DEVICE=cuda": env.get("EMBEDDING_DEVICE") == "cuda",
+    }
+    others = [
+        w["metadata"]["name"]
+        for w in workloads(objects)
+        if w is not embedding and any("nvidia.com/gpu" in str(x.get("resources")) for x in spec_of(w)["containers"])
+    ]
+    problems = [f"embedding {'lacks' if expected else 'has'} {fact}" for fact, ok in facts.items() if ok != expected]
+    return problems + [f"{name} asks for a GPU" for name in others]
+
+
+def check_scale(objects: list[Obj], *, single: bool) -> list[str]:
+    """dev: one replica of everything; prod: at least two of each service on the request path."""
+    problems = []
+    for w in (o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}):
+        replicas, name = w["spec"].get("replicas", 1), w["metadata"]["name"]
+        if (single and replicas != 1) or (not single and name in PORTS and name != "metrics" and replicas < 2):
+            problems.append(f"{w['kind']}/{name}: {replicas} replicas")
+    for hpa in (o for o in objects if o["kind"] == "HorizontalPodAutoscaler"):
+        if single and hpa["spec"]["maxReplicas"] != 1:
+            problems.append(f"HPA {hpa['metadata']['name']}: may scale past one replica")
+    return problems
+
+
+CHECKS: list[Check] = [
+    check_schema,
+    check_containers,
+    check_workloads,
+    check_autoscaling,
+    check_services,
+    check_config,
+    check_network_policies,
+]
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_passes(rendered: dict[str, list[Obj]], overlay: str, check: Check) -> None:
+    assert check(rendered[overlay]) == []
+
+
+def test_dev_is_one_replica_each_on_cpu(rendered: dict[str, list[Obj]]) -> None:
+    assert check_scale(rendered["dev"], single=True) == []
+    assert check_gpu(rendered["dev"], expected=False) == []
+
+
+def test_prod_runs_embedding_on_gpus_and_replicates(rendered: dict[str, list[Obj]]) -> None:
+    assert check_scale(rendered["prod"], single=False) == []
+    assert check_gpu(rendered["prod"], expected=True) == []
+    assert find(rendered["prod"], "Deployment", "otel-collector"), "prod sends telemetry through a collector"
+
+
+def test_overlays_share_one_namespace_with_pod_security(rendered: dict[str, list[Obj]]) -> None:
+    for objects in rendered.values():
+        [namespace] = [o for o in objects if o["kind"] == "Namespace"]
+        assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+        assert {o["metadata"].get("namespace") for o in objects if o is not namespace} == {
+            namespace["metadata"]["name"]
+        }
+
+
+def pod_environment(objects: list[Obj], workload: str) -> dict[str, str]:
+    """The environment the first container of ``workload`` starts with: its ConfigMaps, then its
+    own values and Secret keys."""
+    c, env = container(objects, workload), dict[str, str]()
+    for source in c.get("envFrom", []):
+        cm = find(objects, "ConfigMap", source.get("configMapRef", {}).get("name", ""))
+        env.update(cm["data"] if cm else {})
+    for var in c.get("env", []):
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        secret = find(objects, "Secret", ref["name"]) if ref else None
+        if ref is None:
+            env[var["name"]] = var["value"]
+        elif secret and ref["key"] in secret.get("stringData", {}):
+            env[var["name"]] = secret["stringData"][ref["key"]]
+        elif secret and ref["key"] in secret.get("data", {}):
+            env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+    return env
+
+
+@pytest.mark.parametrize("service", PORTS)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_accept_their_settings(rendered: dict[str, list[Obj]], overlay: str, service: str) -> None:
+    """Each service's own settings parser takes the environment the manifests give its pods (a
+    misspelt choice such as EMBEDDING_DTYPE=float16 would stop the pod at start)."""
+    env = pod_environment(rendered[overlay], service)
+    common = CommonSettings.from_env(env)
+    module = importlib.import_module(f"{service}.config")
+    settings = module.Settings.from_env(env)
+    if service == "gateway":
+        module.resolve_jwt_secret(settings, common)  # production refuses to start without one
+    assert common.bind_host == "0.0.0.0"
+    assert common.production == (overlay == "prod")
+
+
+# ---------------------------------------------------------------- the checks can fail
+
+
+def _drop_probe(objects: list[Obj]) -> None:
+    del container(objects, "chat")["livenessProbe"]
+
+
+def _writable_root(objects: list[Obj]) -> None:
+    container(objects, "storage")["securityContext"]["readOnlyRootFilesystem"] = False
+
+
+def _no_pdb(objects: list[Obj]) -> None:
+    objects.remove(find(objects, "PodDisruptionBudget", "embedding") or {})
+
+
+def _short_grace(objects: list[Obj]) -> None:
+    gateway = find(objects, "Deployment", "gateway")
+    assert gateway is not None
+    spec_of(gateway)["terminationGracePeriodSeconds"] = 10
+
+
+def _open_storage(objects: list[Obj]) -> None:
+    policy = find(objects, "NetworkPolicy", "storage")
+    assert policy is not None
+    policy["spec"]["ingress"].append({"ports": [{"protocol": "TCP", "port": 50052}]})
+
+
+def _chat_to_postgres(objects: list[Obj]) -> None:
+    policy = find(objects, "NetworkPolicy", "chat")
+    assert policy is not None
+    policy["spec"]["egress"].append({"to": [{"podSelector": {"matchLabels": {NAME: "postgres"}}}]})
+
+
+def _typo(objects: list[Obj]) -> None:
+    container(objects, "metrics")["readinesProbe"] = container(objects, "metrics").pop("readinessProbe")
+
+
+def _cluster_ip_address(objects: list[Obj]) -> None:
+    cm = find(objects, "ConfigMap", "studyassist-config")
+    assert cm is not None
+    cm["data"]["EMBEDDING_ADDR"] = "embedding.studyassist.svc.cluster.local:50053"
+
+
+def _redis_elsewhere(objects: list[Obj]) -> None:
+    cm = find(objects, "ConfigMap", "studyassist-config")
+    assert cm is not None
+    cm["data"]["REDIS_URL"] = "redis://redis.default.svc.cluster.local:6379/0"
+
+
+def _embedding_on_cpu(objects: list[Obj]) -> None:
+    del container(objects, "embedding")["resources"]["limits"]["nvidia.com/gpu"]
+
+
+BREAKAGES: list[tuple[Callable[[list[Obj]], None], Check, str]] = [
+    (_drop_probe, check_containers, "chat: no livenessProbe"),
+    (_writable_root, check_containers, "storage: readOnlyRootFilesystem is not true"),
+    (_no_pdb, check_workloads, "Deployment/embedding: no PodDisruptionBudget"),
+    (_short_grace, check_workloads, "Deployment/gateway: terminationGracePeriodSeconds 10"),
+    (_open_storage, check_network_policies, "NetworkPolicy storage: admits ['storage'] from outside"),
+    (_chat_to_postgres, check_network_policies, "NetworkPolicy chat: lets ['chat'] reach postgres"),
+    (_typo, check_schema, "readinesProbe"),
+    (_cluster_ip_address, check_config, "EMBEDDING_ADDR is"),
+    (_redis_elsewhere, check_config, "redis.default is not where redis runs"),
+    (_embedding_on_cpu, lambda objects: check_gpu(objects, expected=True), "embedding lacks an nvidia.com/gpu limit"),
+]
+
+
+@pytest.mark.parametrize(("breakage", "check", "expected"), BREAKAGES, ids=[b[0].__name__ for b in BREAKAGES])
+def test_checks_catch_broken_manifests(
+    rendered: dict[str, list[Obj]], breakage: Callable[[list[Obj]], None], check: Check, expected: str
+) -> None:
+    objects = copy.deepcopy(rendered["prod"])
+    breakage(objects)
+    assert any(expected in problem for problem in check(objects)), check(objects)
+
+
+# ---------------------------------------------------------------- the renderer
+
+
+def test_renderer_refuses_what_it_cannot_do(k8s_tree: Path, tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text("resources: [../base]\ncommonLabels: {a: b}\n")
+    with pytest.raises(RenderError, match="commonLabels"):
+        render(tmp_path)
+    without_secrets = tmp_path / "k8s"
+    shutil.copytree(k8s_tree, without_secrets, ignore=shutil.ignore_patterns("secrets.env"))
+    with pytest.raises(RenderError, match=r"secrets\.env is missing"):
+        render(without_secrets / "overlays" / "prod")
+
+
+def _comparable(objects: Iterable[Obj]) -> dict[tuple[str, str], Obj]:
+    """Objects by kind and name, Secret data decoded (kustomize wraps long base64 lines)."""
+    out = {}
+    for obj in objects:
+        obj = copy.deepcopy(obj)
+        for key, value in obj.get("data", {}).items() if obj["kind"] == "Secret" else ():
+            obj["data"][key] = base64.b64decode("".join(value.split())).decode()
+        out[obj["kind"], obj["metadata"]["name"]] = obj
+    return out
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_renderer_agrees_with_kubectl_kustomize(k8s_tree: Path, rendered: dict[str, list[Obj]], overlay: str) -> None:
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(k8s_tree / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert _comparable(rendered[overlay]) == _comparable(yaml.safe_load_all(built))
+
+
+# ---------------------------------------------------------------- images
+
+
+def _requirements(service: str) -> dict[str, str]:
+    """Normalised distribution name -> the specifier line of services/<service>/requirements.txt."""
+    lines = (REPO / "services" / service / "requirements.txt").read_text().splitlines()
+    return {
+        _normalise(re.split(r"[\[<>=~! ]", line, maxsplit=1)[0]): line.strip()
+        for line in lines
+        if line.strip() and not line.startswith("#")
+    }
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.mark.parametrize("service", PORTS)
+def test_dockerfile(service: str) -> None:
+    dockerfiles = ["Dockerfile", "Dockerfile.cuda"] if service == "embedding" else ["Dockerfile"]
+    for name in dockerfiles:
+        text = (REPO / "services" / service / name).read_text()
+        final_stage = text.rsplit("\nFROM ", 1)[1]
+        assert "USER 10001:10001" in final_stage, f"{name}: runs as root"
+        assert f'CMD ["python", "-m", "{service}"]' in final_stage
+        assert "PYTHONPATH=/app/lib:/app/services" in final_stage
+        assert str(PORTS[service]) in re.findall(r"^EXPOSE (.*)$", final_stage, re.M)[0].split()
+        assert f"pip install -r services/{service}/requirements.txt" in text
+        assert "python -m studyassist.buildprotos" in text
+    if service == "embedding":
+        assert _requirements("embedding")["torch"] == "torch==2.13.0"
+        cpu, cuda = ((REPO / "services/embedding" / n).read_text() for n in dockerfiles)
+        assert "https://download.pytorch.org/whl/cpu" in cpu and "torch==2.13.0" in cpu
+        assert "ARG CUDA_IMAGE=nvidia/cuda:" in cuda and "-runtime-" in cuda and "torch==2.13.0" in cuda
+
+
+def test_requirements_agree_with_pyproject() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {_normalise(re.split(r"[\[<>=~! ]", d, maxsplit=1)[0]): d for d in pyproject}
+    for service in PORTS:
+        for name, line in _requirements(service).items():
+            assert name not in declared or declared[name] == line, (
+                f"{service}: {line!r} vs pyproject {declared[name]!r}"
+            )
+
+
+def _local_file(module: str) -> Path | None:
+    for root in (REPO / "lib", REPO / "services"):
+        base = root.joinpath(*module.split("."))
+        for candidate in (base / "__init__.py", base.with_suffix(".py")):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _import_time_modules(path: Path) -> set[str]:
+    """Modules a file imports when it is imported: module level, minus ``if TYPE_CHECKING:`` and
+    ``try: ... except ImportError`` (optional) blocks; imports inside functions are lazy."""
+    roots = [root for root in (REPO / "lib", REPO / "services") if root in path.parents]
+    package = list(path.relative_to(roots[0]).parent.parts) if roots else []
+    names: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(
+                    [*package[: len(package) - node.level + 1], node.module or ""]
+                    if node.level
+                    else [node.module or ""]
+                ).strip(".")
+                names.update([base, *(f"{base}.{alias.name}" for alias in node.names)])
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+                visit(node.body + node.orelse)
+            elif isinstance(node, ast.Try):
+                optional = any("ImportError" in ast.unparse(h.type or ast.Pass()) for h in node.handlers)
+                visit(([] if optional else node.body) + node.orelse + node.finalbody)
+            elif isinstance(node, ast.With):
+                visit(node.body)
+
+    visit(ast.parse(path.read_text()).body)
+    return names
+
+
+def third_party_imports(service_dir: Path) -> dict[str, str]:
+    """Top-level third-party modules that starting the service in ``service_dir`` imports,
+    directly or through lib/, each with a file that imports it."""
+    todo = [p for p in service_dir.rglob("*.py") if "node_modules" not in p.parts]
+    seen, found = set(todo), dict[str, str]()
+    while todo:
+        path = todo.pop()
+        for name in _import_time_modules(path):
+            prefixes = [".".join(name.split(".")[: i + 1]) for i in range(name.count(".") + 1)]
+            local = [f for f in map(_local_file, prefixes) if f]
+            for f in (f for f in local if f not in seen):
+                seen.add(f)
+                todo.append(f)
+            top = prefixes[0]
+            if not local and top not in sys.stdlib_module_names:
+                found.setdefault(top, path.name)
+    return found
+
+
+@pytest.mark.parametrize("service", PORTS)
+def test_requirements_cover_imports(service: str) -> None:
+    """The image installs services/<service>/requirements.txt only: everything the service
+    imports at start must come from it."""
+    providers = importlib.metadata.packages_distributions()
+    wanted = set(_requirements(service))
+    missing = {
+        module: importer
+        for module, importer in third_party_imports(REPO / "services" / service).items()
+        if not wanted & {_normalise(d) for d in providers.get(module, [])}
+    }
+    assert not missing, f"add to services/{service}/requirements.txt the distributions of {missing}"
+
+
+def test_import_scan_follows_lib_and_skips_lazy_imports(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(
+        "from typing import TYPE_CHECKING\nimport numpy\nfrom studyassist.core import server\n"
+        "if TYPE_CHECKING:\n    import torch\ntry:\n    import uvloop\nexcept ImportError:\n    pass\n"
+        "def later() -> None:\n    import pandas\n"
+    )
+    found = third_party_imports(tmp_path)
+    assert {"numpy", "grpc"} <= set(found), found  # grpc: through lib/studyassist/core/server.py
+    assert not {"torch", "uvloop", "pandas", "typing"} & set(found), found
