@@ -1,0 +1,1 @@
+"""The embedding service: sentence vectors from a local transformers model, batched and cached."""

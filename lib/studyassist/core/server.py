@@ -211,6 +211,10 @@ def create_server(
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # Clients re-resolve DNS when a connection ends: recycling connections lets
+            # round-robin clients find pods added by a scale-up.
+            ("grpc.max_connection_age_ms", 300_000),
+            ("grpc.max_connection_age_grace_ms", 30_000),
         ],
     )
     names = []

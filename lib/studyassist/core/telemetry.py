@@ -1,23 +1,53 @@
 """OpenTelemetry setup: traces and metrics over OTLP/gRPC to the metrics service or a Collector.
 
 Exporting runs on background threads with short timeouts, so a slow or absent collector never
-slows a user request; data that cannot be sent is dropped.
+slows a user request; data that cannot be sent is dropped:
+- spans: ending a span only appends to a bounded queue (``SPAN_QUEUE_SIZE``; when it is full new
+  spans are dropped, never waited for); a worker thread sends batches every second;
+- metrics: instruments aggregate in memory; a reader thread exports every ``export_interval_s``;
+- each export attempt, retries included, gives up after ``EXPORT_TIMEOUT_S`` (the exporter's
+  default is 10 s with retries), so a hung collector costs a thread a few seconds, not a request.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import psutil
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+# Seconds one export (retries included) may take before its data is dropped.
+EXPORT_TIMEOUT_S = 2.0
+# Spans waiting to be sent; beyond it new spans are dropped (memory stays bounded while the collector is down).
+SPAN_QUEUE_SIZE = 4096
+SPAN_BATCH_SIZE = 512
+
+# Duration histogram buckets. The SDK's default (0, 5, 10, 25, 50, 75, 100, 250, ...) ms puts every
+# fast call into one bucket; these resolve p50/p95/p99 from sub-millisecond to a minute.
+DURATION_BUCKETS_MS = (
+    0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750,
+    1000, 1500, 2000, 3000, 5000, 7500, 10000, 20000, 30000, 60000,
+)  # fmt: skip
+
+
+def duration_views() -> list[View]:
+    """Views giving every histogram measured in ms or s the duration buckets above."""
+    return [
+        View(instrument_type=Histogram, instrument_unit="ms",
+             aggregation=ExplicitBucketHistogramAggregation(DURATION_BUCKETS_MS)),
+        View(instrument_type=Histogram, instrument_unit="s",
+             aggregation=ExplicitBucketHistogramAggregation(tuple(b / 1000 for b in DURATION_BUCKETS_MS))),
+    ]  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -26,6 +56,8 @@ class Telemetry:
     tracer: trace.Tracer
     meter_provider: MeterProvider
     tracer_provider: TracerProvider
+    # Where it exports (host:port); None when telemetry stays in-process.
+    endpoint: str | None = None
 
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
@@ -60,7 +92,14 @@ def setup_telemetry(
     extra_readers: Iterable[MetricReader] = (),
 ) -> Telemetry:
     """Providers for one service. ``endpoint`` None keeps everything in-process (tests, off)."""
-    resource = Resource.create({"service.name": service, "service.namespace": "studyassist"})
+    resource = Resource.create(
+        {
+            "service.name": service,
+            "service.namespace": "studyassist",
+            # Tells replicas apart (their gauges must not overwrite each other's at the receiver).
+            "service.instance.id": f"{socket.gethostname()}-{os.getpid()}",
+        }
+    )
     readers: list[MetricReader] = list(extra_readers)
     tracer_provider = TracerProvider(resource=resource)
     if endpoint:
@@ -70,23 +109,25 @@ def setup_telemetry(
         target = endpoint.removeprefix("dns:///")
         readers.append(
             PeriodicExportingMetricReader(
-                OTLPMetricExporter(endpoint=target, insecure=True, timeout=2),
+                OTLPMetricExporter(endpoint=target, insecure=True, timeout=EXPORT_TIMEOUT_S),
                 export_interval_millis=export_interval_s * 1000,
-                export_timeout_millis=3000,
+                export_timeout_millis=(EXPORT_TIMEOUT_S + 1) * 1000,
             )
         )
         tracer_provider.add_span_processor(
             BatchSpanProcessor(
-                OTLPSpanExporter(endpoint=target, insecure=True, timeout=2),
-                max_queue_size=4096,
+                OTLPSpanExporter(endpoint=target, insecure=True, timeout=EXPORT_TIMEOUT_S),
+                max_queue_size=SPAN_QUEUE_SIZE,
+                max_export_batch_size=SPAN_BATCH_SIZE,
                 schedule_delay_millis=1000,
+                export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
             )
         )
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers, views=duration_views())
     meter = meter_provider.get_meter(f"studyassist.{service}")
     tracer = tracer_provider.get_tracer(f"studyassist.{service}")
     _process_gauges(meter)
     # Libraries that look up the global providers (the server interceptor's default) see ours.
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
-    return Telemetry(meter, tracer, meter_provider, tracer_provider)
+    return Telemetry(meter, tracer, meter_provider, tracer_provider, endpoint or None)
