@@ -18,12 +18,21 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ["embedding_bench", "storage_bench", "chat_bench", "gateway_bench", "telemetry_bench", "web_bench"]
+BENCHMARKS = [
+    "embedding_bench",
+    "storage_bench",
+    "chat_bench",
+    "gateway_bench",
+    "telemetry_bench",
+    "web_bench",
+    "load_test",
+]
 
 
 def machine() -> str:
     memory_gib = psutil.virtual_memory().total / 2**30
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {memory_gib:.0f} GiB, Python {platform.python_version()}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, {memory_gib:.0f} GiB, Python {platform.python_version()}"
 
 
 def main() -> int:

@@ -1,0 +1,298 @@
+"""Whole-system load test: simulated students against the real mesh started by the launcher.
+
+Each virtual student logs in, then loops with think time over what students do: list sessions,
+search history, list files, ask a question (streamed, extractive mode unless an LLM answers),
+upload a small note, and some keep an SSE stream open. Reports p50/p95/p99 per endpoint, errors,
+throughput, and RSS/CPU per service at each concurrency level. Warm-up is excluded; seeds fixed.
+
+    python -m bench.load_test                # 100, 500, 1000 users
+    python -m bench.load_test --quick        # a few seconds, 10 users (the smoke test runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import httpx
+import psutil
+
+SERVICES = ("gateway", "chat", "storage", "embedding", "metrics")
+NOTE = "Giải thuật Dijkstra tìm đường đi ngắn nhất từ một đỉnh nguồn trong đồ thị có trọng số không âm. " * 20
+QUESTIONS = ["Dijkstra dùng để làm gì?", "What does Dijkstra's algorithm find?", "đồ thị có trọng số âm thì sao?"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Mesh:
+    base_url: str
+    launcher: subprocess.Popen[str]
+
+    def service_processes(self) -> dict[str, psutil.Process]:
+        found = {}
+        for child in psutil.Process(self.launcher.pid).children(recursive=True):
+            try:
+                cmdline = child.cmdline()
+            except psutil.Error:
+                continue
+            for name in SERVICES:
+                if cmdline[-2:] == ["-m", name]:
+                    found[name] = child
+        return found
+
+
+@contextmanager
+def start_mesh() -> Iterator[Mesh]:
+    ports = {name: free_port() for name in ("GATEWAY", "CHAT", "STORAGE", "EMBEDDING", "METRICS", "METRICS_HTTP")}
+    data_dir = tempfile.mkdtemp(prefix="sa-load-")
+    env = {
+        **os.environ,
+        **{f"{name}_PORT": str(port) for name, port in ports.items()},
+        "DATA_DIR": data_dir,
+        "LOG_LEVEL": "warning",
+        # Generous limits: the load test measures capacity, not the rate limiter.
+        "RATE_LIMIT_PER_MINUTE": "100000",
+    }
+    env.setdefault("LLM_BASE_URL", "http://127.0.0.1:9/v1")
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "studyassist.launcher"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    up = threading.Event()
+
+    def read() -> None:
+        assert launcher.stdout is not None
+        for line in launcher.stdout:
+            if "is up:" in line:
+                up.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        if not up.wait(300):
+            raise RuntimeError("the mesh did not come up in 300 s")
+        yield Mesh(f"http://127.0.0.1:{ports['GATEWAY']}", launcher)
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        try:
+            launcher.wait(60)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+
+
+@dataclass
+class Recorder:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    recording: bool = False
+
+    def record(self, endpoint: str, seconds: float, ok: bool) -> None:
+        if not self.recording:
+            return
+        self.latencies[endpoint].append(seconds)
+        if not ok:
+            self.errors[endpoint] += 1
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def timed(
+    recorder: Recorder, endpoint: str, request: httpx.Request, client: httpx.AsyncClient
+) -> httpx.Response | None:
+    started = time.perf_counter()
+    try:
+        response = await client.send(request)
+        await response.aread()
+    except httpx.HTTPError:
+        recorder.record(endpoint, time.perf_counter() - started, False)
+        return None
+    recorder.record(endpoint, time.perf_counter() - started, response.status_code < 400)
+    return response
+
+
+async def student(
+    index: int, credentials: tuple[str, str], base: str, recorder: Recorder, stop: asyncio.Event, think_s: float
+) -> None:
+    rng = random.Random(index)
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        email, password = credentials
+        login = await timed(
+            recorder,
+            "POST /v1/auth/login",
+            client.build_request("POST", "/v1/auth/login", json={"email": email, "password": password}),
+            client,
+        )
+        if login is None or login.status_code != 200:
+            return
+        client.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+        holds_stream = index % 10 == 0
+        while not stop.is_set():
+            await asyncio.sleep(rng.expovariate(1 / think_s))
+            if stop.is_set():
+                break
+            action = rng.random()
+            if holds_stream and action < 0.1:
+                # An SSE stream kept open: watch a file's progress (ends when it is ready).
+                files = await timed(recorder, "GET /v1/files", client.build_request("GET", "/v1/files"), client)
+                if files is not None and files.status_code == 200 and files.json().get("files"):
+                    file_id = files.json()["files"][0]["file_id"]
+                    started = time.perf_counter()
+                    try:
+                        async with client.stream("GET", f"/v1/files/{file_id}:watch") as stream:
+                            async for _ in stream.aiter_lines():
+                                pass
+                        recorder.record("GET /v1/files/{id}:watch", time.perf_counter() - started, True)
+                    except httpx.HTTPError:
+                        recorder.record("GET /v1/files/{id}:watch", time.perf_counter() - started, False)
+            elif action < 0.45:
+                await timed(recorder, "GET /v1/sessions", client.build_request("GET", "/v1/sessions"), client)
+            elif action < 0.6:
+                request = client.build_request("GET", "/v1/messages:search", params={"query": "dijkstra"})
+                await timed(recorder, "GET /v1/messages:search", request, client)
+            elif action < 0.75:
+                await timed(recorder, "GET /v1/files", client.build_request("GET", "/v1/files"), client)
+            elif action < 0.95:
+                body = {"agent_id": "explainer", "message": rng.choice(QUESTIONS)}
+                request = client.build_request("POST", "/v1/chat:stream", json=body)
+                await timed(recorder, "POST /v1/chat:stream", request, client)
+            else:
+                request = client.build_request(
+                    "POST",
+                    "/v1/files",
+                    params={"file_name": f"note-{uuid.uuid4().hex[:6]}.txt"},
+                    content=(NOTE + str(rng.random())).encode(),
+                )
+                await timed(recorder, "POST /v1/files", request, client)
+
+
+async def register_users(base: str, count: int) -> list[tuple[str, str]]:
+    users = []
+    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+        semaphore = asyncio.Semaphore(8)
+
+        async def one(i: int) -> None:
+            email, password = f"load{i}-{uuid.uuid4().hex[:6]}@stu.ptit.edu.vn", "mat-khau-tai-thu"
+            async with semaphore:
+                response = await client.post(
+                    "/v1/auth/register", json={"email": email, "password": password, "display_name": f"SV {i}"}
+                )
+            if response.status_code == 201:
+                users.append((email, password))
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+    return users
+
+
+async def run_level(
+    mesh: Mesh, users: list[tuple[str, str]], concurrency: int, warmup_s: float, measure_s: float, think_s: float
+) -> str:
+    recorder = Recorder()
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(student(i, users[i % len(users)], mesh.base_url, recorder, stop, think_s))
+        for i in range(concurrency)
+    ]
+    processes = mesh.service_processes()
+    await asyncio.sleep(warmup_s)
+    recorder.recording = True
+    for process in processes.values():
+        process.cpu_percent(None)
+    peak_rss: dict[str, int] = defaultdict(int)
+    started = time.monotonic()
+    while time.monotonic() - started < measure_s:
+        await asyncio.sleep(1.0)
+        for name, process in processes.items():
+            with contextlib.suppress(psutil.Error):
+                peak_rss[name] = max(peak_rss[name], process.memory_info().rss)
+    elapsed = time.monotonic() - started
+    cpu = {name: process.cpu_percent(None) for name, process in processes.items()}
+    recorder.recording = False
+    stop.set()
+    await asyncio.wait(tasks, timeout=30)
+    for task in tasks:
+        task.cancel()
+    lines = [
+        f"### {concurrency} concurrent students ({measure_s:.0f} s measured after {warmup_s:.0f} s warm-up, "
+        f"think time mean {think_s:.1f} s)",
+        "",
+        "| endpoint | requests | errors | req/s | p50 ms | p95 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    total = 0
+    for endpoint, values in sorted(recorder.latencies.items()):
+        total += len(values)
+        lines.append(
+            f"| {endpoint} | {len(values)} | {recorder.errors.get(endpoint, 0)} | {len(values) / elapsed:.1f} | "
+            f"{percentile(values, 0.5) * 1000:.1f} | {percentile(values, 0.95) * 1000:.1f} | "
+            f"{percentile(values, 0.99) * 1000:.1f} |"
+        )
+    lines += [
+        "",
+        f"total throughput: {total / elapsed:.1f} req/s, errors: {sum(recorder.errors.values())}",
+        "",
+        "| service | peak RSS MB | CPU % (of one core) |",
+        "|---|---|---|",
+    ]
+    for name in SERVICES:
+        if name in processes:
+            lines.append(f"| {name} | {peak_rss[name] / 2**20:.0f} | {cpu[name]:.0f} |")
+    return "\n".join(lines)
+
+
+async def main_async(levels: list[int], warmup_s: float, measure_s: float, think_s: float, user_count: int) -> None:
+    with start_mesh() as mesh:
+        users = await register_users(mesh.base_url, user_count)
+        if not users:
+            raise RuntimeError("could not register any user")
+        # Every user gets a document, so questions retrieve something.
+        async with httpx.AsyncClient(base_url=mesh.base_url, timeout=120) as client:
+            for email, password in users[: min(len(users), 20)]:
+                token = (await client.post("/v1/auth/login", json={"email": email, "password": password})).json()
+                await client.post(
+                    "/v1/files",
+                    params={"file_name": "dijkstra.txt"},
+                    content=NOTE.encode(),
+                    headers={"Authorization": f"Bearer {token['access_token']}"},
+                )
+        print(f"mesh up at {mesh.base_url}; {len(users)} registered students; seed fixed per student\n")
+        for level in levels:
+            print(await run_level(mesh, users, level, warmup_s, measure_s, think_s), "\n", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--levels", type=int, nargs="*", default=[100, 500, 1000])
+    args = parser.parse_args()
+    if args.quick:
+        asyncio.run(main_async([10], warmup_s=1, measure_s=4, think_s=0.5, user_count=5))
+    else:
+        asyncio.run(main_async(args.levels, warmup_s=10, measure_s=45, think_s=5.0, user_count=100))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
