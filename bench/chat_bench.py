@@ -1,0 +1,292 @@
+"""Chat relay overhead against the same LLM server called directly with the same prompt.
+
+Starts the real mesh pieces chat needs (embedded PostgreSQL, embedding, storage, chat) and a real
+OpenAI-compatible server (`transformers serve` on a tiny random Llama built on disk), with a TCP
+relay in front of the LLM that records each request body and when each token left the server.
+
+- TTFT: StreamChat (session, embedding, hybrid search, prompt, LLM) vs the same prompt replayed
+  straight to the LLM server with the same SDK; overhead = chat - direct, per pair.
+- Per-token relay overhead: for each token, client arrival minus the moment the relay saw it
+  leave the LLM server, through chat vs direct (the baseline: SDK parsing only).
+- N concurrent streams through chat vs N concurrent direct streams of the same prompt.
+- Response cache: a repeated question (hit) vs the first ask (miss).
+
+    python -m bench.chat_bench            # 40 TTFT pairs, 200 concurrent streams
+    python -m bench.chat_bench --quick    # 10 pairs, 50 streams
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pgserver
+from openai import AsyncOpenAI
+
+from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
+from studyassist.core.channels import create_channel, user_metadata
+from studyassist.core.testing import ServiceProcess, spawn_service
+from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
+from tests.chat.tinyllm import LlmServer, Relay, build_tiny_llm, start_llm_server
+
+NOTES = (
+    "# Sorting\n\nQuicksort picks a pivot, partitions the array around it and sorts both sides; "
+    "average O(n log n), worst O(n^2). Merge sort splits in halves and merges, always O(n log n) "
+    "and stable. Heapsort builds a max-heap and extracts the maximum n times.\n"
+)
+AGENTS = """
+[[agents]]
+id = "bench"
+name_vi = "Bench"
+name_en = "Bench"
+description_vi = "Bench"
+description_en = "Bench"
+instructions_vi = "Trả lời ngắn gọn."
+instructions_en = "Answer briefly."
+[agents.retrieval]
+top_k = 4
+[agents.sampling]
+temperature = 0.7
+top_p = 0.95
+max_tokens = %d
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def line(name: str, values: list[float], unit: str = "ms") -> str:
+    return (
+        f"  {name:<34} p50 {pct(values, 50):8.2f}  p95 {pct(values, 95):8.2f}  p99 {pct(values, 99):8.2f} {unit}"
+        f"  (n={len(values)})"
+    )
+
+
+async def direct_stream(client: AsyncOpenAI, body: dict[str, Any]) -> tuple[float, list[float]]:
+    """TTFT (ms) and token arrival times of one direct streamed completion."""
+    started = time.monotonic()
+    first = 0.0
+    arrivals: list[float] = []
+    stream = await client.chat.completions.create(**{**body, "stream": True})
+    async with stream:
+        async for chunk in stream:
+            if any(c.delta and c.delta.content for c in chunk.choices):
+                now = time.monotonic()
+                first = first or now
+                arrivals.append(now)
+    return (first - started) * 1000, arrivals
+
+
+async def chat_stream(
+    chat: chat_pb2_grpc.ChatServiceAsyncStub, user: str, question: str
+) -> tuple[float, list[float], str]:
+    """TTFT (ms), token arrival times and backend of one StreamChat."""
+    started = time.monotonic()
+    first = 0.0
+    arrivals: list[float] = []
+    backend = ""
+    call = chat.StreamChat(
+        chat_pb2.ChatRequest(agent_id="bench", message=question), metadata=user_metadata(user), timeout=300
+    )
+    async for event in call:
+        if event.HasField("started"):
+            backend = event.started.backend
+        elif event.HasField("delta"):
+            now = time.monotonic()
+            first = first or now
+            arrivals.append(now)
+    return (first - started) * 1000, arrivals, backend
+
+
+def relay_overheads(arrivals: list[float], relayed: list[float]) -> list[float]:
+    # Chat forwards every non-empty delta as one event, so the i-th arrival is the i-th token.
+    return [(a - r) * 1000 for a, r in zip(arrivals, relayed, strict=False)]
+
+
+async def upload(storage: storage_pb2_grpc.StorageServiceAsyncStub, user: str) -> None:
+    async def parts() -> AsyncIterator[storage_pb2.UploadFileRequest]:
+        yield storage_pb2.UploadFileRequest(metadata=storage_pb2.UploadMetadata(file_name="sorting.md"))
+        yield storage_pb2.UploadFileRequest(chunk=NOTES.encode())
+
+    file = await storage.UploadFile(parts(), metadata=user_metadata(user), timeout=60)
+    while file.status not in (storage_pb2.FILE_STATUS_READY, storage_pb2.FILE_STATUS_FAILED):
+        await asyncio.sleep(0.2)
+        file = await storage.GetFile(storage_pb2.GetFileRequest(file_id=file.file_id), metadata=user_metadata(user))
+    if file.status != storage_pb2.FILE_STATUS_READY:
+        raise RuntimeError(f"upload failed: {file.error}")
+
+
+async def run(
+    chat_addr: str, storage_addr: str, llm: LlmServer, chat_relay: Relay, direct_relay: Relay, pairs: int, streams: int
+) -> None:
+    chat_channel = create_channel(chat_addr, default_timeout=300)
+    storage_channel = create_channel(storage_addr)
+    chat = chat_pb2_grpc.ChatServiceStub(chat_channel)
+    storage = storage_pb2_grpc.StorageServiceStub(storage_channel)
+    direct = AsyncOpenAI(base_url=direct_relay.base_url, api_key="not-needed", max_retries=0, timeout=300)
+    user = (
+        await storage.CreateUser(
+            storage_pb2.CreateUserRequest(email=f"b{uuid.uuid4().hex[:10]}@ptit.edu.vn", password_hash="$argon2id$x")
+        )
+    ).user_id
+    await upload(storage, user)
+
+    # Warm-up: first requests load code paths and connections on every side.
+    for i in range(3):
+        await chat_stream(chat, user, f"How does quicksort work? warm-up {i}")
+
+    ttft_chat: list[float] = []
+    ttft_direct: list[float] = []
+    ttft_overhead: list[float] = []
+    token_chat: list[float] = []
+    token_direct: list[float] = []
+    backend = ""
+    for i in range(pairs):
+        # A different question each time: the response cache must not answer.
+        question = f"How does quicksort partition the array? ({i})"
+        asked = time.monotonic()
+        chat_ttft, chat_arrivals, backend = await chat_stream(chat, user, question)
+        [upstream] = [c for c in chat_relay.completions_since(asked) if c.request_bodies]
+        body = json.loads(upstream.request_bodies[-1])
+        token_chat += relay_overheads(chat_arrivals, upstream.token_times[-len(chat_arrivals) :])
+
+        asked = time.monotonic()
+        direct_ttft, direct_arrivals = await direct_stream(direct, body)
+        [replayed] = direct_relay.completions_since(asked)
+        token_direct += relay_overheads(direct_arrivals, replayed.token_times[-len(direct_arrivals) :])
+        ttft_chat.append(chat_ttft)
+        ttft_direct.append(direct_ttft)
+        ttft_overhead.append(chat_ttft - direct_ttft)
+
+    print(f"backend: {backend}; model server: transformers serve (tiny random Llama, CPU)")
+    print(f"Time to first token, {pairs} pairs, same prompt (chat adds session, embedding, search, save):")
+    print(line("direct to LLM server (baseline)", ttft_direct))
+    print(line("through chat", ttft_chat))
+    print(line("overhead (chat - direct, per pair)", ttft_overhead))
+    print("Per-token relay overhead (client arrival - token left the LLM server):")
+    print(line("direct SDK stream (baseline)", token_direct))
+    print(line("through chat (gRPC stream)", token_chat))
+
+    # N concurrent streams.
+    async def one_chat(i: int) -> float:
+        started = time.monotonic()
+        _, arrivals, _ = await chat_stream(chat, user, f"What is merge sort? concurrent {i}")
+        if not arrivals:
+            raise RuntimeError("no tokens")
+        return (time.monotonic() - started) * 1000
+
+    async def one_direct(i: int) -> float:
+        started = time.monotonic()
+        _, arrivals = await direct_stream(direct, body)
+        if not arrivals:
+            raise RuntimeError("no tokens")
+        return (time.monotonic() - started) * 1000
+
+    for name, fn in (("direct to LLM server (baseline)", one_direct), ("through chat", one_chat)):
+        started = time.monotonic()
+        results = await asyncio.gather(*(fn(i) for i in range(streams)), return_exceptions=True)
+        wall = time.monotonic() - started
+        ok = [r for r in results if isinstance(r, float)]
+        errors = [r for r in results if not isinstance(r, float)]
+        print(f"{streams} concurrent streams, {name}: {len(errors)} errors, wall {wall:.1f} s")
+        if ok:
+            print(line("  stream duration", ok))
+        if errors:
+            print(f"    first error: {errors[0]!r}")
+
+    # Response cache: the same question again (new session each time).
+    misses: list[float] = []
+    hits: list[float] = []
+    for i in range(max(5, pairs // 2)):
+        ask = chat_pb2.ChatRequest(agent_id="bench", message=f"Is merge sort stable? ({i})")
+        for bucket in (misses, hits):
+            started = time.monotonic()
+            response = await chat.Chat(ask, metadata=user_metadata(user), timeout=300)
+            bucket.append((time.monotonic() - started) * 1000)
+            if bucket is hits and not response.cached:
+                raise RuntimeError("the repeated question was not a cache hit")
+    print("Chat (unary), whole answer:")
+    print(line("first ask, LLM answers (baseline)", misses))
+    print(line("same question again, cache hit", hits))
+
+    await direct.close()
+    await chat_channel.close(None)
+    await storage_channel.close(None)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--max-tokens", type=int, default=24)
+    args = parser.parse_args()
+    pairs, streams = (10, 50) if args.quick else (40, 200)
+
+    work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
+    processes: list[ServiceProcess] = []
+    pg = pgserver.get_server(Path("/tmp") / f"cb-pg-{uuid.uuid4().hex[:8]}", cleanup_mode="delete")
+    llm: LlmServer | None = None
+    relays: list[Relay] = []
+    try:
+        build_tiny_llm(work / "model")
+        llm = start_llm_server(work / "model", work / "serve.log")
+        chat_relay, direct_relay = Relay(llm.port, record=True), Relay(llm.port, record=True)
+        relays = [chat_relay, direct_relay]
+        for relay in relays:
+            relay.start()
+        agents = work / "agents.toml"
+        agents.write_text(AGENTS % args.max_tokens, encoding="utf-8")
+        quiet = {"REDIS_URL": "", "LOG_LEVEL": "warning"}
+        embedding = spawn_service("embedding", {"EMBEDDING_PORT": "0", **quiet, "LOG_LEVEL": "info"})
+        processes.append(embedding)
+        storage = spawn_service(
+            "storage",
+            {
+                "STORAGE_PORT": "0",
+                "DATABASE_URL": pg.get_uri(),
+                "EMBEDDING_ADDR": embedding.address,
+                "BLOB_DIR": str(work / "blobs"),
+                **quiet,
+                "LOG_LEVEL": "info",
+            },
+        )
+        processes.append(storage)
+        chat = spawn_service(
+            "chat",
+            {
+                "CHAT_PORT": "0",
+                "STORAGE_ADDR": storage.address,
+                "EMBEDDING_ADDR": embedding.address,
+                "LLM_BASE_URL": chat_relay.base_url,
+                "CHAT_AGENTS_FILE": str(agents),
+                **quiet,
+                "LOG_LEVEL": "info",
+            },
+        )
+        processes.append(chat)
+        print(f"chat_bench: {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}, max_tokens {args.max_tokens}")
+        asyncio.run(run(chat.address, storage.address, llm, chat_relay, direct_relay, pairs, streams))
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        for relay in relays:
+            relay.stop()
+        if llm is not None:
+            llm.process.terminate()
+            llm.process.wait(15)
+        pg.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

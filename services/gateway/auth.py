@@ -1,0 +1,307 @@
+"""Accounts and tokens: argon2id password hashes, HS256 JWTs, revocable refresh tokens.
+
+Access tokens live ``ACCESS_TOKEN_TTL_S`` (15 min) and are checked on every call: signature with
+HS256 only, ``iss``, ``aud``, ``exp``, and that the user is still active (storage GetUser, cached
+a few seconds, so deactivating a user ends their access within that time, open streams included).
+
+Refresh tokens are single use: their ``jti`` is kept in an allow-list (Redis when REDIS_URL is set,
+else this process) until it is used, logged out or expires; using one removes it and issues a
+new pair, so a stolen refresh token works at most once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+from studyassist.core.cache import LruTtlCache
+from studyassist.core.channels import user_metadata
+from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
+
+from gateway.responses import HttpError, from_rpc_error, json_response
+
+ALGORITHM = "HS256"
+EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}")
+MIN_PASSWORD = 8
+# argon2 hashes any length, but an unbounded password is free CPU for an attacker.
+MAX_PASSWORD = 256
+MAX_DISPLAY_NAME = 100
+
+
+@dataclass(frozen=True, slots=True)
+class TokenConfig:
+    secret: str
+    issuer: str
+    audience: str
+    access_ttl_s: int
+    refresh_ttl_s: int
+
+
+class RefreshStore(Protocol):
+    name: str
+
+    async def add(self, jti: str, ttl_s: int) -> None: ...
+
+    async def take(self, jti: str) -> bool:
+        """Remove ``jti``; True if it was there (the token had not been used or revoked)."""
+        ...
+
+
+class MemoryRefreshStore:
+    """In-process allow-list: fine for one gateway replica; lost on restart (users log in again)."""
+
+    name = "memory"
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self._expiry: dict[str, float] = {}
+        self._max_entries = max_entries
+
+    async def add(self, jti: str, ttl_s: int) -> None:
+        now = time.monotonic()
+        if len(self._expiry) >= self._max_entries:
+            self._expiry = {k: v for k, v in self._expiry.items() if v > now}
+        self._expiry[jti] = now + ttl_s
+
+    async def take(self, jti: str) -> bool:
+        expiry = self._expiry.pop(jti, None)
+        return expiry is not None and expiry > time.monotonic()
+
+
+class RedisRefreshStore:
+    """Shared allow-list for several replicas. Redis down: refresh answers 503 (fails closed)."""
+
+    name = "redis"
+
+    def __init__(self, redis: Redis, prefix: str = "gateway:refresh:") -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    async def add(self, jti: str, ttl_s: int) -> None:
+        try:
+            await self._redis.set(self._prefix + jti, b"1", ex=ttl_s)
+        except (RedisError, OSError) as exc:
+            raise HttpError(grpc.StatusCode.UNAVAILABLE, "token store unavailable") from exc
+
+    async def take(self, jti: str) -> bool:
+        try:
+            # DEL is atomic: of two concurrent uses of one token, exactly one sees 1.
+            return bool(await self._redis.delete(self._prefix + jti))
+        except (RedisError, OSError) as exc:
+            raise HttpError(grpc.StatusCode.UNAVAILABLE, "token store unavailable") from exc
+
+
+def _unauthenticated(message: str = "invalid or expired token") -> HttpError:
+    return HttpError(grpc.StatusCode.UNAUTHENTICATED, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Tokens:
+    def __init__(self, config: TokenConfig) -> None:
+        self.config = config
+
+    def issue(self, user_id: str, kind: str, now: float | None = None) -> tuple[str, str, int]:
+        """(token, jti, ttl_s)."""
+        issued = int(now if now is not None else time.time())
+        ttl = self.config.access_ttl_s if kind == "access" else self.config.refresh_ttl_s
+        jti = uuid.uuid4().hex
+        claims = {
+            "iss": self.config.issuer,
+            "aud": self.config.audience,
+            "sub": user_id,
+            "iat": issued,
+            "exp": issued + ttl,
+            "jti": jti,
+            "typ": kind,
+        }
+        return jwt.encode(claims, self.config.secret, algorithm=ALGORITHM), jti, ttl
+
+    def verify(self, token: str, kind: str) -> dict[str, Any]:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self.config.secret,
+                algorithms=[ALGORITHM],
+                audience=self.config.audience,
+                issuer=self.config.issuer,
+                options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"]},
+                leeway=5,
+            )
+        except jwt.PyJWTError:
+            raise _unauthenticated() from None
+        if claims.get("typ") != kind or not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise _unauthenticated()
+        return claims
+
+
+class Authenticator:
+    """Verifies access tokens and that their user is still active."""
+
+    def __init__(self, tokens: Tokens, storage: storage_pb2_grpc.StorageServiceAsyncStub, cache_ttl_s: float) -> None:
+        self.tokens = tokens
+        self._storage = storage
+        self._active = LruTtlCache(max_entries=100_000, ttl_s=cache_ttl_s)
+
+    async def user_is_active(self, user_id: str) -> bool:
+        cached = self._active.get(user_id)
+        if cached is not None:
+            return cached == b"1"
+        try:
+            user = await self._storage.GetUser(storage_pb2.GetUserRequest(), metadata=user_metadata(user_id), timeout=3)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED):
+                active = False
+            else:
+                raise from_rpc_error(exc) from None
+        else:
+            active = user.active
+        self._active.set(user_id, b"1" if active else b"0")
+        return active
+
+    def forget(self, user_id: str) -> None:
+        self._active.delete_prefix(user_id)
+
+    async def authenticate(self, request: Request, *, allow_query_token: bool = False) -> str:
+        """The verified user id of ``request``; 401 without a valid token of an active user."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            # EventSource cannot set headers: streams may carry the token as ?access_token=.
+            token = request.query_params.get("access_token", "") if allow_query_token else ""
+            if not token:
+                raise _unauthenticated("missing bearer token")
+        user_id = str(self.tokens.verify(token.strip(), "access")["sub"])
+        if not await self.user_is_active(user_id):
+            raise _unauthenticated("account is not active")
+        return user_id
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    from gateway.transcode import parse_json_body, read_body
+
+    value = parse_json_body(await read_body(request, limit))
+    if not isinstance(value, dict):
+        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "request body must be a JSON object")
+    return value
+
+
+def _string(body: dict[str, Any], name: str) -> str:
+    value = body.get(name, "")
+    if not isinstance(value, str):
+        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"{name} must be a string")
+    return value
+
+
+class AuthRoutes:
+    """POST /v1/auth/{register,login,refresh,logout}: the only hand-written API handlers."""
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        storage: storage_pb2_grpc.StorageServiceAsyncStub,
+        refresh_store: RefreshStore,
+        max_body_bytes: int,
+    ) -> None:
+        self._auth = authenticator
+        self._tokens = authenticator.tokens
+        self._storage = storage
+        self._refresh = refresh_store
+        self._limit = max_body_bytes
+        self._hasher = PasswordHasher()  # argon2id with the library's (RFC 9106 low-memory) defaults
+        self._dummy_hash = self._hasher.hash("timing-equaliser")
+
+    async def _token_pair(self, user: storage_pb2.User, status: int) -> Response:
+        access, _, access_ttl = self._tokens.issue(user.user_id, "access")
+        refresh, jti, refresh_ttl = self._tokens.issue(user.user_id, "refresh")
+        await self._refresh.add(jti, refresh_ttl)
+        return json_response(
+            {
+                "access_token": access,
+                "refresh_token": refresh,
+                "token_type": "bearer",
+                "expires_in": access_ttl,
+                "user": {"user_id": user.user_id, "email": user.email, "display_name": user.display_name},
+            },
+            status,
+            {"Cache-Control": "no-store"},
+        )
+
+    async def register(self, request: Request) -> Response:
+        body = await read_json_object(request, self._limit)
+        email = _string(body, "email").strip().lower()
+        password = _string(body, "password")
+        display_name = _string(body, "display_name").strip()
+        if not EMAIL_RE.fullmatch(email):
+            raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "email is not a valid address")
+        if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+            raise HttpError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"
+            )
+        if not 1 <= len(display_name) <= MAX_DISPLAY_NAME:
+            raise HttpError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"display_name must be 1 to {MAX_DISPLAY_NAME} characters"
+            )
+        password_hash = await asyncio.to_thread(self._hasher.hash, password)
+        try:
+            user = await self._storage.CreateUser(
+                storage_pb2.CreateUserRequest(email=email, display_name=display_name, password_hash=password_hash)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        return await self._token_pair(user, 201)
+
+    async def login(self, request: Request) -> Response:
+        body = await read_json_object(request, self._limit)
+        email = _string(body, "email").strip().lower()
+        password = _string(body, "password")
+        if not email or not password or len(password) > MAX_PASSWORD:
+            raise _unauthenticated("invalid email or password")
+        try:
+            credentials = await self._storage.GetUserByEmail(storage_pb2.GetUserByEmailRequest(email=email))
+            stored_hash = credentials.password_hash
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise from_rpc_error(exc) from None
+            # Hash anyway, so the answer takes as long whether or not the email exists.
+            credentials, stored_hash = None, self._dummy_hash
+        valid = await asyncio.to_thread(self._verify, stored_hash, password)
+        if credentials is None or not valid or not credentials.user.active:
+            raise _unauthenticated("invalid email or password")
+        return await self._token_pair(credentials.user, 200)
+
+    def _verify(self, stored_hash: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(stored_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    async def refresh(self, request: Request) -> Response:
+        body = await read_json_object(request, self._limit)
+        claims = self._tokens.verify(_string(body, "refresh_token"), "refresh")
+        if not await self._refresh.take(str(claims["jti"])):
+            raise _unauthenticated("refresh token was already used or revoked")
+        user_id = str(claims["sub"])
+        self._auth.forget(user_id)
+        if not await self._auth.user_is_active(user_id):
+            raise _unauthenticated("account is not active")
+        try:
+            user = await self._storage.GetUser(storage_pb2.GetUserRequest(), metadata=user_metadata(user_id))
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        return await self._token_pair(user, 200)
+
+    async def logout(self, request: Request) -> Response:
+        body = await read_json_object(request, self._limit)
+        claims = self._tokens.verify(_string(body, "refresh_token"), "refresh")
+        await self._refresh.take(str(claims["jti"]))
+        return Response(status_code=204)

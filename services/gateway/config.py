@@ -1,0 +1,99 @@
+"""Gateway settings, read once from the environment and validated."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from studyassist.core.config import (
+    CommonSettings,
+    ConfigError,
+    env_address,
+    env_float,
+    env_int,
+    env_port,
+    env_str,
+)
+
+DEFAULT_WEB_DIST = Path(__file__).resolve().parent / "web" / "dist"
+# HS256 keys shorter than the hash output weaken the MAC; refuse them.
+MIN_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    port: int
+    chat_addr: str
+    storage_addr: str
+    metrics_addr: str
+    jwt_secret: str
+    jwt_issuer: str
+    jwt_audience: str
+    access_token_ttl_s: int
+    refresh_token_ttl_s: int
+    cors_origins: tuple[str, ...]
+    max_body_bytes: int
+    upload_max_bytes: int
+    rate_limit_per_minute: int
+    rate_limit_ip_per_minute: int
+    web_dist_dir: Path
+    descriptor_refresh_s: float
+    sse_heartbeat_s: float
+    user_cache_ttl_s: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        origins = tuple(o.strip().rstrip("/") for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+        for origin in origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(f"CORS_ORIGINS entry {origin!r} must start with http:// or https://")
+        return cls(
+            port=env_port(env, "GATEWAY_PORT", 8080),
+            chat_addr=env_address(env, "CHAT_ADDR", "127.0.0.1:50051"),
+            storage_addr=env_address(env, "STORAGE_ADDR", "127.0.0.1:50052"),
+            metrics_addr=env_address(env, "METRICS_ADDR", "127.0.0.1:50054"),
+            jwt_secret=env.get("JWT_SECRET", "").strip(),
+            jwt_issuer=env_str(env, "JWT_ISSUER", "studyassist"),
+            jwt_audience=env_str(env, "JWT_AUDIENCE", "studyassist-web"),
+            access_token_ttl_s=env_int(env, "ACCESS_TOKEN_TTL_S", 900, minimum=10, maximum=86_400),
+            refresh_token_ttl_s=env_int(env, "REFRESH_TOKEN_TTL_S", 30 * 86_400, minimum=60, maximum=365 * 86_400),
+            cors_origins=origins,
+            max_body_bytes=env_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            upload_max_bytes=env_int(env, "UPLOAD_MAX_BYTES", 100 * 1024 * 1024, minimum=1024),
+            rate_limit_per_minute=env_int(env, "RATE_LIMIT_PER_MINUTE", 300),
+            rate_limit_ip_per_minute=env_int(env, "RATE_LIMIT_IP_PER_MINUTE", 1200),
+            web_dist_dir=Path(env_str(env, "WEB_DIST_DIR", str(DEFAULT_WEB_DIST))).resolve(),
+            descriptor_refresh_s=env_float(env, "DESCRIPTOR_REFRESH_S", 30.0, minimum=1.0),
+            sse_heartbeat_s=env_float(env, "SSE_HEARTBEAT_S", 15.0, minimum=0.5),
+            user_cache_ttl_s=env_float(env, "USER_CACHE_TTL_S", 10.0),
+        )
+
+
+def resolve_jwt_secret(settings: Settings, common: CommonSettings) -> str:
+    """The signing secret: JWT_SECRET; in development a generated one kept in DATA_DIR/jwt_secret."""
+    if settings.jwt_secret:
+        if len(settings.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+        return settings.jwt_secret
+    if common.production:
+        raise ConfigError("JWT_SECRET is required when ENVIRONMENT=production")
+    path = common.data_dir / "jwt_secret"
+    try:
+        if path.exists():
+            secret = path.read_text().strip()
+            if len(secret.encode()) >= MIN_SECRET_BYTES:
+                return secret
+        common.data_dir.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(48)
+        # Created 0600 from the start: the secret is never readable by others, even briefly.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret)
+        path.chmod(0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot keep the development JWT secret in {path}: {exc}") from None
+    return secret

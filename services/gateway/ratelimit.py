@@ -1,0 +1,111 @@
+"""Token-bucket rate limits per user and per client IP.
+
+With Redis the buckets are shared by every gateway replica (one Lua script, atomic, Redis's own
+clock); without it, or while Redis is failing, each replica keeps local buckets, so the limit is
+per replica rather than missing. An empty bucket answers 429 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from typing import Any
+
+import grpc
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.responses import HttpError
+
+log = logging.getLogger(__name__)
+
+_TOKEN_BUCKET_LUA = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or capacity
+local ts = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+local retry = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  retry = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 1)
+return {allowed, tostring(retry)}
+"""
+
+
+class LocalBuckets:
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._max_keys = max_keys
+
+    def take(self, key: str, capacity: float, rate: float) -> float:
+        """0 when a token was taken, else seconds until one is available."""
+        now = time.monotonic()
+        tokens, stamp = self._buckets.get(key, (capacity, now))
+        tokens = min(capacity, tokens + (now - stamp) * rate)
+        wait = 0.0
+        if tokens >= 1:
+            tokens -= 1
+        else:
+            wait = (1 - tokens) / rate
+        self._buckets[key] = (tokens, now)
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+class RateLimiter:
+    def __init__(
+        self, per_user_per_minute: int, per_ip_per_minute: int, redis: Redis | None, prefix: str = "gateway:rl:"
+    ) -> None:
+        self.per_user = per_user_per_minute
+        self.per_ip = per_ip_per_minute
+        self._redis = redis
+        self._prefix = prefix
+        self._script: Any = redis.register_script(_TOKEN_BUCKET_LUA) if redis is not None else None
+        self._local = LocalBuckets()
+        self._redis_down_until = 0.0
+
+    @property
+    def backend(self) -> str:
+        return "redis" if self._redis is not None else "local"
+
+    async def _take(self, key: str, per_minute: int) -> float:
+        capacity, rate = float(per_minute), per_minute / 60.0
+        if self._script is not None and time.monotonic() >= self._redis_down_until:
+            try:
+                allowed, retry = await self._script(keys=[self._prefix + key], args=[capacity, rate])
+                return 0.0 if int(allowed) else float(retry)
+            except (RedisError, OSError) as exc:
+                log.warning("rate limits fall back to local buckets", extra={"fields": {"error": str(exc)}})
+                self._redis_down_until = time.monotonic() + 5.0
+        return self._local.take(key, capacity, rate)
+
+    async def _check(self, key: str, per_minute: int) -> None:
+        if per_minute <= 0:
+            return
+        wait = await self._take(key, per_minute)
+        if wait > 0:
+            raise HttpError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many requests, slow down",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+
+    async def check_ip(self, ip: str) -> None:
+        await self._check("ip:" + ip, self.per_ip)
+
+    async def check_user(self, user_id: str) -> None:
+        await self._check("user:" + user_id, self.per_user)

@@ -1,0 +1,195 @@
+"""Wiring: channels, route table, auth, limits, middleware and the Starlette app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+from studyassist.core.cache import connect_redis
+from studyassist.core.channels import create_channel
+from studyassist.core.config import CommonSettings
+from studyassist.core.telemetry import Telemetry
+from studyassist.storage.v1 import storage_pb2_grpc
+
+from gateway.auth import (
+    Authenticator,
+    AuthRoutes,
+    MemoryRefreshStore,
+    RedisRefreshStore,
+    RefreshStore,
+    TokenConfig,
+    Tokens,
+)
+from gateway.config import Settings
+from gateway.middleware import FrontDoor, csp_allowing_style
+from gateway.openapi import DOCS_STYLE, build_openapi, render_docs
+from gateway.ratelimit import RateLimiter
+from gateway.responses import HttpError, error_response, json_response
+from gateway.static import WebApp
+from gateway.transcode import Transcoder
+
+log = logging.getLogger(__name__)
+
+# Readiness needs these; the metrics service is optional (telemetry is dropped when it is away).
+REQUIRED_BACKENDS = ("chat", "storage")
+API_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HttpError)
+    return error_response(exc)
+
+
+async def _starlette_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED}.get(
+        exc.status_code, grpc.StatusCode.INVALID_ARGUMENT
+    )
+    return error_response(HttpError(code, str(exc.detail), status=exc.status_code, headers=dict(exc.headers or {})))
+
+
+class Gateway:
+    """Everything the app holds, built once (constructor injection, no globals)."""
+
+    def __init__(self, settings: Settings, common: CommonSettings, telemetry: Telemetry, jwt_secret: str) -> None:
+        self.settings = settings
+        self.backends = {"chat": settings.chat_addr, "storage": settings.storage_addr, "metrics": settings.metrics_addr}
+        self.channels = {name: create_channel(address) for name, address in self.backends.items()}
+        self.redis = connect_redis(common.redis_url)
+        storage = storage_pb2_grpc.StorageServiceStub(self.channels["storage"])
+        tokens = Tokens(
+            TokenConfig(
+                jwt_secret,
+                settings.jwt_issuer,
+                settings.jwt_audience,
+                settings.access_token_ttl_s,
+                settings.refresh_token_ttl_s,
+            )
+        )
+        self.authenticator = Authenticator(tokens, storage, settings.user_cache_ttl_s)
+        self.refresh_store: RefreshStore = (
+            RedisRefreshStore(self.redis) if self.redis is not None else MemoryRefreshStore()
+        )
+        self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_ip_per_minute, self.redis)
+        self.auth_routes = AuthRoutes(self.authenticator, storage, self.refresh_store, settings.max_body_bytes)
+        self.transcoder = Transcoder(
+            self.backends,
+            self.channels,
+            self.authenticator,
+            self.limiter,
+            max_body_bytes=settings.max_body_bytes,
+            upload_max_bytes=settings.upload_max_bytes,
+            heartbeat_s=settings.sse_heartbeat_s,
+        )
+        self.web = WebApp(settings.web_dist_dir)
+        self.meter = telemetry.meter
+        self._openapi: tuple[int, bytes, str] | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.transcoder.refresh()
+        log.info(
+            "gateway ready",
+            extra={
+                "fields": {
+                    "routes": len(self.transcoder.table.routes),
+                    "backends_loaded": [n for n, ok in self.transcoder.loaded.items() if ok],
+                    "refresh_tokens": self.refresh_store.name,
+                    "rate_limits": self.limiter.backend,
+                    "web_app": self.web.dist_dir.joinpath("index.html").is_file(),
+                }
+            },
+        )
+        task = asyncio.create_task(self.transcoder.refresh_forever(self.settings.descriptor_refresh_s))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for channel in self.channels.values():
+                await channel.close(None)
+            if self.redis is not None:
+                await self.redis.aclose()
+
+    async def healthz(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def _serving(self, name: str) -> bool:
+        try:
+            reply = await health_pb2_grpc.HealthStub(self.channels[name]).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1.0
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def readyz(self, request: Request) -> Response:
+        names = list(self.backends)
+        results = await asyncio.gather(*(self._serving(name) for name in names))
+        backends = {name: "SERVING" if ok else "NOT_SERVING" for name, ok in zip(names, results, strict=True)}
+        ready = all(backends[name] == "SERVING" for name in REQUIRED_BACKENDS)
+        return json_response({"ready": ready, "backends": backends}, 200 if ready else 503)
+
+    def _document(self) -> tuple[bytes, str]:
+        generation = self.transcoder.table.generation
+        if self._openapi is None or self._openapi[0] != generation:
+            from gateway.responses import dumps
+
+            document = build_openapi(self.transcoder.table.routes)
+            self._openapi = (generation, dumps(document), render_docs(document))
+        return self._openapi[1], self._openapi[2]
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(self._document()[0], media_type="application/json", headers={"Cache-Control": "no-cache"})
+
+    async def docs(self, request: Request) -> Response:
+        csp = csp_allowing_style(DOCS_STYLE)
+        return HTMLResponse(self._document()[1], headers={"Cache-Control": "no-cache", "Content-Security-Policy": csp})
+
+    def app(self) -> Starlette:
+        auth = self.auth_routes
+        routes = [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+            Route("/docs", self.docs, methods=["GET"]),
+            Route("/v1/auth/register", auth.register, methods=["POST"]),
+            Route("/v1/auth/login", auth.login, methods=["POST"]),
+            Route("/v1/auth/refresh", auth.refresh, methods=["POST"]),
+            Route("/v1/auth/logout", auth.logout, methods=["POST"]),
+            Route("/v1/{rest:path}", self.transcoder.handle, methods=API_METHODS),
+            Route("/{rest:path}", self.web.serve, methods=["GET", "HEAD"]),
+        ]
+        middleware = [Middleware(FrontDoor, limiter=self.limiter, meter=self.meter)]
+        if self.settings.cors_origins:
+            middleware.append(
+                Middleware(
+                    CORSMiddleware,
+                    allow_origins=list(self.settings.cors_origins),
+                    allow_methods=API_METHODS,
+                    allow_headers=["authorization", "content-type", "x-request-id"],
+                    expose_headers=["x-request-id", "x-response-time", "retry-after"],
+                    max_age=600,
+                )
+            )
+        middleware.append(Middleware(GZipMiddleware, minimum_size=500))
+        handlers: dict[Any, Any] = {HttpError: _http_error, HTTPException: _starlette_error}
+        return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=self.lifespan)
+
+
+def build_app(settings: Settings, common: CommonSettings, telemetry: Telemetry, jwt_secret: str) -> Starlette:
+    return Gateway(settings, common, telemetry, jwt_secret).app()

@@ -1,0 +1,114 @@
+// A Server-Sent Events parser (https://html.spec.whatwg.org/multipage/server-sent-events.html)
+// for fetch() streams: EventSource cannot POST nor send an Authorization header.
+
+export interface SseEvent {
+  event: string;
+  data: string;
+  id: string;
+}
+
+/** Incremental parser: feed it text as it arrives, get back the events completed so far. */
+export class SseParser {
+  private buffer = '';
+  private dataLines: string[] = [];
+  private eventType = '';
+  private lastId = '';
+  private sawCarriageReturn = false;
+
+  feed(chunk: string): SseEvent[] {
+    if (chunk === '') return [];
+    // A "\r\n" pair may be split across chunks: drop the "\n" that follows a trailing "\r".
+    if (this.sawCarriageReturn && chunk.startsWith('\n')) chunk = chunk.slice(1);
+    this.sawCarriageReturn = chunk.endsWith('\r');
+    this.buffer += chunk;
+    const events: SseEvent[] = [];
+    let start = 0;
+    for (let i = 0; i < this.buffer.length; i++) {
+      const c = this.buffer[i];
+      if (c !== '\n' && c !== '\r') continue;
+      const line = this.buffer.slice(start, i);
+      if (c === '\r' && this.buffer[i + 1] === '\n') i++;
+      start = i + 1;
+      const event = this.processLine(line);
+      if (event) events.push(event);
+    }
+    this.buffer = this.buffer.slice(start);
+    return events;
+  }
+
+  /** End of stream: an event without its closing blank line is dropped, as the spec says. */
+  end(): SseEvent[] {
+    this.buffer = '';
+    this.dataLines = [];
+    this.eventType = '';
+    return [];
+  }
+
+  private processLine(line: string): SseEvent | null {
+    if (line === '') {
+      if (this.dataLines.length === 0) {
+        this.eventType = '';
+        return null;
+      }
+      const event = { event: this.eventType || 'message', data: this.dataLines.join('\n'), id: this.lastId };
+      this.dataLines = [];
+      this.eventType = '';
+      return event;
+    }
+    if (line.startsWith(':')) return null; // comment / keep-alive
+    const colon = line.indexOf(':');
+    const field = colon === -1 ? line : line.slice(0, colon);
+    let value = colon === -1 ? '' : line.slice(colon + 1);
+    if (value.startsWith(' ')) value = value.slice(1);
+    switch (field) {
+      case 'data':
+        this.dataLines.push(value);
+        break;
+      case 'event':
+        this.eventType = value;
+        break;
+      case 'id':
+        if (!value.includes('\0')) this.lastId = value;
+        break;
+      default:
+        break; // "retry" and unknown fields: nothing to do for a one-shot stream
+    }
+    return null;
+  }
+}
+
+/** Read a byte stream as SSE, calling onEvent for each event; resolves when the stream ends. */
+export async function readSse(
+  body: ReadableStream<Uint8Array>,
+  onEvent: (event: SseEvent) => void,
+  signal?: AbortSignal,
+): Promise<void> {
+  const reader = body.getReader();
+  const decoder = new TextDecoder('utf-8');
+  const parser = new SseParser();
+  const onAbort = () => {
+    reader.cancel().catch(() => undefined);
+  };
+  signal?.addEventListener('abort', onAbort);
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      for (const event of parser.feed(decoder.decode(value, { stream: true }))) onEvent(event);
+    }
+    for (const event of parser.feed(decoder.decode())) onEvent(event);
+    parser.end();
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+    reader.releaseLock();
+  }
+}
+
+/** Parse each event's data as JSON; a malformed event is an error, not silently skipped. */
+export function parseJsonEvent<T>(event: SseEvent): T {
+  try {
+    return JSON.parse(event.data) as T;
+  } catch {
+    throw new Error(`malformed stream event: ${event.data.slice(0, 80)}`);
+  }
+}

@@ -1,0 +1,134 @@
+// Shapes of the gateway's JSON (proto field names; enums as names; int64 as strings;
+// proto3 JSON omits fields holding their default value, so most fields are optional).
+
+export interface User {
+  user_id: string;
+  email: string;
+  display_name?: string;
+}
+
+export interface TokenResponse {
+  access_token: string;
+  refresh_token: string;
+  token_type?: string;
+  expires_in?: number;
+  user: User;
+}
+
+export type FileStatus =
+  | 'FILE_STATUS_UNSPECIFIED'
+  | 'FILE_STATUS_QUEUED'
+  | 'FILE_STATUS_PROCESSING'
+  | 'FILE_STATUS_READY'
+  | 'FILE_STATUS_FAILED';
+
+export interface StoredFile {
+  file_id: string;
+  file_name?: string;
+  kind?: string;
+  size_bytes?: string | number;
+  sha256?: string;
+  status?: FileStatus;
+  error?: string;
+  chunks_done?: number;
+  chunks_total?: number;
+  created_at?: string;
+  updated_at?: string;
+}
+
+export interface Citation {
+  index?: number;
+  file_id?: string;
+  file_name?: string;
+  page?: number;
+  heading?: string;
+  snippet?: string;
+  chunk_id?: string;
+  score?: number;
+}
+
+export interface Agent {
+  agent_id: string;
+  name_vi?: string;
+  name_en?: string;
+  description_vi?: string;
+  description_en?: string;
+}
+
+export interface Session {
+  session_id: string;
+  title?: string;
+  agent_id?: string;
+  message_count?: number;
+  created_at?: string;
+  updated_at?: string;
+  last_message_at?: string;
+}
+
+export type Role = 'ROLE_UNSPECIFIED' | 'ROLE_USER' | 'ROLE_ASSISTANT';
+
+export interface Message {
+  message_id?: string;
+  session_id?: string;
+  role?: Role;
+  content?: string;
+  citations?: Citation[];
+  agent_id?: string;
+  backend?: string;
+  created_at?: string;
+}
+
+export interface MessageHit {
+  message?: Message;
+  session_title?: string;
+  highlighted?: string;
+  score?: number;
+}
+
+export interface ChatEvent {
+  started?: { session_id?: string; backend?: string };
+  delta?: { text?: string };
+  citations?: { citations?: Citation[] };
+  done?: {
+    message_id?: string;
+    usage?: { prompt_tokens?: number; completion_tokens?: number };
+    timings?: { retrieval_ms?: number; first_token_ms?: number; total_ms?: number };
+    cached?: boolean;
+  };
+  // A gateway may report a failure after the stream has started.
+  error?: { code?: string | number; message?: string };
+}
+
+export interface EndpointStats {
+  service?: string;
+  method?: string;
+  count?: string | number;
+  errors?: string | number;
+  p50_ms?: number;
+  p95_ms?: number;
+  p99_ms?: number;
+  per_second?: number;
+}
+
+export interface GaugeValue {
+  name?: string;
+  attributes?: Record<string, string>;
+  value?: number;
+}
+
+export interface Dashboard {
+  window_seconds?: number;
+  endpoints?: EndpointStats[];
+  gauges?: GaugeValue[];
+  spans_received?: string | number;
+  traces_seen?: string | number;
+}
+
+export interface Alert {
+  name?: string;
+  state?: 'ALERT_STATE_UNSPECIFIED' | 'ALERT_STATE_OK' | 'ALERT_STATE_FIRING';
+  value?: number;
+  threshold?: number;
+  since?: string;
+  description?: string;
+}

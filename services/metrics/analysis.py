@@ -1,0 +1,262 @@
+"""What the window means: per-endpoint latency and errors, gauges, cache hit ratios, pool use.
+
+Names read here (the conventions every service's instruments follow):
+- ``rpc.server.duration`` (the core server interceptor; attributes rpc.service, rpc.method,
+  rpc.grpc.status), ``http.server.duration`` / ``http.server.request.duration`` (http.route,
+  http.request.method, http.response.status_code; 5xx counts as an error).
+- Pools: ``db.client.connection.count`` (attribute db.client.connection.state = used|idle),
+  ``db.client.connection.max``, ``db.client.connection.pending_requests`` (OTel semantic
+  conventions; the older ``db.client.connections.*`` names with ``state`` also work), or
+  ``db.pool.in_use`` / ``db.pool.max`` / ``db.pool.waiting``. The pool name comes from
+  db.client.connection.pool.name, pool.name or pool.
+- Cache hit ratios: counters ``<x>.hits`` and ``<x>.misses`` with the same attributes, or one
+  counter with attribute ``result`` (or cache.result) = hit|miss, become ``<x>.hit_ratio``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from studyassist.metrics.v1 import metrics_pb2
+
+from metrics.store import Histogram, MetricStore, Series, WindowView
+
+RPC_DURATION = "rpc.server.duration"
+HTTP_DURATIONS = ("http.server.duration", "http.server.request.duration")
+UNIT_TO_MS = {"ms": 1.0, "s": 1000.0, "us": 0.001, "ns": 1e-6}
+
+POOL_USED = {"db.client.connection.count", "db.client.connections.usage", "db.pool.in_use"}
+POOL_MAX = {"db.client.connection.max", "db.client.connections.max", "db.pool.max"}
+POOL_WAITING = {
+    "db.client.connection.pending_requests",
+    "db.client.connections.pending_requests",
+    "db.pool.waiting",
+}
+POOL_NAME_KEYS = ("db.client.connection.pool.name", "pool.name", "pool")
+STATE_KEYS = ("db.client.connection.state", "state")
+# Pool sizing: aim for this utilisation at the window's peak; shrink only below the low mark.
+TARGET_UTILISATION = 0.7
+LOW_UTILISATION = 0.3
+MIN_POOL_SIZE = 2
+
+
+@dataclass(slots=True)
+class Endpoint:
+    service: str
+    rpc_service: str
+    method: str
+    histogram: Histogram = field(default_factory=Histogram)
+    errors: int = 0
+    scale_to_ms: float = 1.0
+
+    @property
+    def count(self) -> int:
+        return self.histogram.count
+
+    def percentile_ms(self, q: float) -> float:
+        return self.histogram.quantile(q) * self.scale_to_ms
+
+    def stats(self, window_s: float) -> metrics_pb2.EndpointStats:
+        count = self.count
+        return metrics_pb2.EndpointStats(
+            service=self.service,
+            method=self.method,
+            rpc_service=self.rpc_service,
+            count=count,
+            errors=self.errors,
+            p50_ms=self.percentile_ms(0.50),
+            p95_ms=self.percentile_ms(0.95),
+            p99_ms=self.percentile_ms(0.99),
+            mean_ms=self.histogram.total / count * self.scale_to_ms if count else 0.0,
+            per_second=count / window_s if window_s else 0.0,
+            error_rate=self.errors / count if count else 0.0,
+        )
+
+
+def _endpoint_key(series: Series) -> tuple[str, str, str, bool] | None:
+    """(service, rpc service, method, is error) for a duration histogram, None for anything else."""
+    if series.name == RPC_DURATION:
+        status = series.attribute("rpc.grpc.status")
+        return series.service, series.attribute("rpc.service"), series.attribute("rpc.method"), status not in ("", "OK")
+    if series.name in HTTP_DURATIONS:
+        verb = series.attribute("http.request.method", "http.method")
+        route = series.attribute("http.route", "http.target") or "/"
+        code = series.attribute("http.response.status_code", "http.status_code")
+        return series.service, "http", f"{verb} {route}".strip(), code.isdigit() and int(code) >= 500
+    return None
+
+
+def endpoints(views: list[WindowView]) -> list[Endpoint]:
+    merged: dict[tuple[str, str, str], Endpoint] = {}
+    for view in views:
+        key = _endpoint_key(view.series)
+        if key is None or view.histogram.count == 0:
+            continue
+        service, rpc_service, method, is_error = key
+        endpoint = merged.get((service, rpc_service, method))
+        if endpoint is None:
+            endpoint = Endpoint(service, rpc_service, method, scale_to_ms=UNIT_TO_MS.get(view.series.unit, 1.0))
+            merged[(service, rpc_service, method)] = endpoint
+        endpoint.histogram.merge(view.histogram)
+        if is_error:
+            endpoint.errors += view.histogram.count
+    return sorted(merged.values(), key=lambda e: (e.service, e.rpc_service, e.method))
+
+
+def _gauge_values(views: list[WindowView], window_s: float) -> list[metrics_pb2.GaugeValue]:
+    values = []
+    for view in views:
+        series = view.series
+        attributes = dict(series.attributes)
+        if series.instance:
+            attributes["service.instance.id"] = series.instance
+        if series.kind in ("gauge", "updowncounter") and view.gauge.n:
+            values.append(
+                metrics_pb2.GaugeValue(
+                    name=series.name,
+                    service=series.service,
+                    attributes=attributes,
+                    value=view.gauge.last,
+                    kind=series.kind,
+                )
+            )
+        elif series.kind == "counter":
+            values.append(
+                metrics_pb2.GaugeValue(
+                    name=series.name,
+                    service=series.service,
+                    attributes=attributes,
+                    value=view.increase,
+                    kind="counter",
+                    per_second=view.increase / window_s if window_s else 0.0,
+                )
+            )
+    return values
+
+
+def _hit_ratios(views: list[WindowView]) -> list[metrics_pb2.GaugeValue]:
+    # (service, base name, attributes without the result) -> [hits, misses]
+    tallies: dict[tuple[str, str, tuple[tuple[str, str], ...]], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for view in views:
+        series = view.series
+        if series.kind != "counter":
+            continue
+        result = series.attribute("result", "cache.result")
+        if series.name.endswith((".hits", ".misses")):
+            base, _, suffix = series.name.rpartition(".")
+            tallies[(series.service, base, series.attributes)][0 if suffix == "hits" else 1] += view.increase
+        elif result in ("hit", "miss"):
+            rest = tuple((k, v) for k, v in series.attributes if k not in ("result", "cache.result"))
+            tallies[(series.service, series.name, rest)][0 if result == "hit" else 1] += view.increase
+    values = []
+    for (service, base, attributes), (hits, misses) in sorted(tallies.items()):
+        if hits + misses > 0:
+            values.append(
+                metrics_pb2.GaugeValue(
+                    name=f"{base}.hit_ratio",
+                    service=service,
+                    attributes=dict(attributes),
+                    value=hits / (hits + misses),
+                    kind="ratio",
+                )
+            )
+    return values
+
+
+@dataclass(slots=True)
+class PoolUse:
+    service: str
+    pool: str
+    in_use_mean: float = 0.0
+    in_use_peak: float = 0.0
+    max_size: float = 0.0
+    waiting_peak: float = 0.0
+
+    @property
+    def mean_utilisation(self) -> float:
+        return self.in_use_mean / self.max_size if self.max_size else 0.0
+
+    @property
+    def peak_utilisation(self) -> float:
+        return self.in_use_peak / self.max_size if self.max_size else 0.0
+
+
+def pools(views: list[WindowView]) -> list[PoolUse]:
+    found: dict[tuple[str, str, str], PoolUse] = {}
+    for view in views:
+        series = view.series
+        if not view.gauge.n or series.name not in POOL_USED | POOL_MAX | POOL_WAITING:
+            continue
+        pool_name = series.attribute(*POOL_NAME_KEYS) or "default"
+        key = (series.service, series.instance, pool_name)
+        use = found.get(key)
+        if use is None:
+            use = found[key] = PoolUse(series.service, pool_name)
+        if series.name in POOL_USED:
+            state = series.attribute(*STATE_KEYS)
+            if state and state != "used":
+                continue
+            use.in_use_mean += view.gauge.mean
+            use.in_use_peak += view.gauge.high
+        elif series.name in POOL_MAX:
+            use.max_size = max(use.max_size, view.gauge.last)
+        else:
+            use.waiting_peak = max(use.waiting_peak, view.gauge.high)
+    return [use for _, use in sorted(found.items()) if use.max_size > 0]
+
+
+def recommend(use: PoolUse, high_utilisation: float) -> metrics_pb2.PoolRecommendation:
+    current = int(use.max_size)
+    demand = use.in_use_peak + use.waiting_peak
+    if use.waiting_peak > 0 or use.mean_utilisation > high_utilisation:
+        action = metrics_pb2.POOL_ACTION_INCREASE
+        recommended = max(current + 1, math.ceil(demand / TARGET_UTILISATION))
+        reason = (
+            f"mean utilisation {use.mean_utilisation:.0%} (alert above {high_utilisation:.0%}), "
+            f"peak {use.in_use_peak:g} in use and {use.waiting_peak:g} waiting of {current}: "
+            f"size for {TARGET_UTILISATION:.0%} at peak"
+        )
+    elif use.peak_utilisation < LOW_UTILISATION and current > MIN_POOL_SIZE:
+        action = metrics_pb2.POOL_ACTION_DECREASE
+        recommended = max(MIN_POOL_SIZE, math.ceil(use.in_use_peak / TARGET_UTILISATION))
+        recommended = min(recommended, current - 1)
+        reason = (
+            f"peak utilisation {use.peak_utilisation:.0%} is under {LOW_UTILISATION:.0%}: "
+            f"{recommended} connections hold the peak of {use.in_use_peak:g} at {TARGET_UTILISATION:.0%} or less"
+        )
+    else:
+        action = metrics_pb2.POOL_ACTION_MAINTAIN
+        recommended = current
+        reason = f"mean utilisation {use.mean_utilisation:.0%}, peak {use.peak_utilisation:.0%}, nobody waiting"
+    return metrics_pb2.PoolRecommendation(
+        service=use.service,
+        pool=use.pool,
+        action=action,
+        current_max=current,
+        recommended_max=recommended,
+        mean_in_use=use.in_use_mean,
+        peak_in_use=use.in_use_peak,
+        mean_utilisation=use.mean_utilisation,
+        peak_utilisation=use.peak_utilisation,
+        peak_waiting=use.waiting_peak,
+        reason=reason,
+    )
+
+
+def dashboard(store: MetricStore, window_s: int, high_utilisation: float) -> metrics_pb2.Dashboard:
+    views = store.window(window_s)
+    spans, error_spans, traces = store.traces(window_s)
+    return metrics_pb2.Dashboard(
+        window_seconds=window_s,
+        endpoints=[e.stats(window_s) for e in endpoints(views)],
+        gauges=[*_gauge_values(views, window_s), *_hit_ratios(views)],
+        spans_received=spans,
+        traces_seen=traces,
+        error_spans=error_spans,
+        pool_recommendations=[recommend(use, high_utilisation) for use in pools(views)],
+        series_dropped=store.series_dropped,
+        points_dropped=store.points_dropped,
+        series_count=store.series_count,
+    )

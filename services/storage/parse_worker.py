@@ -1,0 +1,348 @@
+"""The document parser and chunker, run as a child process with memory and time limits.
+
+``python -m storage.parse_worker`` reads one JSON request line on stdin
+({"path", "kind", "tokenizer_dir", "chunk_tokens", "overlap_tokens", "memory_limit_mb"}) and writes
+one JSON line on stdout: {"chunks": [{text, page, heading, char_start, char_end}, ...]} or
+{"error": "<reason a student can read>"}. It never imports the server's modules: a hostile file
+can at worst exhaust this process's own memory limit or time, never the service.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import sys
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+# Limits checked before anything is decompressed (DOCX and PPTX are ZIP packages).
+MAX_ZIP_ENTRIES = 5000
+MAX_UNCOMPRESSED_BYTES = 400 * 1024 * 1024
+MAX_ENTRY_RATIO = 200  # uncompressed / compressed, for entries over 1 MiB
+RATIO_CHECK_MIN_BYTES = 1024 * 1024
+# Long sections are tokenized in blocks of about this many characters (bounded memory).
+BLOCK_CHARS = 100_000
+
+
+class ParseFailure(Exception):
+    """A file we cannot use, with a reason a student can read."""
+
+
+@dataclass(slots=True)
+class Section:
+    text: str
+    page: int = 0
+    heading: str = ""
+
+
+# ---------------------------------------------------------------- formats
+
+
+def parse_text(path: str) -> list[Section]:
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return [Section(data.decode("utf-8-sig"))]
+    except UnicodeDecodeError as exc:
+        raise ParseFailure(f"the text file is not valid UTF-8 (byte {exc.start})") from None
+
+
+_MD_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
+
+
+def parse_markdown(path: str) -> list[Section]:
+    """Sections split at Markdown headings; each carries its heading path ("A > B")."""
+    (whole,) = parse_text(path)
+    sections: list[Section] = []
+    path_titles: list[tuple[int, str]] = []
+    current: list[str] = []
+    in_code = False
+
+    def flush() -> None:
+        text = "".join(current)
+        if text.strip():
+            sections.append(Section(text, 0, " > ".join(t for _, t in path_titles)))
+        current.clear()
+
+    for line in whole.text.splitlines(keepends=True):
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        match = None if in_code else _MD_HEADING.match(line.rstrip("\r\n"))
+        if match:
+            flush()
+            level = len(match.group(1))
+            path_titles = [(lvl, t) for lvl, t in path_titles if lvl < level] + [(level, match.group(2).strip())]
+        current.append(line)
+    flush()
+    return sections
+
+
+def parse_pdf(path: str) -> list[Section]:
+    import pypdf
+    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
+
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - 2048))
+        tail = f.read()
+    if b"%%EOF" not in tail:
+        raise ParseFailure("the PDF is truncated or damaged (it has no end-of-file marker)")
+    try:
+        reader = pypdf.PdfReader(path)
+        if reader.is_encrypted:
+            try:
+                decrypted = bool(reader.decrypt(""))
+            except (DependencyError, NotImplementedError):
+                decrypted = False
+            if not decrypted:
+                raise ParseFailure("the PDF is encrypted with a password; upload an unprotected copy")
+        sections = []
+        for number, page in enumerate(reader.pages, start=1):
+            text = page.extract_text() or ""
+            if text.strip():
+                sections.append(Section(text, number))
+    except FileNotDecryptedError:
+        raise ParseFailure("the PDF is encrypted with a password; upload an unprotected copy") from None
+    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
+        raise ParseFailure(f"the PDF is damaged and cannot be read ({type(exc).__name__}: {exc})"[:300]) from None
+    if not sections:
+        raise ParseFailure("the PDF has no extractable text (a scanned PDF needs OCR, which is not supported)")
+    return sections
+
+
+def check_office_package(path: str) -> None:
+    """Refuse decompression bombs and XML entity bombs before any parser inflates a byte."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ParseFailure(f"the document is a damaged ZIP archive ({exc})") from None
+    with archive:
+        entries = archive.infolist()
+        if len(entries) > MAX_ZIP_ENTRIES:
+            raise ParseFailure(f"the document has {len(entries)} parts (at most {MAX_ZIP_ENTRIES} allowed)")
+        declared = sum(e.file_size for e in entries)
+        if declared > MAX_UNCOMPRESSED_BYTES:
+            raise ParseFailure(
+                f"the document would expand to {declared // 2**20} MiB (at most "
+                f"{MAX_UNCOMPRESSED_BYTES // 2**20} MiB): a possible decompression bomb"
+            )
+        for entry in entries:
+            if entry.file_size > RATIO_CHECK_MIN_BYTES and entry.file_size > MAX_ENTRY_RATIO * max(
+                entry.compress_size, 1
+            ):
+                raise ParseFailure(
+                    f"part {entry.filename!r} is compressed {entry.file_size // max(entry.compress_size, 1)}:1 "
+                    "(a possible decompression bomb)"
+                )
+        # Declared sizes can lie: inflate each part in bounded pieces, counting real bytes.
+        total = 0
+        for entry in entries:
+            real = 0
+            is_xml = entry.filename.endswith((".xml", ".rels"))
+            carry = b""
+            try:
+                with archive.open(entry) as stream:
+                    while piece := stream.read(256 * 1024):
+                        real += len(piece)
+                        total += len(piece)
+                        if real > entry.file_size or total > MAX_UNCOMPRESSED_BYTES:
+                            raise ParseFailure(
+                                f"part {entry.filename!r} expands beyond its declared size "
+                                "(a possible decompression bomb)"
+                            )
+                        if is_xml:
+                            window = (carry + piece).upper()
+                            if b"<!DOCTYPE" in window or b"<!ENTITY" in window:
+                                raise ParseFailure(
+                                    f"part {entry.filename!r} declares XML entities, which Office documents "
+                                    "never do (a possible XML bomb)"
+                                )
+                            carry = piece[-16:]
+            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
+                raise ParseFailure(f"the document is damaged ({exc})") from None
+
+
+_HEADING_STYLE = re.compile(r"^(?:heading|title)\s*(\d*)$", re.IGNORECASE)
+
+
+def parse_docx(path: str) -> list[Section]:
+    check_office_package(path)
+    import docx
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+
+    try:
+        document = docx.Document(path)
+        sections: list[Section] = []
+        titles: list[tuple[int, str]] = []
+        current: list[str] = []
+
+        def flush() -> None:
+            text = "\n".join(current)
+            if text.strip():
+                sections.append(Section(text, 0, " > ".join(t for _, t in titles)))
+            current.clear()
+
+        for block in document.iter_inner_content():
+            if isinstance(block, Paragraph):
+                style = block.style.name if block.style is not None else ""
+                match = _HEADING_STYLE.match(style or "")
+                text = block.text
+                if match and text.strip():
+                    flush()
+                    level = int(match.group(1) or 0)
+                    titles = [(lvl, t) for lvl, t in titles if lvl < level] + [(level, text.strip())]
+                current.append(text)
+            elif isinstance(block, Table):
+                for row in block.rows:
+                    current.append(" | ".join(cell.text.strip() for cell in row.cells))
+        flush()
+    except ParseFailure:
+        raise
+    except Exception as exc:  # python-docx raises many kinds on damaged files
+        raise ParseFailure(f"the Word document cannot be read ({type(exc).__name__}: {exc})"[:300]) from None
+    if not sections:
+        raise ParseFailure("the Word document has no text")
+    return sections
+
+
+def _shape_texts(shapes: Any) -> Iterator[str]:
+    for shape in shapes:
+        if getattr(shape, "shape_type", None) == 6:  # MSO_SHAPE_TYPE.GROUP
+            yield from _shape_texts(shape.shapes)
+        elif getattr(shape, "has_text_frame", False) and shape.has_text_frame:
+            yield shape.text_frame.text
+        elif getattr(shape, "has_table", False) and shape.has_table:
+            for row in shape.table.rows:
+                yield " | ".join(cell.text.strip() for cell in row.cells)
+
+
+def parse_pptx(path: str) -> list[Section]:
+    check_office_package(path)
+    import pptx
+
+    try:
+        presentation = pptx.Presentation(path)
+        sections = []
+        for number, slide in enumerate(presentation.slides, start=1):
+            title_shape = slide.shapes.title
+            title = title_shape.text_frame.text.strip() if title_shape is not None else ""
+            texts = [t for t in _shape_texts(slide.shapes) if t.strip()]
+            if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
+                notes = slide.notes_slide.notes_text_frame.text
+                if notes.strip():
+                    texts.append(notes)
+            if texts:
+                sections.append(Section("\n".join(texts), number, title))
+    except Exception as exc:  # python-pptx raises many kinds on damaged files
+        raise ParseFailure(f"the PowerPoint file cannot be read ({type(exc).__name__}: {exc})"[:300]) from None
+    if not sections:
+        raise ParseFailure("the presentation has no text")
+    return sections
+
+
+PARSERS = {"txt": parse_text, "md": parse_markdown, "pdf": parse_pdf, "docx": parse_docx, "pptx": parse_pptx}
+
+
+# ---------------------------------------------------------------- chunking
+
+
+def _blocks(text: str) -> Iterator[tuple[int, str]]:
+    """(offset, block) pieces of at most about BLOCK_CHARS, split at line ends or spaces."""
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + BLOCK_CHARS)
+        if end < len(text):
+            cut = text.rfind("\n", start + BLOCK_CHARS // 2, end)
+            if cut < 0:
+                cut = text.rfind(" ", start + BLOCK_CHARS // 2, end)
+            if cut > start:
+                end = cut + 1
+        yield start, text[start:end]
+        start = end
+
+
+def chunk_sections(sections: list[Section], tokenizer: Any, size: int, overlap: int) -> list[dict[str, Any]]:
+    """Windows of at most ``size`` tokens overlapping by about ``overlap``, cut only between words."""
+    chunks: list[dict[str, Any]] = []
+    for section in sections:
+        for block_offset, block in _blocks(section.text.replace("\x00", " ")):
+            encoding = tokenizer.encode(block, add_special_tokens=False)
+            offsets: list[tuple[int, int]] = encoding.offsets
+            n = len(offsets)
+            if n == 0:
+                continue
+            # A cut before token i is clean when whitespace separates it from token i-1.
+            clean = [i == 0 or offsets[i][0] > offsets[i - 1][1] for i in range(n)]
+            word_ids = encoding.word_ids
+
+            def cut_before(limit: int, floor: int, _clean: list[bool] = clean, _ids: list[Any] = word_ids) -> int:
+                for i in range(limit, floor, -1):
+                    if _clean[i]:
+                        return i
+                # One "word" longer than a chunk (a URL, a formula): cut between pre-tokenizer words.
+                for i in range(limit, floor, -1):
+                    if _ids[i] != _ids[i - 1]:
+                        return i
+                return limit
+
+            start = 0
+            while start < n:
+                end = n if start + size >= n else cut_before(start + size, start)
+                char_start, char_end = offsets[start][0], offsets[end - 1][1]
+                text = block[char_start:char_end].strip()
+                if text:
+                    chunks.append(
+                        {
+                            "text": text,
+                            "page": section.page,
+                            "heading": section.heading[:500],
+                            "char_start": block_offset + char_start,
+                            "char_end": block_offset + char_end,
+                        }
+                    )
+                if end >= n:
+                    break
+                next_start = end - overlap
+                start = cut_before(next_start, start) if next_start > start else end
+    return chunks
+
+
+def run(request: dict[str, Any]) -> dict[str, Any]:
+    limit = int(request["memory_limit_mb"]) * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    kind = request["kind"]
+    try:
+        sections = PARSERS[kind](request["path"])
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(f"{request['tokenizer_dir']}/tokenizer.json")
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        chunks = chunk_sections(sections, tokenizer, int(request["chunk_tokens"]), int(request["overlap_tokens"]))
+    except ParseFailure as exc:
+        return {"error": str(exc)}
+    except MemoryError:
+        return {"error": f"the document needs more than {request['memory_limit_mb']} MiB to parse"}
+    if not chunks:
+        return {"error": "the document has no text"}
+    return {"chunks": chunks}
+
+
+def main() -> None:
+    request = json.loads(sys.stdin.readline())
+    try:
+        result = run(request)
+    except MemoryError:
+        result = {"error": f"the document needs more than {request['memory_limit_mb']} MiB to parse"}
+    sys.stdout.write(json.dumps(result, ensure_ascii=False))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Wiring: pool and migrations, blob store, embedding client, ingestion workers, the servicer."""
+
+from __future__ import annotations
+
+from studyassist.core.config import CommonSettings
+from studyassist.core.server import Server, ServiceSpec, create_server
+from studyassist.core.telemetry import Telemetry
+from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
+
+from storage.blobs import BlobStore
+from storage.config import Settings
+from storage.db import connect, migrate
+from storage.embeddings import EmbeddingClient
+from storage.ingest import Ingestor, IngestSettings
+from storage.servicer import StorageServicer
+
+SERVICE_NAME = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
+
+
+async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry) -> tuple[Server, int]:
+    db = await connect(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        acquire_timeout_s=settings.db_acquire_timeout_s,
+    )
+    try:
+        await migrate(db, embedding_dim=settings.embedding_dim)
+        db.register_gauges(telemetry.meter)
+        blobs = BlobStore(settings.blob_dir or common.data_dir / "blobs")
+        blobs.prepare()
+        embeddings = EmbeddingClient(settings.embedding_addr)
+        ingestor = Ingestor(
+            db,
+            blobs,
+            embeddings,
+            IngestSettings(
+                workers=settings.ingest_workers,
+                max_attempts=settings.ingest_max_attempts,
+                lease_s=settings.ingest_lease_s,
+                chunk_tokens=settings.chunk_tokens,
+                overlap_tokens=settings.chunk_overlap_tokens,
+                tokenizer_dir=settings.tokenizer_dir,
+                embedding_dim=settings.embedding_dim,
+                parse_memory_limit_mb=settings.parse_memory_limit_mb,
+                parse_timeout_s=settings.parse_timeout_s,
+            ),
+        )
+        servicer = StorageServicer(
+            db, blobs, ingestor, upload_max_bytes=settings.upload_max_bytes, embedding_dim=settings.embedding_dim
+        )
+        server, port = create_server(
+            f"{common.bind_host}:{settings.port}",
+            [ServiceSpec(SERVICE_NAME, servicer, storage_pb2_grpc.add_StorageServiceServicer_to_server)],
+            meter=telemetry.meter,
+            tracer=telemetry.tracer,
+        )
+    except BaseException:
+        await db.close()
+        raise
+    ingestor.start()
+
+    async def close() -> None:
+        await ingestor.stop()
+        await embeddings.close()
+        await db.close()
+
+    server.on_stop.append(close)
+    return server, port

@@ -1,0 +1,622 @@
+"""StorageService: every query is scoped by the caller's user id from call metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+from studyassist.common.v1 import common_pb2
+from studyassist.core.errors import AlreadyExists, InvalidArgument, NotFound
+from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
+
+from storage.blobs import BlobStore
+from storage.db import Connection, Database
+from storage.ids import caller, decode_token, encode_token, page_size, parse_id
+from storage.ingest import Ingestor
+from storage.textfold import fold, highlight, or_tsquery, query_terms
+from storage.uploads import receive, store
+
+RRF_K = 60
+DEFAULT_TOP_K = 8
+MAX_TOP_K = 100
+MAX_QUERY_CHARS = 2000
+MAX_MESSAGE_CHARS = 200_000
+MAX_MESSAGES_PER_APPEND = 100
+# Up to this many of a user's chunks, vector search is exact (a scan of their rows); above, HNSW.
+EXACT_SEARCH_MAX_CHUNKS = 20_000
+TERMINAL = (storage_pb2.FILE_STATUS_READY, storage_pb2.FILE_STATUS_FAILED)
+
+FILE_SELECT = """
+    SELECT f.id, f.file_name, f.created_at, d.kind, d.size_bytes, d.sha256, d.status, d.error,
+           d.chunks_done, d.chunks_total, greatest(d.updated_at, f.created_at) AS updated_at
+    FROM uploaded_files f JOIN documents d ON d.id = f.document_id
+"""
+SESSION_COLUMNS = "id, title, agent_id, message_count, created_at, updated_at, last_message_at"
+MESSAGE_COLUMNS = "id, session_id, role, content, citations, agent_id, backend, created_at, seq"
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _user(row: asyncpg.Record) -> storage_pb2.User:
+    return storage_pb2.User(
+        user_id=str(row["id"]),
+        email=row["email"],
+        display_name=row["display_name"],
+        active=row["active"],
+        created_at=_ts(row["created_at"]),
+    )
+
+
+def _file(row: asyncpg.Record) -> storage_pb2.File:
+    return storage_pb2.File(
+        file_id=str(row["id"]),
+        file_name=row["file_name"],
+        kind=row["kind"],
+        size_bytes=row["size_bytes"],
+        sha256=row["sha256"],
+        status=row["status"],
+        error=row["error"],
+        chunks_done=row["chunks_done"],
+        chunks_total=row["chunks_total"],
+        created_at=_ts(row["created_at"]),
+        updated_at=_ts(row["updated_at"]),
+    )
+
+
+def _session(row: asyncpg.Record) -> storage_pb2.Session:
+    return storage_pb2.Session(
+        session_id=str(row["id"]),
+        title=row["title"],
+        agent_id=row["agent_id"],
+        message_count=row["message_count"],
+        created_at=_ts(row["created_at"]),
+        updated_at=_ts(row["updated_at"]),
+        last_message_at=_ts(row["last_message_at"]),
+    )
+
+
+def _message(row: asyncpg.Record) -> storage_pb2.Message:
+    citations = [json_format.ParseDict(c, common_pb2.Citation()) for c in json.loads(row["citations"])]
+    return storage_pb2.Message(
+        message_id=str(row["id"]),
+        session_id=str(row["session_id"]),
+        role=row["role"],
+        content=row["content"],
+        citations=citations,
+        agent_id=row["agent_id"],
+        backend=row["backend"],
+        created_at=_ts(row["created_at"]),
+    )
+
+
+def _clean_text(value: str, field: str, limit: int) -> str:
+    if len(value) > limit:
+        raise InvalidArgument(f"{field} is longer than {limit} characters")
+    return value.replace("\x00", "")  # PostgreSQL text cannot hold NUL
+
+
+class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
+    def __init__(
+        self, db: Database, blobs: BlobStore, ingestor: Ingestor, *, upload_max_bytes: int, embedding_dim: int
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.ingestor = ingestor
+        self.upload_max_bytes = upload_max_bytes
+        self.embedding_dim = embedding_dim
+
+    # ------------------------------------------------------------------ users
+
+    async def CreateUser(
+        self, request: storage_pb2.CreateUserRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.User:
+        email = request.email.strip()
+        if not email or "@" not in email or len(email) > 254 or any(c.isspace() for c in email):
+            raise InvalidArgument("email is not a valid address")
+        if not request.password_hash:
+            raise InvalidArgument("password_hash is required")
+        display_name = _clean_text(request.display_name.strip(), "display_name", 200)
+        async with self.db.connection() as conn:
+            try:
+                row = await conn.fetchrow(
+                    "INSERT INTO users (id, email, display_name, password_hash) VALUES ($1, $2, $3, $4) "
+                    "RETURNING id, email, display_name, active, created_at",
+                    uuid.uuid4(),
+                    email,
+                    display_name,
+                    _clean_text(request.password_hash, "password_hash", 1000),
+                )
+            except asyncpg.UniqueViolationError:
+                raise AlreadyExists("a user with this email already exists") from None
+        assert row is not None  # INSERT ... RETURNING always returns the row
+        return _user(row)
+
+    async def GetUserByEmail(
+        self, request: storage_pb2.GetUserByEmailRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.UserCredentials:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT id, email, display_name, active, created_at, password_hash FROM users "
+                "WHERE lower(email) = lower($1)",
+                request.email.strip()[:254],
+            )
+        if row is None:
+            raise NotFound("no user with this email")
+        return storage_pb2.UserCredentials(user=_user(row), password_hash=row["password_hash"])
+
+    async def GetUser(self, request: storage_pb2.GetUserRequest, context: grpc.aio.ServicerContext) -> storage_pb2.User:
+        user_id = caller(context)
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT id, email, display_name, active, created_at FROM users WHERE id = $1", user_id
+            )
+        if row is None:
+            raise NotFound("user not found")
+        return _user(row)
+
+    # ------------------------------------------------------------------ files
+
+    async def UploadFile(
+        self, request_iterator: AsyncIterator[storage_pb2.UploadFileRequest], context: grpc.aio.ServicerContext
+    ) -> storage_pb2.File:
+        user_id = caller(context)
+        received = await receive(request_iterator, self.blobs, self.upload_max_bytes)
+        file_id = await store(self.db, self.blobs, user_id, received)
+        self.ingestor.wake()
+        return await self._get_file(user_id, file_id)
+
+    async def _get_file(self, user_id: uuid.UUID, file_id: uuid.UUID) -> storage_pb2.File:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                FILE_SELECT + " WHERE f.id = $1 AND f.user_id = $2 AND f.deleted_at IS NULL", file_id, user_id
+            )
+        if row is None:
+            raise NotFound("file not found")
+        return _file(row)
+
+    async def GetFile(self, request: storage_pb2.GetFileRequest, context: grpc.aio.ServicerContext) -> storage_pb2.File:
+        user_id = caller(context)
+        return await self._get_file(user_id, parse_id(request.file_id, "file_id"))
+
+    async def ListFiles(
+        self, request: storage_pb2.ListFilesRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.ListFilesResponse:
+        user_id = caller(context)
+        size = page_size(request.page_size)
+        after = decode_token(request.page_token, 2)
+        async with self.db.connection() as conn:
+            if after is None:
+                rows = await conn.fetch(
+                    FILE_SELECT + " WHERE f.user_id = $1 AND f.deleted_at IS NULL "
+                    "ORDER BY f.created_at DESC, f.id DESC LIMIT $2",
+                    user_id,
+                    size + 1,
+                )
+            else:
+                rows = await conn.fetch(
+                    FILE_SELECT + " WHERE f.user_id = $1 AND f.deleted_at IS NULL AND (f.created_at, f.id) < ($3, $4) "
+                    "ORDER BY f.created_at DESC, f.id DESC LIMIT $2",
+                    user_id,
+                    size + 1,
+                    _token_time(after[0]),
+                    parse_id(after[1], "page_token"),
+                )
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = encode_token([rows[-1]["created_at"].isoformat(), str(rows[-1]["id"])])
+        return storage_pb2.ListFilesResponse(files=[_file(r) for r in rows], next_page_token=token)
+
+    async def DeleteFile(
+        self, request: storage_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.DeleteFileResponse:
+        user_id = caller(context)
+        file_id = parse_id(request.file_id, "file_id")
+        async with self.db.connection() as conn:
+            deleted = await conn.fetchval(
+                "UPDATE uploaded_files SET deleted_at = now() WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL "
+                "RETURNING id",
+                file_id,
+                user_id,
+            )
+        if deleted is None:
+            raise NotFound("file not found")
+        return storage_pb2.DeleteFileResponse()
+
+    async def WatchFile(
+        self, request: storage_pb2.GetFileRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[storage_pb2.File]:
+        user_id = caller(context)
+        file_id = parse_id(request.file_id, "file_id")
+        last: tuple[Any, ...] | None = None
+        while True:
+            current = await self._get_file(user_id, file_id)
+            state = (current.status, current.chunks_done, current.chunks_total, current.error)
+            if state != last:
+                last = state
+                yield current
+            if current.status in TERMINAL:
+                return
+            # Woken by this process's ingestion at once; the timeout covers other replicas' work.
+            async with self.ingestor.progress:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ingestor.progress.wait(), timeout=1.0)
+
+    async def GetDocumentSetVersion(
+        self, request: storage_pb2.GetDocumentSetVersionRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.DocumentSetVersion:
+        user_id = caller(context)
+        async with self.db.connection() as conn:
+            version = await conn.fetchval(
+                "SELECT md5(coalesce(string_agg(f.id::text || ':' || d.id::text, ',' ORDER BY f.id), '')) "
+                "FROM uploaded_files f JOIN documents d ON d.id = f.document_id "
+                "WHERE f.user_id = $1 AND f.deleted_at IS NULL AND d.status = $2",
+                user_id,
+                storage_pb2.FILE_STATUS_READY,
+            )
+        return storage_pb2.DocumentSetVersion(version=str(version))
+
+    # ------------------------------------------------------------------ retrieval
+
+    async def SearchChunks(
+        self, request: storage_pb2.SearchChunksRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.SearchChunksResponse:
+        user_id = caller(context)
+        if len(request.query) > MAX_QUERY_CHARS:
+            raise InvalidArgument(f"query is longer than {MAX_QUERY_CHARS} characters")
+        if request.top_k < 0:
+            raise InvalidArgument("top_k must not be negative")
+        top_k = min(request.top_k or DEFAULT_TOP_K, MAX_TOP_K)
+        embedding: np.ndarray | None = None
+        if request.query_embedding:
+            if len(request.query_embedding) != self.embedding_dim:
+                raise InvalidArgument(f"query_embedding must have {self.embedding_dim} values")
+            embedding = np.asarray(request.query_embedding, dtype=np.float32)
+            if not np.all(np.isfinite(embedding)) or not np.any(embedding):
+                raise InvalidArgument("query_embedding must be finite and non-zero")
+        terms = query_terms(request.query)
+        if embedding is None and not terms:
+            raise InvalidArgument("give a query with words or a query_embedding")
+        file_ids = [parse_id(f, "file_ids") for f in request.file_ids]
+        candidates = top_k * 3
+        async with self.db.connection() as conn:
+            files = await conn.fetch(
+                "SELECT f.id, f.file_name, f.document_id, d.chunks_done, d.status FROM uploaded_files f "
+                "JOIN documents d ON d.id = f.document_id WHERE f.user_id = $1 AND f.deleted_at IS NULL "
+                "AND ($2::uuid[] IS NULL OR f.id = ANY($2::uuid[]))",
+                user_id,
+                file_ids or None,
+            )
+            if file_ids and len({r["id"] for r in files}) != len(set(file_ids)):
+                raise NotFound("file not found")
+            ready = [r for r in files if r["status"] == storage_pb2.FILE_STATUS_READY]
+            if not ready:
+                return storage_pb2.SearchChunksResponse()
+            by_document = {r["document_id"]: r for r in ready}
+            documents = list(by_document)
+            vector_hits: list[tuple[uuid.UUID, float]] = []
+            text_hits: list[tuple[uuid.UUID, float]] = []
+            if embedding is not None:
+                total = sum(r["chunks_done"] for r in ready)
+                vector_hits = await _vector_search(conn, user_id, documents, embedding, candidates, total)
+            if terms:
+                rows = await conn.fetch(
+                    "SELECT c.id, ts_rank_cd(c.tsv, q) AS rank FROM chunks c, to_tsquery('simple', $2) q "
+                    "WHERE c.user_id = $1 AND c.document_id = ANY($3::uuid[]) AND c.tsv @@ q "
+                    "ORDER BY rank DESC, c.id LIMIT $4",
+                    user_id,
+                    or_tsquery(terms),
+                    documents,
+                    candidates,
+                )
+                text_hits = [(r["id"], float(r["rank"])) for r in rows]
+            fused: dict[uuid.UUID, float] = {}
+            for ranked in (vector_hits, text_hits):
+                for rank, (chunk_id, _) in enumerate(ranked, start=1):
+                    fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+            best = sorted(fused, key=lambda c: fused[c], reverse=True)[:top_k]
+            details = await conn.fetch(
+                "SELECT id, document_id, text, page, heading FROM chunks WHERE id = ANY($1::uuid[]) AND user_id = $2",
+                best,
+                user_id,
+            )
+        vector_scores = dict(vector_hits)
+        text_scores = dict(text_hits)
+        by_id = {r["id"]: r for r in details}
+        hits: list[storage_pb2.ChunkHit] = []
+        for chunk_id in best:
+            row = by_id.get(chunk_id)
+            if row is None:
+                continue
+            file_row = by_document[row["document_id"]]
+            hits.append(
+                storage_pb2.ChunkHit(
+                    chunk_id=str(chunk_id),
+                    file_id=str(file_row["id"]),
+                    file_name=file_row["file_name"],
+                    page=row["page"],
+                    heading=row["heading"],
+                    text=row["text"],
+                    score=fused[chunk_id],
+                    vector_score=vector_scores.get(chunk_id, 0.0),
+                    text_score=text_scores.get(chunk_id, 0.0),
+                )
+            )
+        return storage_pb2.SearchChunksResponse(hits=hits)
+
+    # ------------------------------------------------------------------ sessions and messages
+
+    async def CreateSession(
+        self, request: storage_pb2.CreateSessionRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.Session:
+        user_id = caller(context)
+        try:
+            async with self.db.connection() as conn:
+                row = await conn.fetchrow(
+                    f"INSERT INTO chat_sessions (id, user_id, title, agent_id) VALUES ($1, $2, $3, $4) "
+                    f"RETURNING {SESSION_COLUMNS}",
+                    uuid.uuid4(),
+                    user_id,
+                    _clean_text(request.title.strip(), "title", 300),
+                    _clean_text(request.agent_id, "agent_id", 100),
+                )
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound("user not found") from None
+        assert row is not None  # INSERT ... RETURNING always returns the row
+        return _session(row)
+
+    async def ListSessions(
+        self, request: storage_pb2.ListSessionsRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.ListSessionsResponse:
+        user_id = caller(context)
+        size = page_size(request.page_size)
+        after = decode_token(request.page_token, 2)
+        async with self.db.connection() as conn:
+            if after is None:
+                rows = await conn.fetch(
+                    f"SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE user_id = $1 "
+                    "ORDER BY updated_at DESC, id DESC LIMIT $2",
+                    user_id,
+                    size + 1,
+                )
+            else:
+                rows = await conn.fetch(
+                    f"SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE user_id = $1 AND (updated_at, id) < ($3, $4) "
+                    "ORDER BY updated_at DESC, id DESC LIMIT $2",
+                    user_id,
+                    size + 1,
+                    _token_time(after[0]),
+                    parse_id(after[1], "page_token"),
+                )
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = encode_token([rows[-1]["updated_at"].isoformat(), str(rows[-1]["id"])])
+        return storage_pb2.ListSessionsResponse(sessions=[_session(r) for r in rows], next_page_token=token)
+
+    async def GetSession(
+        self, request: storage_pb2.GetSessionRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.Session:
+        user_id = caller(context)
+        session_id = parse_id(request.session_id, "session_id")
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE id = $1 AND user_id = $2", session_id, user_id
+            )
+        if row is None:
+            raise NotFound("session not found")
+        return _session(row)
+
+    async def UpdateSession(
+        self, request: storage_pb2.UpdateSessionRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.Session:
+        user_id = caller(context)
+        session_id = parse_id(request.session_id, "session_id")
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                f"UPDATE chat_sessions SET title = $3, updated_at = now() WHERE id = $1 AND user_id = $2 "
+                f"RETURNING {SESSION_COLUMNS}",
+                session_id,
+                user_id,
+                _clean_text(request.title.strip(), "title", 300),
+            )
+        if row is None:
+            raise NotFound("session not found")
+        return _session(row)
+
+    async def DeleteSession(
+        self, request: storage_pb2.DeleteSessionRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.DeleteSessionResponse:
+        user_id = caller(context)
+        session_id = parse_id(request.session_id, "session_id")
+        async with self.db.connection() as conn:
+            deleted = await conn.fetchval(
+                "DELETE FROM chat_sessions WHERE id = $1 AND user_id = $2 RETURNING id", session_id, user_id
+            )
+        if deleted is None:
+            raise NotFound("session not found")
+        return storage_pb2.DeleteSessionResponse()
+
+    async def ListMessages(
+        self, request: storage_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.ListMessagesResponse:
+        user_id = caller(context)
+        session_id = parse_id(request.session_id, "session_id")
+        size = page_size(request.page_size)
+        after = decode_token(request.page_token, 1)
+        after_seq = 0
+        if after is not None:
+            if not isinstance(after[0], int):
+                raise InvalidArgument("page_token is not valid")
+            after_seq = after[0]
+        async with self.db.connection() as conn:
+            owned = await conn.fetchval(
+                "SELECT 1 FROM chat_sessions WHERE id = $1 AND user_id = $2", session_id, user_id
+            )
+            if owned is None:
+                raise NotFound("session not found")
+            rows = await conn.fetch(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 AND user_id = $2 AND seq > $3 "
+                "ORDER BY seq LIMIT $4",
+                session_id,
+                user_id,
+                after_seq,
+                size + 1,
+            )
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = encode_token([rows[-1]["seq"]])
+        return storage_pb2.ListMessagesResponse(messages=[_message(r) for r in rows], next_page_token=token)
+
+    async def AppendMessages(
+        self, request: storage_pb2.AppendMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.AppendMessagesResponse:
+        user_id = caller(context)
+        session_id = parse_id(request.session_id, "session_id")
+        if not request.messages:
+            raise InvalidArgument("messages must not be empty")
+        if len(request.messages) > MAX_MESSAGES_PER_APPEND:
+            raise InvalidArgument(f"at most {MAX_MESSAGES_PER_APPEND} messages per call")
+        values = []
+        for message in request.messages:
+            if message.role not in (storage_pb2.ROLE_USER, storage_pb2.ROLE_ASSISTANT):
+                raise InvalidArgument("message role must be ROLE_USER or ROLE_ASSISTANT")
+            content = _clean_text(message.content, "content", MAX_MESSAGE_CHARS)
+            citations = json.dumps(
+                [json_format.MessageToDict(c, preserving_proto_field_name=True) for c in message.citations],
+                ensure_ascii=False,
+            ).replace("\\u0000", "")
+            values.append(
+                (
+                    uuid.uuid4(),
+                    session_id,
+                    user_id,
+                    message.role,
+                    content,
+                    fold(content),
+                    citations,
+                    _clean_text(message.agent_id, "agent_id", 100),
+                    _clean_text(message.backend, "backend", 200),
+                )
+            )
+        title = _clean_text(request.title.strip(), "title", 300)
+        async with self.db.connection() as conn, conn.transaction():
+            owned = await conn.fetchval(
+                "SELECT 1 FROM chat_sessions WHERE id = $1 AND user_id = $2 FOR UPDATE", session_id, user_id
+            )
+            if owned is None:
+                raise NotFound("session not found")
+            rows: list[asyncpg.Record] = []
+            for value in values:
+                rows.append(
+                    await conn.fetchrow(  # type: ignore[arg-type]  # INSERT ... RETURNING: never None
+                        "INSERT INTO messages (id, session_id, user_id, role, content, content_folded, citations, "
+                        "agent_id, backend, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, "
+                        f"clock_timestamp()) RETURNING {MESSAGE_COLUMNS}",
+                        *value,
+                    )
+                )
+            await conn.execute(
+                "UPDATE chat_sessions SET message_count = message_count + $2, last_message_at = $3, "
+                "updated_at = $3, title = CASE WHEN title = '' THEN $4 ELSE title END WHERE id = $1",
+                session_id,
+                len(rows),
+                rows[-1]["created_at"],
+                title,
+            )
+        return storage_pb2.AppendMessagesResponse(messages=[_message(r) for r in rows])
+
+    async def SearchMessages(
+        self, request: storage_pb2.SearchMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.SearchMessagesResponse:
+        user_id = caller(context)
+        if len(request.query) > MAX_QUERY_CHARS:
+            raise InvalidArgument(f"query is longer than {MAX_QUERY_CHARS} characters")
+        terms = query_terms(request.query)
+        if not terms:
+            raise InvalidArgument("query must contain a word")
+        size = page_size(request.page_size)
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT m.id, m.session_id, m.role, m.content, m.citations, m.agent_id, m.backend, m.created_at, "
+                "m.seq, s.title, ts_rank_cd(m.tsv, q) AS rank "
+                "FROM messages m JOIN chat_sessions s ON s.id = m.session_id, to_tsquery('simple', $2) q "
+                "WHERE m.user_id = $1 AND s.user_id = $1 AND m.tsv @@ q "
+                "ORDER BY rank DESC, m.created_at DESC LIMIT $3",
+                user_id,
+                or_tsquery(terms),
+                size,
+            )
+        return storage_pb2.SearchMessagesResponse(
+            hits=[
+                storage_pb2.MessageHit(
+                    message=_message(r),
+                    session_title=r["title"],
+                    highlighted=highlight(r["content"], terms),
+                    score=float(r["rank"]),
+                )
+                for r in rows
+            ]
+        )
+
+
+def _token_time(value: Any) -> datetime:
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        raise InvalidArgument("page_token is not valid") from None
+
+
+async def _vector_search(
+    conn: Connection,
+    user_id: uuid.UUID,
+    documents: list[uuid.UUID],
+    embedding: np.ndarray,
+    limit: int,
+    total_chunks: int,
+) -> list[tuple[uuid.UUID, float]]:
+    """Cosine top-k over the user's chunks: exact for small collections, HNSW for large ones."""
+    if total_chunks <= EXACT_SEARCH_MAX_CHUNKS:
+        # "+ 0" stops the planner from using the (global, post-filtered) HNSW index: an exact scan
+        # of one user's rows is both faster and complete at this size.
+        rows = await conn.fetch(
+            "SELECT id, (embedding <=> $2) AS distance FROM chunks "
+            "WHERE user_id = $1 AND document_id = ANY($3::uuid[]) ORDER BY (embedding <=> $2) + 0 LIMIT $4",
+            user_id,
+            embedding,
+            documents,
+            limit,
+        )
+    else:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL hnsw.ef_search = {max(100, min(1000, limit * 4))}")
+            rows = await conn.fetch(
+                "SELECT id, distance FROM ("
+                " SELECT id, document_id, embedding <=> $2 AS distance FROM chunks WHERE user_id = $1"
+                " ORDER BY embedding <=> $2 LIMIT $5) near "
+                "WHERE document_id = ANY($3::uuid[]) ORDER BY distance LIMIT $4",
+                user_id,
+                embedding,
+                documents,
+                limit,
+                max(limit, 100),
+            )
+    return [(r["id"], 1.0 - float(r["distance"])) for r in rows if not math.isnan(r["distance"])]

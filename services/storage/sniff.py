@@ -1,0 +1,76 @@
+"""Deciding a file's type from its content (magic bytes and structure), never from its name."""
+
+from __future__ import annotations
+
+import codecs
+import zipfile
+from pathlib import Path
+
+from studyassist.core.errors import InvalidArgument
+from studyassist.storage.v1 import storage_pb2
+
+PDF_MAGIC = b"%PDF-"
+ZIP_MAGIC = b"PK\x03\x04"
+UNSUPPORTED = "unsupported file type: the content is not PDF, DOCX, PPTX, or UTF-8 text/Markdown"
+MARKDOWN_SUFFIXES = (".md", ".markdown")
+
+
+class TextValidator:
+    """Checks streamed bytes are UTF-8 text (no NUL bytes, few control characters), incrementally."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+        self.ok = True
+
+    def feed(self, data: bytes, final: bool = False) -> bool:
+        if not self.ok:
+            return False
+        try:
+            text = self._decoder.decode(data, final)
+        except UnicodeDecodeError:
+            self.ok = False
+            return False
+        if "\x00" in text:
+            self.ok = False
+            return False
+        controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\v")
+        if controls > len(text) // 100 + 1:
+            self.ok = False
+        return self.ok
+
+
+def early_kind(head: bytes) -> str:
+    """From the first bytes: "pdf", "zip" or "text"; INVALID_ARGUMENT for anything else."""
+    # PDF readers accept the header anywhere in the first KiB; so do we.
+    if PDF_MAGIC in head[:1024] and not head.startswith(ZIP_MAGIC):
+        return "pdf"
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[3:]
+    validator = TextValidator()
+    if validator.feed(head):
+        return "text"
+    raise InvalidArgument(UNSUPPORTED)
+
+
+def office_kind(path: Path) -> storage_pb2.FileKind:
+    """DOCX or PPTX by the package's structure (its content types and main part)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise InvalidArgument(f"{UNSUPPORTED} (a damaged ZIP archive: {exc})") from None
+    if "[Content_Types].xml" in names:
+        if "word/document.xml" in names:
+            return storage_pb2.FILE_KIND_DOCX
+        if "ppt/presentation.xml" in names:
+            return storage_pb2.FILE_KIND_PPTX
+    raise InvalidArgument(f"{UNSUPPORTED} (a ZIP archive that is neither a Word nor a PowerPoint document)")
+
+
+def text_kind(file_name: str, content_type: str) -> storage_pb2.FileKind:
+    # Markdown and plain text have the same bytes; the name or declared type picks the renderer.
+    if file_name.lower().endswith(MARKDOWN_SUFFIXES) or content_type.lower().startswith("text/markdown"):
+        return storage_pb2.FILE_KIND_MD
+    return storage_pb2.FILE_KIND_TXT

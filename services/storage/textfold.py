@@ -1,0 +1,85 @@
+"""Accent folding for full-text search, so "cau truc du lieu" finds "cấu trúc dữ liệu".
+
+PostgreSQL's unaccent extension is not in every build (pgserver lacks it), so stored text and
+queries are folded here the same way: NFD, combining marks dropped, đ -> d, lowercased. The
+folded text feeds the 'simple' text-search config (no stemming: 'english' is wrong for Vietnamese).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_SPECIAL = str.maketrans({"đ": "d", "Đ": "d", "\x00": " "})
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def fold(text: str) -> str:
+    decomposed = unicodedata.normalize("NFD", text.translate(_SPECIAL))
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return unicodedata.normalize("NFC", stripped).lower()
+
+
+def fold_with_offsets(text: str) -> tuple[str, list[int]]:
+    """The folded text and, for each folded character, the index of the original it came from."""
+    out: list[str] = []
+    origin: list[int] = []
+    for index, ch in enumerate(text):
+        folded = fold(ch)
+        out.append(folded)
+        origin.extend([index] * len(folded))
+    return "".join(out), origin
+
+
+def query_terms(query: str, limit: int = 32) -> list[str]:
+    """The distinct folded words of a query, in order (bounded: a query is not a document)."""
+    terms: list[str] = []
+    for word in _WORD.findall(fold(query)):
+        word = word.strip("_")
+        if word and word not in terms:
+            terms.append(word[:64])
+        if len(terms) >= limit:
+            break
+    return terms
+
+
+def or_tsquery(terms: list[str]) -> str:
+    """A to_tsquery('simple', ...) string matching any term; each quoted so no operator leaks in."""
+    return " | ".join("'" + term.replace("'", "") + "'" for term in terms)
+
+
+def highlight(text: str, terms: list[str], *, width: int = 160) -> str:
+    """A snippet of ``text`` around its first match, with matched words wrapped in <mark></mark>."""
+    if not text:
+        return ""
+    folded, origin = fold_with_offsets(text)
+    spans: list[tuple[int, int]] = []
+    if terms:
+        pattern = re.compile(r"\b(?:" + "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True)) + r")\b")
+        for match in pattern.finditer(folded):
+            start = origin[match.start()]
+            end = origin[match.end() - 1] + 1
+            spans.append((start, end))
+    first = spans[0][0] if spans else 0
+    window_start = max(0, first - width // 3)
+    # Start at a word boundary so the snippet does not open mid-word.
+    if window_start > 0:
+        space = text.rfind(" ", 0, window_start)
+        window_start = space + 1 if space >= 0 else 0
+    window_end = min(len(text), window_start + width)
+    if window_end < len(text):
+        space = text.rfind(" ", window_start, window_end)
+        if space > first:
+            window_end = space
+    parts: list[str] = ["…" if window_start > 0 else ""]
+    cursor = window_start
+    for start, end in spans:
+        if start < cursor or end > window_end:
+            continue
+        parts.append(text[cursor:start])
+        parts.append(f"<mark>{text[start:end]}</mark>")
+        cursor = end
+    parts.append(text[cursor:window_end])
+    if window_end < len(text):
+        parts.append("…")
+    return "".join(parts)

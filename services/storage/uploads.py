@@ -1,0 +1,149 @@
+"""Receiving one upload: size cap while streaming, type by content, durable blob, row before ack."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+from studyassist.core.errors import InvalidArgument, NotFound
+from studyassist.storage.v1 import storage_pb2
+
+from storage.blobs import BlobStore, TempBlob
+from storage.db import Database
+from storage.sniff import TextValidator, early_kind, office_kind, text_kind
+
+MAX_CHUNK_BYTES = 1024 * 1024
+SNIFF_BYTES = 8192
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def clean_file_name(raw: str) -> str:
+    """The user's name, kept as metadata only: last path part, no control characters, bounded."""
+    name = _UNSAFE_NAME.sub("", raw.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    return name[:255] or "untitled"
+
+
+@dataclass(slots=True)
+class Received:
+    temp: TempBlob
+    sha256: str
+    size: int
+    kind: storage_pb2.FileKind
+    file_name: str
+
+
+async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs: BlobStore, max_bytes: int) -> Received:
+    """Stream the upload to a temp blob (fsynced), checking size and type as the bytes arrive."""
+    first = await anext(aiter(requests), None)
+    if first is None or first.WhichOneof("part") != "metadata":
+        raise InvalidArgument("the first upload message must carry the file's metadata")
+    metadata = first.metadata
+    temp = await asyncio.to_thread(blobs.new_temp)
+    head = b""
+    family = ""
+    text = TextValidator()
+    try:
+        async for message in requests:
+            if message.WhichOneof("part") != "chunk":
+                raise InvalidArgument("only the first upload message may carry metadata")
+            data = message.chunk
+            if len(data) > MAX_CHUNK_BYTES:
+                raise InvalidArgument(f"upload chunks must be at most {MAX_CHUNK_BYTES} bytes")
+            if temp.size + len(data) > max_bytes:
+                raise InvalidArgument(f"the file is larger than the upload limit of {max_bytes} bytes")
+            if not family:
+                head += data[: SNIFF_BYTES - len(head)]
+                if len(head) >= SNIFF_BYTES:
+                    family = early_kind(head)
+            await asyncio.to_thread(_write, temp, data, text if family in ("", "text") else None)
+        if temp.size == 0:
+            raise InvalidArgument("the file is empty")
+        if not family:
+            family = early_kind(head)
+        if family == "text" and not text.feed(b"", final=True):
+            raise InvalidArgument("unsupported file type: the content is not UTF-8 text")
+        sha256 = await asyncio.to_thread(temp.finish)
+        if family == "pdf":
+            kind = storage_pb2.FILE_KIND_PDF
+        elif family == "zip":
+            kind = await asyncio.to_thread(office_kind, temp.path)
+        else:
+            kind = text_kind(metadata.file_name, metadata.content_type)
+    except BaseException:
+        await asyncio.to_thread(temp.discard)
+        raise
+    return Received(temp, sha256, temp.size, kind, clean_file_name(metadata.file_name))
+
+
+def _write(temp: TempBlob, data: bytes, text: TextValidator | None) -> None:
+    temp.write(data)
+    if text is not None:
+        text.feed(data)
+
+
+async def store(db: Database, blobs: BlobStore, user_id: uuid.UUID, received: Received) -> uuid.UUID:
+    """Commit the blob and its rows; returns the live file id. Same user + same bytes: no new work."""
+    try:
+        async with db.connection() as conn:
+            for _ in range(3):  # a concurrent upload of the same bytes can win a race; look again
+                async with conn.transaction():
+                    existing = await conn.fetchrow(
+                        "SELECT id FROM documents WHERE user_id = $1 AND sha256 = $2", user_id, received.sha256
+                    )
+                    if existing is None:
+                        document_id = uuid.uuid4()
+                        blob_name = f"{document_id.hex[:2]}/{document_id.hex}"
+                        inserted = await conn.fetchval(
+                            "INSERT INTO documents (id, user_id, sha256, kind, size_bytes, blob_name, status) "
+                            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id, sha256) DO NOTHING "
+                            "RETURNING id",
+                            document_id,
+                            user_id,
+                            received.sha256,
+                            received.kind,
+                            received.size,
+                            blob_name,
+                            storage_pb2.FILE_STATUS_QUEUED,
+                        )
+                        if inserted is None:
+                            continue
+                        # Durable name before the row commits: a crash here leaves an orphan blob, never a
+                        # row without its bytes.
+                        await asyncio.to_thread(blobs.commit, received.temp, blob_name)
+                        await conn.execute(
+                            "INSERT INTO ingestion_jobs (id, document_id) VALUES ($1, $2)", uuid.uuid4(), document_id
+                        )
+                        file_id = uuid.uuid4()
+                        await conn.execute(
+                            "INSERT INTO uploaded_files (id, user_id, document_id, file_name) VALUES ($1, $2, $3, $4)",
+                            file_id,
+                            user_id,
+                            document_id,
+                            received.file_name,
+                        )
+                        return file_id
+                    live = await conn.fetchval(
+                        "SELECT id FROM uploaded_files WHERE document_id = $1 AND deleted_at IS NULL", existing["id"]
+                    )
+                    if live is not None:
+                        return uuid.UUID(str(live))
+                    file_id = uuid.uuid4()
+                    inserted = await conn.fetchval(
+                        "INSERT INTO uploaded_files (id, user_id, document_id, file_name) VALUES ($1, $2, $3, $4) "
+                        "ON CONFLICT (document_id) WHERE deleted_at IS NULL DO NOTHING RETURNING id",
+                        file_id,
+                        user_id,
+                        existing["id"],
+                        received.file_name,
+                    )
+                    if inserted is not None:
+                        return file_id
+            raise InvalidArgument("the same file is being uploaded concurrently; try again")
+    except asyncpg.ForeignKeyViolationError:
+        raise NotFound("user not found") from None
+    finally:
+        await asyncio.to_thread(received.temp.discard)  # no-op once committed (the temp name is gone)

@@ -1,0 +1,156 @@
+"""Chat against a real OpenAI-compatible server: `transformers serve` on a tiny random Llama the
+fixture builds on disk, reached through a TCP relay that shows when chat closes its connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
+from studyassist.core.channels import user_metadata
+from studyassist.core.testing import ServiceProcess, spawn_service
+from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
+
+from tests.chat.conftest import chat_env, chat_stub, new_user, upload_ready
+from tests.chat.tinyllm import LlmServer, Relay
+
+NOTES = "# Heaps\n\nA binary heap keeps the smallest key at the root; insert and extract-min take O(log n).\n"
+
+
+@pytest.fixture
+async def chat(llm_chat_service: ServiceProcess) -> AsyncIterator[chat_pb2_grpc.ChatServiceAsyncStub]:
+    channel, stub = chat_stub(llm_chat_service.address)
+    yield stub
+    await channel.close(None)
+
+
+async def test_streams_tokens_from_the_llm_with_citations(
+    chat: chat_pb2_grpc.ChatServiceAsyncStub,
+    storage: storage_pb2_grpc.StorageServiceAsyncStub,
+    llm_server: LlmServer,
+) -> None:
+    user = await new_user(storage)
+    heap = await upload_ready(storage, user, "heaps.md", NOTES)
+    call = chat.StreamChat(
+        chat_pb2.ChatRequest(agent_id="brief", message="What does a binary heap keep at the root?"),
+        metadata=user_metadata(user),
+        timeout=60,
+    )
+    events = [event async for event in call]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "started" and kinds[-2:] == ["citations", "done"]
+    assert events[0].started.backend == f"llm:{llm_server.model}"
+    deltas = [e.delta.text for e in events if e.HasField("delta")]
+    assert len(deltas) >= 3  # relayed token by token, not buffered into one message
+    done = events[-1].done
+    assert done.usage.completion_tokens == 12  # the agent's max_tokens; the tiny model never stops early
+    assert done.usage.prompt_tokens > 0
+    assert 0 < done.timings.first_token_ms <= done.timings.total_ms
+    # The random model writes no [n] markers, so every passage it was given is a source.
+    assert [c.file_id for c in events[-2].citations.citations] == [heap.file_id]
+    history = await storage.ListMessages(
+        storage_pb2.ListMessagesRequest(session_id=events[0].started.session_id), metadata=user_metadata(user)
+    )
+    assert history.messages[-1].content == "".join(deltas)
+    assert history.messages[-1].backend == f"llm:{llm_server.model}"
+
+
+async def test_whole_answer_from_the_llm(
+    chat: chat_pb2_grpc.ChatServiceAsyncStub, storage: storage_pb2_grpc.StorageServiceAsyncStub, llm_server: LlmServer
+) -> None:
+    user = await new_user(storage)
+    await upload_ready(storage, user, "heaps.md", NOTES)
+    response = await chat.Chat(
+        chat_pb2.ChatRequest(agent_id="brief", message="How long does extract-min take?"),
+        metadata=user_metadata(user),
+        timeout=60,
+    )
+    assert response.backend == f"llm:{llm_server.model}"
+    assert response.answer and response.usage.completion_tokens == 12 and response.message_id
+    assert "A binary heap keeps the smallest key" in response.citations[0].snippet
+
+
+async def test_memory_sends_earlier_turns_to_the_model(
+    chat: chat_pb2_grpc.ChatServiceAsyncStub, storage: storage_pb2_grpc.StorageServiceAsyncStub
+) -> None:
+    user = await new_user(storage)
+    question = "Tell me about unrelated topics please"
+    first = await chat.Chat(chat_pb2.ChatRequest(agent_id="brief", message=question), metadata=user_metadata(user))
+    follow_up = await chat.Chat(
+        chat_pb2.ChatRequest(agent_id="brief", session_id=first.session_id, message=question),
+        metadata=user_metadata(user),
+    )
+    # Same question, same (empty) retrieval: only the remembered turns make the prompt longer.
+    assert follow_up.usage.prompt_tokens > first.usage.prompt_tokens
+    assert not follow_up.cached
+
+
+async def test_a_caller_that_goes_away_cancels_the_llm_request(
+    chat: chat_pb2_grpc.ChatServiceAsyncStub, storage: storage_pb2_grpc.StorageServiceAsyncStub, llm_relay: Relay
+) -> None:
+    user = await new_user(storage)
+    asked_at = time.monotonic()
+    call = chat.StreamChat(
+        chat_pb2.ChatRequest(agent_id="long", message="Write a very long essay"), metadata=user_metadata(user)
+    )
+    async for event in call:
+        if event.HasField("delta"):
+            break
+    [upstream] = llm_relay.completions_since(asked_at)
+    assert not upstream.closed_at  # a 4000-token answer is still being generated
+    cancelled_at = time.monotonic()
+    call.cancel()
+    while not upstream.closed_at and time.monotonic() < cancelled_at + 5:  # noqa: ASYNC110 (set by a thread)
+        await asyncio.sleep(0.01)
+    assert upstream.closed_by == "client", "the LLM request outlived the caller"
+    assert upstream.closed_at - cancelled_at < 1.0
+
+
+async def test_an_llm_that_comes_up_later_is_used_without_restart(
+    storage_service: ServiceProcess,
+    embedding_service: ServiceProcess,
+    storage: storage_pb2_grpc.StorageServiceAsyncStub,
+    llm_server: LlmServer,
+    test_agents_file: object,
+) -> None:
+    relay = Relay(llm_server.port, enabled=False)
+    relay.start()
+    service = spawn_service(
+        "chat",
+        chat_env(storage_service, embedding_service, relay.base_url, CHAT_AGENTS_FILE=str(test_agents_file)),
+    )
+    channel, chat = chat_stub(service.address)
+    try:
+        user = await new_user(storage)
+        ask = chat_pb2.ChatRequest(agent_id="brief", message="What is a heap?")
+        down = await chat.Chat(ask, metadata=user_metadata(user))
+        assert down.backend == "extractive"
+        relay.enabled = True
+        deadline = time.monotonic() + 10
+        status = await chat.GetChatStatus(chat_pb2.GetChatStatusRequest())
+        while not status.llm_available and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            status = await chat.GetChatStatus(chat_pb2.GetChatStatusRequest())
+        assert status.backend == f"llm:{llm_server.model}"
+        up = await chat.Chat(ask, metadata=user_metadata(user))
+        assert up.backend == f"llm:{llm_server.model}" and not up.cached
+    finally:
+        await channel.close(None)
+        service.stop()
+        relay.stop()
+
+
+async def test_deadline_is_enforced(
+    chat: chat_pb2_grpc.ChatServiceAsyncStub, storage: storage_pb2_grpc.StorageServiceAsyncStub
+) -> None:
+    user = await new_user(storage)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await chat.Chat(
+            chat_pb2.ChatRequest(agent_id="long", message="Write a very long essay"),
+            metadata=user_metadata(user),
+            timeout=1.5,
+        )
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

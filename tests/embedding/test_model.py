@@ -1,0 +1,108 @@
+"""Model paths beyond CPU fp32: the int8 path's accuracy, device choice, settings, metrics."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from embedding.config import Settings
+from embedding.model import SentenceEncoder, resolve_device
+from embedding.server import assemble
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from studyassist.core.bootstrap import StartupError
+from studyassist.core.config import ConfigError
+from studyassist.core.server import Server
+from studyassist.core.telemetry import setup_telemetry
+from studyassist.core.testing import serving
+from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+
+from tests.embedding.conftest import TEXTS, settings
+
+CORPUS = [
+    "Giao thức TCP đảm bảo truyền dữ liệu tin cậy, có thứ tự và kiểm soát tắc nghẽn.",
+    "Thuật toán Dijkstra tìm đường đi ngắn nhất từ một đỉnh nguồn trong đồ thị trọng số không âm.",
+    "Khóa chính trong cơ sở dữ liệu quan hệ xác định duy nhất mỗi bản ghi của bảng.",
+    "A hash table maps keys to values using a hash function and handles collisions by chaining.",
+    "Paging divides virtual memory into fixed-size pages mapped to physical frames by the page table.",
+    "Public-key cryptography uses a key pair: the public key encrypts and the private key decrypts.",
+]
+QUERIES = [
+    "TCP reliable ordered delivery",
+    "đường đi ngắn nhất trong đồ thị",
+    "khóa chính là gì",
+    "how does a hash table resolve collisions",
+    "virtual memory pages and frames",
+    "mã hóa khóa công khai",
+]
+
+
+def test_int8_stays_close_to_fp32_and_keeps_the_ranking(encoder: SentenceEncoder) -> None:
+    int8 = SentenceEncoder(device="cpu", dtype="int8")
+    # Sentence-length texts, as retrieval sends them (1-3 token texts drift further, to ~0.97).
+    texts = [t for t in TEXTS if len(t) > 30] + CORPUS + QUERIES
+    cosine = (encoder.encode(texts) * int8.encode(texts)).sum(axis=1)
+    assert cosine.min() >= 0.99, cosine
+    ranking_fp32 = np.argsort(-encoder.encode(QUERIES) @ encoder.encode(CORPUS).T, axis=1)
+    ranking_int8 = np.argsort(-int8.encode(QUERIES) @ int8.encode(CORPUS).T, axis=1)
+    assert (ranking_fp32[:, 0] == ranking_int8[:, 0]).all()
+    assert int8.dtype == "int8" and int8.device == "cpu"
+
+
+def test_device_and_dtype_choice() -> None:
+    assert resolve_device("cpu", "auto") == ("cpu", "fp32")
+    assert resolve_device("auto", "int8") == ("cpu", "int8")
+    with pytest.raises(StartupError, match="fp16 needs CUDA"):
+        resolve_device("cpu", "fp16")
+    if torch.cuda.is_available():
+        assert resolve_device("auto", "auto") == ("cuda", "fp16")
+        with pytest.raises(StartupError, match="CPU only"):
+            resolve_device("cuda", "int8")
+    else:
+        assert resolve_device("auto", "auto") == ("cpu", "fp32")
+        with pytest.raises(StartupError, match="no CUDA device"):
+            resolve_device("cuda", "auto")
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match="EMBEDDING_DTYPE"):
+        Settings.from_env({"EMBEDDING_DTYPE": "int4"})
+    with pytest.raises(ConfigError, match="EMBEDDING_MAX_QUEUE"):
+        Settings.from_env({"EMBEDDING_MAX_QUEUE": "0"})
+    defaults = Settings.from_env({})
+    assert (defaults.port, defaults.device, defaults.dtype, defaults.max_texts) == (50053, "auto", "auto", 256)
+
+
+def test_missing_model_directory_is_a_startup_error(tmp_path: object) -> None:
+    with pytest.raises(StartupError, match=r"no config\.json"):
+        SentenceEncoder(str(tmp_path), device="cpu")
+
+
+async def test_metrics_report_batches_queue_and_cache(encoder: SentenceEncoder) -> None:
+    reader = InMemoryMetricReader()
+    telemetry = setup_telemetry("embedding-test", None, extra_readers=[reader])
+
+    async def build() -> tuple[Server, int]:
+        return assemble(encoder, settings(), redis_url="", meter=telemetry.meter, tracer=telemetry.tracer)
+
+    try:
+        async with serving(build) as address, grpc.aio.insecure_channel(address) as channel:
+            stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+            request = embedding_pb2.EmbedRequest(texts=[b"mot", b"hai", b"ba"])
+            await stub.Embed(request)
+            await stub.Embed(request)
+            data = reader.get_metrics_data()
+    finally:
+        telemetry.shutdown()
+    assert data is not None
+    points = {
+        metric.name: list(metric.data.data_points)
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    assert sum(p.sum for p in points["embedding.batch.size"]) == 3  # type: ignore[attr-defined]
+    assert [p.value for p in points["embedding.queue.depth"]] == [0]  # type: ignore[attr-defined]
+    assert {p.attributes["layer"]: p.value for p in points["embedding.cache.hits"]} == {"local": 3}  # type: ignore[attr-defined,index]
+    assert {p.attributes["layer"]: p.value for p in points["embedding.cache.misses"]} == {"local": 3}  # type: ignore[attr-defined,index]
+    assert [p.value for p in points["embedding.texts"]] == [3]  # type: ignore[attr-defined]

@@ -1,0 +1,71 @@
+"""The metrics service in-process on port 0 (gRPC and /metrics), and a probe service to time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import grpc
+from metrics.config import Settings
+from metrics.server import MetricsApp, assemble
+from studyassist.core.config import CommonSettings
+from studyassist.core.errors import InvalidArgument
+from studyassist.core.server import Server, ServiceSpec, create_server
+from studyassist.core.telemetry import Telemetry, setup_telemetry
+from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+
+
+@asynccontextmanager
+async def metrics_service(
+    env: dict[str, str] | None = None, clock: Callable[[], float] | None = None
+) -> AsyncIterator[MetricsApp]:
+    settings = Settings.from_env({"METRICS_PORT": "0", "METRICS_HTTP_PORT": "0", **(env or {})})
+    common = CommonSettings.from_env({"BIND_HOST": "127.0.0.1"})
+    telemetry = setup_telemetry("metrics", None)
+    app = await (assemble(settings, common, telemetry, clock=clock) if clock else assemble(settings, common, telemetry))
+    await app.server.start()
+    try:
+        yield app
+    finally:
+        await app.server.stop(grace=0.5)
+        telemetry.shutdown()
+
+
+class ProbeServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
+    """A user-facing service stand-in: "bad" fails with INVALID_ARGUMENT, anything else answers."""
+
+    async def Embed(
+        self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.EmbedResponse:
+        text = request.texts[0].decode() if request.texts else ""
+        if text == "bad":
+            raise InvalidArgument("text is bad")
+        await asyncio.sleep(0)
+        return embedding_pb2.EmbedResponse(model_id=text, dimension=len(text))
+
+    async def Info(
+        self, request: embedding_pb2.InfoRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.InfoResponse:
+        return embedding_pb2.InfoResponse()
+
+    async def Stats(
+        self, request: embedding_pb2.StatsRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.StatsResponse:
+        return embedding_pb2.StatsResponse()
+
+
+def build_probe(telemetry: Telemetry) -> tuple[Server, int]:
+    name = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+    return create_server(
+        "127.0.0.1:0",
+        [ServiceSpec(name, ProbeServicer(), embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server)],
+        meter=telemetry.meter,
+        tracer=telemetry.tracer,
+    )
+
+
+async def flush(telemetry: Telemetry) -> None:
+    # The exporters block their thread until the receiver, on this very loop, answers.
+    await asyncio.to_thread(telemetry.tracer_provider.force_flush, 10_000)
+    await asyncio.to_thread(telemetry.meter_provider.force_flush, 10_000)

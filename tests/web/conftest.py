@@ -1,0 +1,73 @@
+"""Real Chromium (Debian's, never a downloaded build) driving the web app served by the real gateway."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from studyassist.core.testing import ServiceProcess, in_ci
+
+ROOT = Path(__file__).resolve().parents[2]
+WEB_DIR = ROOT / "services" / "gateway" / "web"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def require_chromium() -> None:
+    """Skip locally when Chromium is missing; under CI=true the launch must happen (and fail loudly)."""
+    if not CHROMIUM.exists() and not in_ci():
+        pytest.skip("/usr/bin/chromium is missing (apt-get install chromium); CI=true makes this a failure")
+
+
+@pytest.fixture(scope="session")
+def web_dist() -> Path:
+    """The built app in the gateway's default WEB_DIST_DIR; `make build` is a no-op when it is current."""
+    if shutil.which("npm") is None:
+        pytest.fail("npm is needed to build the web app (services/gateway/web)")
+    built = subprocess.run(["make", "-s", "-C", str(WEB_DIR), "build"], capture_output=True, text=True, timeout=600)
+    if built.returncode != 0:
+        pytest.fail(f"building the web app failed:\n{built.stdout[-2000:]}\n{built.stderr[-2000:]}")
+    dist = WEB_DIR / "dist"
+    assert (dist / "index.html").is_file()
+    return dist
+
+
+@pytest.fixture(scope="session")
+def base_url(web_dist: Path, gateway_service: ServiceProcess) -> str:
+    return f"http://{gateway_service.address}"
+
+
+@pytest.fixture(scope="session")
+def browser(base_url: str) -> Iterator[Browser]:
+    # Depends on the mesh so it starts first: Playwright's sync API keeps an event loop running
+    # in this thread, and the service fixtures use asyncio.run() to set up their databases.
+    require_chromium()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def context(browser: Browser, base_url: str) -> Iterator[BrowserContext]:
+    context = browser.new_context(base_url=base_url, locale="vi-VN", viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(30_000)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Page:
+    return context.new_page()

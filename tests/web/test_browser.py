@@ -1,0 +1,241 @@
+"""The web app in real Chromium against the real mesh (gateway, chat, storage, embedding).
+
+A student registers, uploads a PDF, watches it become ready, asks, reads the streamed answer
+with a working citation, finds it again through search and deletes the document. A document
+and an answer full of script, event handlers, javascript: links and SVG must stay inert text.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import BrowserContext, Page, Request, Route, expect
+
+from tests.web.minimal_pdf import make_pdf
+
+READY_TIMEOUT_MS = 150_000
+ANSWER_TIMEOUT_MS = 90_000
+PASSWORD = "mat-khau-dai-1"
+
+
+def register(page: Page) -> str:
+    email = f"web{uuid.uuid4().hex[:10]}@stu.ptit.edu.vn"
+    page.goto("/")
+    # Vietnamese by default.
+    expect(page.locator("html")).to_have_attribute("lang", "vi")
+    page.get_by_role("button", name="Chưa có tài khoản? Đăng ký").click()
+    page.locator("input[name=display_name]").fill("Sinh viên Web")
+    page.locator("input[name=email]").fill(email)
+    page.locator("input[name=password]").fill(PASSWORD)
+    page.locator("form button[type=submit]").click()
+    expect(page.get_by_test_id("new-chat")).to_be_visible()
+    return email
+
+
+def upload(page: Page, tmp_path: Path, name: str, content: bytes) -> str:
+    """Upload one file from the Documents page, wait until ingestion says READY; returns its file id."""
+    page.goto("/#/documents")
+    path = tmp_path / name
+    path.write_bytes(content)
+    page.get_by_test_id("file-input").set_input_files(str(path))
+    row = page.get_by_test_id("file-row").filter(has_text=name)
+    expect(row).to_have_count(1)
+    # Live status comes from the :watch stream; no reload happens here.
+    expect(row).to_have_attribute("data-status", "FILE_STATUS_READY", timeout=READY_TIMEOUT_MS)
+    expect(row.get_by_test_id("file-status")).to_have_text("Sẵn sàng")
+    file_id = row.get_attribute("data-file-id")
+    assert file_id
+    return file_id
+
+
+def ask(page: Page, question: str) -> Any:
+    page.goto("/#/chat")
+    composer = page.get_by_test_id("composer")
+    composer.fill(question)
+    with page.expect_response(lambda r: "/v1/chat:stream" in r.url) as stream_info:
+        composer.press("Enter")
+    answer = page.get_by_test_id("message-assistant").last
+    expect(answer).to_have_attribute("aria-busy", "false", timeout=ANSWER_TIMEOUT_MS)
+    return stream_info.value, answer
+
+
+def test_register_upload_ask_cite_search_delete(page: Page, tmp_path: Path) -> None:
+    register(page)
+    pdf = make_pdf(
+        [
+            "Computer Networks, lecture 4: the transport layer.",
+            "TCP opens a connection with a three-way handshake: SYN, then SYN-ACK, then ACK.",
+            "The lecturer's mascot for reliable delivery is the quokkatron.",
+        ]
+    )
+    file_id = upload(page, tmp_path, "mang-may-tinh.pdf", pdf)
+
+    # Choose the document for chat: the chat header says so.
+    row = page.get_by_test_id("file-row").filter(has_text="mang-may-tinh.pdf")
+    row.get_by_role("checkbox").check()
+    page.goto("/#/chat")
+    expect(page.get_by_test_id("docs-scope")).to_have_text("Dùng 1 tài liệu")
+
+    response, answer = ask(page, "How does TCP open a connection with the handshake?")
+    assert response.status == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    body = response.text()
+    assert '"started"' in body and '"delta"' in body and '"done"' in body
+    # The request carried the chosen document.
+    assert file_id in (response.request.post_data or "")
+
+    # The streamed answer is on screen, with the backend named (no LLM in tests: extractive).
+    expect(answer).to_contain_text("SYN")
+    expect(answer.get_by_test_id("backend-badge")).to_contain_text("Trích đoạn")
+    expect(page).to_have_url(re.compile(r"#/chat/[\w-]+$"))
+
+    # A citation chip opens the cited passage with file, page and snippet.
+    chip = answer.get_by_test_id("source-chip").first
+    expect(chip).to_contain_text("mang-may-tinh.pdf")
+    chip.click()
+    panel = page.get_by_test_id("citation-panel")
+    expect(panel).to_be_visible()
+    expect(panel.get_by_test_id("citation-file")).to_have_text("mang-may-tinh.pdf")
+    expect(panel.get_by_test_id("citation-page")).to_have_text("1")
+    expect(panel.get_by_test_id("citation-snippet")).to_contain_text("three-way handshake")
+    page.keyboard.press("Escape")
+    expect(panel).to_have_count(0)
+    # The inline [1] marker in the answer text is a chip too.
+    inline = answer.get_by_test_id("citation-chip").first
+    expect(inline).to_be_visible()
+    inline.click()
+    expect(page.get_by_test_id("citation-panel")).to_be_visible()
+    page.keyboard.press("Escape")
+
+    # The session is in the sidebar; search finds the exchange and jumps to it.
+    session_url = page.url
+    expect(page.get_by_test_id("session-list").locator("li")).to_have_count(1)
+    page.goto("/#/documents")
+    page.get_by_test_id("message-search").fill("handshake")
+    hit = page.get_by_test_id("search-hits").locator("a.hit").first
+    expect(hit).to_be_visible()
+    expect(hit.locator("mark").first).to_be_visible()
+    hit.click()
+    expect(page).to_have_url(re.compile(re.escape(session_url.split("#")[1]) + r"\?m=[\w-]+$"))
+    expect(page.locator(".message.highlighted")).to_have_count(1)
+    expect(page.locator(".message.highlighted")).to_contain_text("handshake")
+
+    # Delete the document (confirming the dialog); it stays gone after a reload.
+    page.goto("/#/documents")
+    page.once("dialog", lambda dialog: dialog.accept())
+    row = page.get_by_test_id("file-row").filter(has_text="mang-may-tinh.pdf")
+    row.get_by_test_id("delete-file").click()
+    expect(row).to_have_count(0)
+    page.reload()
+    expect(page.get_by_text("Chưa có tài liệu")).to_be_visible()
+
+
+XSS_DOCUMENT = """# Zanzibar security notes
+
+The zanzibar payload one: <script>window.__pwned = 'script'; alert('script')</script>
+
+The zanzibar payload two: <img src="http://127.0.0.2:9/x.png" onerror="window.__pwned = 'img'; alert('img')">
+
+The zanzibar payload three: [click me](javascript:window.__pwned='link';alert('link'))
+
+The zanzibar payload four: <svg onload="window.__pwned = 'svg'; alert('svg')"><circle r="5"/></svg>
+
+The zanzibar payload five: ![tracker](http://127.0.0.2:9/track.png) and <iframe src="javascript:alert('iframe')"></iframe>
+"""
+
+
+def test_hostile_document_and_answer_render_as_inert_text(context: BrowserContext, page: Page, base_url: str, tmp_path: Path) -> None:
+    dialogs: list[str] = []
+    console: list[str] = []
+    foreign: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("console", lambda message: console.append(message.text))
+
+    def guard(route: Route, request: Request) -> None:
+        # Anything not to our own origin is recorded and never sent.
+        if request.url.startswith(base_url) or request.url.startswith("data:"):
+            route.continue_()
+        else:
+            foreign.append(request.url)
+            route.abort()
+
+    context.route("**/*", guard)
+
+    register(page)
+    upload(page, tmp_path, "zanzibar.md", XSS_DOCUMENT.encode())
+    _, answer = ask(page, "What are the zanzibar payloads? <script>window.__pwned='question'</script>")
+
+    # The answer quotes the hostile passages: they are on screen as text.
+    text = answer.inner_text()
+    assert "zanzibar" in text
+    assert "<script>" in text or "<svg" in text or "<img" in text, text
+    # ... and no element of theirs exists anywhere in the page.
+    assert page.locator(".markdown script, .markdown img, .markdown svg, .markdown iframe").count() == 0
+    assert page.locator("a[href^='javascript:' i]").count() == 0
+    assert page.locator("[onerror], [onload]").count() == 0
+
+    # The cited passage and the search snippet are text too.
+    answer.get_by_test_id("source-chip").first.click()
+    snippet = page.get_by_test_id("citation-snippet")
+    expect(snippet).to_contain_text("zanzibar")
+    assert snippet.locator("*").count() == 0
+    page.keyboard.press("Escape")
+    page.get_by_test_id("message-search").fill("zanzibar")
+    hits = page.get_by_test_id("search-hits")
+    expect(hits.locator("a.hit").first).to_be_visible()
+    assert hits.locator("script, img, svg, iframe").count() == 0
+
+    # Give any handler that might have slipped through a moment to fire, then check nothing did.
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.__pwned") is None
+    assert dialogs == []
+    assert not [line for line in console if "pwned" in line or "alert" in line]
+    assert foreign == []
+
+
+def test_phone_width_english_dark_and_keyboard(browser: Any, base_url: str) -> None:
+    context = browser.new_context(base_url=base_url, viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
+    try:
+        page = context.new_page()
+        register(page)
+        # English switch and dark theme persist across a reload.
+        page.get_by_test_id("lang-switch").click()
+        expect(page.locator("html")).to_have_attribute("lang", "en")
+        page.get_by_test_id("theme-switch").click()
+        expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+        page.reload()
+        expect(page.locator("html")).to_have_attribute("lang", "en")
+        expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+        expect(page.get_by_role("link", name="Documents", exact=True)).to_be_visible()
+
+        # Nothing overflows the phone's width; the sessions sidebar is a drawer behind the menu button.
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        sidebar = page.locator("aside.sidebar")
+        assert sidebar.bounding_box() is None or sidebar.bounding_box()["x"] < 0  # type: ignore[index]
+        page.get_by_role("button", name="Menu").click()
+        page.wait_for_timeout(300)
+        box = sidebar.bounding_box()
+        assert box is not None and box["x"] >= 0
+        # Tapping beside the drawer closes it.
+        page.locator(".scrim").click(position={"x": 360, "y": 400})
+        page.wait_for_timeout(300)
+        closed = sidebar.bounding_box()
+        assert closed is None or closed["x"] < 0
+
+        # Shift+Enter adds a line, Enter sends.
+        page.goto("/#/chat")
+        composer = page.get_by_test_id("composer")
+        composer.click()
+        composer.type("line one")
+        composer.press("Shift+Enter")
+        composer.type("line two")
+        expect(composer).to_have_value("line one\nline two")
+        composer.press("Enter")
+        expect(composer).to_have_value("")
+        expect(page.get_by_test_id("message-user").first).to_have_text("line one\nline two")
+        expect(page.get_by_test_id("message-assistant").last).to_have_attribute("aria-busy", "false", timeout=ANSWER_TIMEOUT_MS)
+    finally:
+        context.close()
