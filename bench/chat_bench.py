@@ -31,11 +31,11 @@ from typing import Any
 
 import pgserver
 from openai import AsyncOpenAI
-
 from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
 from studyassist.core.channels import create_channel, user_metadata
 from studyassist.core.testing import ServiceProcess, spawn_service
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
+
 from tests.chat.tinyllm import LlmServer, Relay, build_tiny_llm, start_llm_server
 
 NOTES = (
@@ -149,6 +149,9 @@ async def run(
     ttft_chat: list[float] = []
     ttft_direct: list[float] = []
     ttft_overhead: list[float] = []
+    added_chat: list[float] = []
+    added_direct: list[float] = []
+    added_overhead: list[float] = []
     token_chat: list[float] = []
     token_direct: list[float] = []
     backend = ""
@@ -159,12 +162,21 @@ async def run(
         chat_ttft, chat_arrivals, backend = await chat_stream(chat, user, question)
         [upstream] = [c for c in chat_relay.completions_since(asked) if c.request_bodies]
         body = json.loads(upstream.request_bodies[-1])
-        token_chat += relay_overheads(chat_arrivals, upstream.token_times[-len(chat_arrivals) :])
+        chat_tokens = upstream.token_times[-len(chat_arrivals) :]
+        token_chat += relay_overheads(chat_arrivals, chat_tokens)
+        # What chat adds, free of the LLM's own (noisy) time to first token: the client's TTFT
+        # minus the time between the request reaching the LLM and its first token leaving it.
+        chat_added = chat_ttft - (chat_tokens[0] - upstream.completion_at) * 1000
 
         asked = time.monotonic()
         direct_ttft, direct_arrivals = await direct_stream(direct, body)
         [replayed] = direct_relay.completions_since(asked)
-        token_direct += relay_overheads(direct_arrivals, replayed.token_times[-len(direct_arrivals) :])
+        direct_tokens = replayed.token_times[-len(direct_arrivals) :]
+        token_direct += relay_overheads(direct_arrivals, direct_tokens)
+        direct_added = direct_ttft - (direct_tokens[0] - replayed.completion_at) * 1000
+        added_chat.append(chat_added)
+        added_direct.append(direct_added)
+        added_overhead.append(chat_added - direct_added)
         ttft_chat.append(chat_ttft)
         ttft_direct.append(direct_ttft)
         ttft_overhead.append(chat_ttft - direct_ttft)
@@ -174,6 +186,10 @@ async def run(
     print(line("direct to LLM server (baseline)", ttft_direct))
     print(line("through chat", ttft_chat))
     print(line("overhead (chat - direct, per pair)", ttft_overhead))
+    print("Time to first token minus the LLM server's own time to first token (what the caller's side adds):")
+    print(line("direct SDK call (baseline)", added_direct))
+    print(line("through chat", added_chat))
+    print(line("overhead (chat - direct, per pair)", added_overhead))
     print("Per-token relay overhead (client arrival - token left the LLM server):")
     print(line("direct SDK stream (baseline)", token_direct))
     print(line("through chat (gRPC stream)", token_chat))

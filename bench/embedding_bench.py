@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 import grpc
 import psutil
-
 from studyassist.core.testing import ServiceProcess, spawn_service
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
@@ -99,10 +98,12 @@ class Report:
 
     def print(self) -> None:
         widths = [max(len(row[i]) for row in self.rows) for i in range(4)]
-        print("\n" + " | ".join(h.ljust(w) for h, w in zip(("figure", "value", "baseline", "ratio"), widths)))
+        print(
+            "\n" + " | ".join(h.ljust(w) for h, w in zip(("figure", "value", "baseline", "ratio"), widths, strict=True))
+        )
         print("-+-".join("-" * w for w in widths))
         for row in self.rows:
-            print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+            print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
 
 @contextmanager
@@ -227,19 +228,19 @@ def bare_torch_rss(model_dir: str, texts: list[str]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few texts, fp32 only: a smoke run")
-    parser.add_argument("--texts", type=int, default=0, help="texts per phase (default 256, quick 32)")
+    parser.add_argument("--texts", type=int, default=0, help="texts per phase (default 256, quick 16)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both sides run")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args()
-    count = args.texts or (32 if args.quick else 256)
-
-    from sentence_transformers import SentenceTransformer
+    count = args.texts or (16 if args.quick else 256)
 
     from embedding.model import packaged_model_dir
+    from sentence_transformers import SentenceTransformer
 
     model_dir = str(packaged_model_dir())
     reference = SentenceTransformer(model_dir, device=args.device)
-    bodies = make_bodies(count, lambda text: len(reference.tokenizer(text)["input_ids"]))
+    tokenizer = reference.tokenizer
+    bodies = make_bodies(count, lambda text: len(tokenizer(text, verbose=False)["input_ids"]))
     print(
         f"{count} texts of 128-256 tokens (half Vietnamese), device {args.device}, "
         f"{psutil.cpu_count()} CPUs, torch threads {__import__('torch').get_num_threads()}",
@@ -265,7 +266,7 @@ def main() -> None:
                 baseline,
                 report,
                 concurrency_test=True,
-                cache_samples=50 if args.quick else 300,
+                cache_samples=30 if args.quick else 300,
             )
         )
         service_rss = psutil.Process(process.process.pid).memory_info().rss

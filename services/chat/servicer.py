@@ -218,12 +218,52 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
         greeting = is_greeting(question)
         new_session = not request.session_id
-        # Independent first steps run together: they make up most of the time to first token.
-        session_step = self._open_session(request, agent, question, metadata, within)
-        embed_step = self._embed(question, within) if not greeting else _none()
-        version_step = self._docset_version(metadata, within) if not greeting else _none()
-        (session_id, memory), embedding, version = await asyncio.gather(session_step, embed_step, version_step)
-        answer.session_id = session_id
+        # Independent first steps overlap: they make up most of what chat adds to the time to first
+        # token. A new session has no memory, so creating it waits for nothing and nothing waits
+        # for it until the first event names it.
+        session_task = asyncio.ensure_future(self._open_session(request, agent, question, metadata, within))
+        version_task = asyncio.ensure_future(self._docset_version(metadata, within)) if not greeting else None
+        try:
+            async for event in self._answer(
+                answer, user_id, request, question, agent, language, metadata, within, started,
+                session_task, version_task, greeting, new_session, streaming,
+            ):  # fmt: skip
+                yield event
+        finally:
+            for task in (session_task, version_task):
+                if task is None:
+                    continue
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # retrieved: a failure already surfaced elsewhere is not logged twice
+
+    async def _answer(
+        self,
+        answer: Answer,
+        user_id: str,
+        request: chat_pb2.ChatRequest,
+        question: str,
+        agent: AgentSpec,
+        language: str,
+        metadata: tuple[tuple[str, str], ...],
+        within: Callable[[float], float],
+        started: float,
+        session_task: asyncio.Future[tuple[str, list[Turn]]],
+        version_task: asyncio.Future[str | None] | None,
+        greeting: bool,
+        new_session: bool,
+        streaming: bool,
+    ) -> AsyncIterator[chat_pb2.ChatEvent]:
+        embedding = None if greeting else await self._embed(question, within)
+        memory: list[Turn] = []
+        if not new_session:
+            answer.session_id, memory = await session_task
+        version = await version_task if version_task is not None else None
+
+        async def session_id() -> str:
+            answer.session_id, _ = await session_task
+            return answer.session_id
 
         key = ""
         passages: list[Passage] = []
@@ -251,20 +291,24 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 passages = pack_passages(hits, max(256, self.context_tokens - fixed - memory_cost))
                 messages = build_messages(agent, language, passages, memory_turns, question)
                 async for event in self._generate(
-                    answer, agent, messages, passages, language, streaming, within, started
+                    answer, agent, messages, passages, language, streaming, within, started, session_id
                 ):
                     yield event
 
         if answer.cached or greeting:
             answer.first_token_ms = (time.perf_counter() - started) * 1000
-            yield chat_pb2.ChatEvent(started=chat_pb2.ChatStarted(session_id=session_id, backend=answer.backend))
+            yield chat_pb2.ChatEvent(
+                started=chat_pb2.ChatStarted(session_id=await session_id(), backend=answer.backend)
+            )
             yield chat_pb2.ChatEvent(delta=chat_pb2.ChatDelta(text="".join(answer.text)))
         elif not answer.cached:
             answer.citations = answer_citations("".join(answer.text), passages)
         yield chat_pb2.ChatEvent(citations=chat_pb2.ChatCitations(citations=answer.citations))
 
         text = "".join(answer.text)
-        answer.message_id = await self._save(session_id, new_session, question, text, answer, agent, metadata, within)
+        answer.message_id = await self._save(
+            answer.session_id, new_session, question, text, answer, agent, metadata, within
+        )
         if key and not answer.cached and answer.backend != GREETING and text:
             await self.cache.put(key, answer.response())
         answer.total_ms = (time.perf_counter() - started) * 1000
@@ -287,6 +331,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         streaming: bool,
         within: Callable[[float], float],
         started: float,
+        session_id: Callable[[], Awaitable[str]],
     ) -> AsyncIterator[chat_pb2.ChatEvent]:
         """Started, then the deltas: from the LLM when it is up, else the extractive answer."""
         if self.llm.available:
@@ -296,7 +341,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     try:
                         answer.backend = self.llm.model_backend_name
                         yield chat_pb2.ChatEvent(
-                            started=chat_pb2.ChatStarted(session_id=answer.session_id, backend=answer.backend)
+                            started=chat_pb2.ChatStarted(session_id=await session_id(), backend=answer.backend)
                         )
                         async for piece in stream.deltas():
                             if not answer.text:
@@ -323,7 +368,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     answer.text.append(text)
                     answer.usage = usage
                     yield chat_pb2.ChatEvent(
-                        started=chat_pb2.ChatStarted(session_id=answer.session_id, backend=answer.backend)
+                        started=chat_pb2.ChatStarted(session_id=await session_id(), backend=answer.backend)
                     )
                     yield chat_pb2.ChatEvent(delta=chat_pb2.ChatDelta(text=text))
                 if not answer.usage.completion_tokens:
@@ -340,7 +385,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         answer.first_token_ms = (time.perf_counter() - started) * 1000
         answer.text.append(text)
         answer.usage = StreamUsage(0, estimate_tokens(text))
-        yield chat_pb2.ChatEvent(started=chat_pb2.ChatStarted(session_id=answer.session_id, backend=answer.backend))
+        yield chat_pb2.ChatEvent(started=chat_pb2.ChatStarted(session_id=await session_id(), backend=answer.backend))
         yield chat_pb2.ChatEvent(delta=chat_pb2.ChatDelta(text=text))
 
     # --- calls to storage and embedding -------------------------------------------------------

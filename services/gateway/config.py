@@ -63,7 +63,7 @@ class Settings:
             refresh_token_ttl_s=env_int(env, "REFRESH_TOKEN_TTL_S", 30 * 86_400, minimum=60, maximum=365 * 86_400),
             cors_origins=origins,
             max_body_bytes=env_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
-            upload_max_bytes=env_int(env, "UPLOAD_MAX_BYTES", 100 * 1024 * 1024, minimum=1024),
+            upload_max_bytes=env_int(env, "UPLOAD_MAX_BYTES", 50_000_000, minimum=1024),
             rate_limit_per_minute=env_int(env, "RATE_LIMIT_PER_MINUTE", 300),
             rate_limit_ip_per_minute=env_int(env, "RATE_LIMIT_IP_PER_MINUTE", 1200),
             web_dist_dir=Path(env_str(env, "WEB_DIST_DIR", str(DEFAULT_WEB_DIST))).resolve(),

@@ -245,6 +245,38 @@ def recommend(use: PoolUse, high_utilisation: float) -> metrics_pb2.PoolRecommen
     )
 
 
+def other_histograms(views: list[WindowView]) -> list[tuple[Series, Histogram]]:
+    """Histograms that are not request durations, merged over instances (first series names them)."""
+    merged: dict[tuple[str, str, tuple[tuple[str, str], ...]], tuple[Series, Histogram]] = {}
+    for view in views:
+        series = view.series
+        if series.kind != "histogram" or view.histogram.count == 0 or _endpoint_key(series) is not None:
+            continue
+        key = (series.service, series.name, series.attributes)
+        if key not in merged:
+            merged[key] = (series, Histogram())
+        merged[key][1].merge(view.histogram)
+    return [merged[key] for key in sorted(merged)]
+
+
+def _histogram_stats(views: list[WindowView], window_s: float) -> list[metrics_pb2.HistogramStats]:
+    return [
+        metrics_pb2.HistogramStats(
+            name=series.name,
+            service=series.service,
+            attributes=dict(series.attributes),
+            unit=series.unit,
+            count=histogram.count,
+            p50=histogram.quantile(0.50),
+            p95=histogram.quantile(0.95),
+            p99=histogram.quantile(0.99),
+            mean=histogram.total / histogram.count,
+            per_second=histogram.count / window_s if window_s else 0.0,
+        )
+        for series, histogram in other_histograms(views)
+    ]
+
+
 def dashboard(store: MetricStore, window_s: int, high_utilisation: float) -> metrics_pb2.Dashboard:
     views = store.window(window_s)
     spans, error_spans, traces = store.traces(window_s)
@@ -259,4 +291,5 @@ def dashboard(store: MetricStore, window_s: int, high_utilisation: float) -> met
         series_dropped=store.series_dropped,
         points_dropped=store.points_dropped,
         series_count=store.series_count,
+        histograms=_histogram_stats(views, window_s),
     )

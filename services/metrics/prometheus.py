@@ -16,8 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from metrics.alerts import FIRING, AlertEvaluator
-from metrics.analysis import endpoints, pools
-from metrics.store import MetricStore
+from metrics.analysis import endpoints, other_histograms, pools
+from metrics.store import Histogram, MetricStore, Series
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 SCRAPE_TIMEOUT_S = 10.0
@@ -80,6 +80,21 @@ def _families(store: MetricStore, alerts: AlertEvaluator, window_s: int) -> list
         elif series.slots and series.slots[-1].gauge is not None:
             by_name.setdefault(series.name, []).append((label_values, series.slots[-1].gauge.last, "gauge"))
     families.append(duration)
+    for name, histogram_rows in _group_by_name(other_histograms(views)).items():
+        label_maps = [
+            ({prometheus_name(k): v for k, v in series.attributes} | {"service": series.service}, histogram)
+            for series, histogram in histogram_rows
+        ]
+        names = sorted({key for label_map, _ in label_maps for key in label_map} - {"quantile"})
+        quantiles = GaugeMetricFamily(
+            f"{prometheus_name(name)}_window_quantile",
+            f"{name} percentiles over the last {window_s} s",
+            labels=[*names, "quantile"],
+        )
+        for label_map, histogram in label_maps:
+            for q in QUANTILES:
+                quantiles.add_metric([label_map.get(n, "") for n in names] + [str(q)], histogram.quantile(q))
+        families.append(quantiles)
     for name, rows in sorted(by_name.items()):
         names = sorted({key for label_values, _, _ in rows for key in label_values})
         family: GaugeMetricFamily | CounterMetricFamily
@@ -116,6 +131,13 @@ def _families(store: MetricStore, alerts: AlertEvaluator, window_s: int) -> list
     )
     families.append(CounterMetricFamily("studyassist_spans_received", "Spans received", value=store.spans_total))
     return families
+
+
+def _group_by_name(rows: list[tuple[Series, Histogram]]) -> dict[str, list[tuple[Series, Histogram]]]:
+    grouped: dict[str, list[tuple[Series, Histogram]]] = {}
+    for series, histogram in rows:
+        grouped.setdefault(series.name, []).append((series, histogram))
+    return grouped
 
 
 class StoreCollector(Collector):

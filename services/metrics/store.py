@@ -496,7 +496,7 @@ def _align(old: Cumulative, new: Cumulative) -> Cumulative | None:
     """``old`` in ``new``'s buckets: the same, or an exponential histogram that grew or was downscaled."""
     if old.edges == new.edges:
         return old
-    if True:
+    if old.scale is None or new.scale is None or new.scale > old.scale:
         return None
     # Lowering the scale by k merges 2**k neighbouring buckets: index i becomes i >> k.
     shift = old.scale - new.scale

@@ -76,14 +76,16 @@ async def parse_in_child(path: str, kind: str, settings: IngestSettings, chunk_t
         sys.executable,
         "-m",
         "storage.parse_worker",
-        stdin=asyncio.subprocess.PIPE,
+        # The request travels as an argument: writing to a child's stdin races its start-up under uvloop.
+        json.dumps(request),
+        stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
     try:
         out, err = await asyncio.wait_for(
-            process.communicate(json.dumps(request).encode() + b"\n"), timeout=settings.parse_timeout_s
+            process.communicate(), timeout=settings.parse_timeout_s
         )
     except TimeoutError:
         raise PermanentFailure(f"parsing took longer than {settings.parse_timeout_s:g} s") from None

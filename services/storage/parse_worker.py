@@ -1,6 +1,6 @@
 """The document parser and chunker, run as a child process with memory and time limits.
 
-``python -m storage.parse_worker`` reads one JSON request line on stdin
+``python -m storage.parse_worker '<json request>'`` takes one JSON request as its argument
 ({"path", "kind", "tokenizer_dir", "chunk_tokens", "overlap_tokens", "memory_limit_mb"}) and writes
 one JSON line on stdout: {"chunks": [{text, page, heading, char_start, char_end}, ...]} or
 {"error": "<reason a student can read>"}. It never imports the server's modules: a hostile file
@@ -334,7 +334,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    request = json.loads(sys.stdin.readline())
+    request = json.loads(sys.argv[1])
     try:
         result = run(request)
     except MemoryError:

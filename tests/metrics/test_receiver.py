@@ -74,6 +74,10 @@ async def test_sdk_export_gives_dashboard_percentiles_errors_gauges_traces_and_s
             first = [rng.lognormvariate(3.0, 1.0) for _ in range(600)]
             for value in first:
                 duration.record(value, attributes)
+            batch_sizes = [1, 2, 4, 8, 16, 32] * 10
+            batch_size = telemetry.meter.create_histogram("embedding.batch.size", unit="{text}")
+            for size in batch_sizes:
+                batch_size.record(size, {"model": "minilm"})
             await flush(telemetry)
             second = [rng.uniform(200, 900) for _ in range(400)]
             for value in second:
@@ -95,6 +99,12 @@ async def test_sdk_export_gives_dashboard_percentiles_errors_gauges_traces_and_s
             assert embed.error_rate == pytest.approx(0.2)
             assert embed.per_second == pytest.approx(25 / 120)
 
+            (batches,) = [h for h in dashboard.histograms if h.name == "embedding.batch.size"]
+            assert (batches.service, dict(batches.attributes), batches.unit) == ("probe", {"model": "minilm"}, "{text}")
+            assert batches.count == 60 and batches.mean == pytest.approx(np.mean(batch_sizes))
+            assert 0 < batches.p50 <= 10 and 25 < batches.p99 <= 32  # SDK default buckets (5, 10, 25, 50]; max 32
+            assert all(h.name != "rpc.server.duration" for h in dashboard.histograms)
+
             rss = [g for g in dashboard.gauges if g.name == "process.memory.rss" and g.service == "probe"]
             assert rss and rss[0].value > 10_000_000 and rss[0].kind == "gauge"
             assert dashboard.spans_received >= 25
@@ -108,6 +118,7 @@ async def test_sdk_export_gives_dashboard_percentiles_errors_gauges_traces_and_s
             )
             assert 'studyassist_request_duration_milliseconds_count{method="Embed"' in scrape
             assert "process_memory_rss{" in scrape
+            assert 'embedding_batch_size_window_quantile{model="minilm",quantile="0.5",service="probe"}' in scrape
             assert 'studyassist_alert_firing{alert="error_rate"}' in scrape
         finally:
             telemetry.shutdown()

@@ -33,7 +33,7 @@ def start(database_url: str, embedding: ServiceProcess, blob_dir: Path) -> Servi
 
 
 def document(number: int) -> bytes:
-    lines = [f"Tài liệu số {number}, đoạn {i}: cấu trúc dữ liệu, đồ thị và thuật toán sắp xếp." for i in range(120)]
+    lines = [f"Tài liệu số {number}, đoạn {i}: cấu trúc dữ liệu, đồ thị và thuật toán sắp xếp." for i in range(20)]
     return "\n".join(lines).encode()
 
 

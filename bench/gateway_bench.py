@@ -1,0 +1,266 @@
+"""Gateway benchmark: REST through gateway -> storage -> PostgreSQL, beside a bare Starlette app.
+
+1. List sessions (GET /v1/sessions, 20 sessions, authenticated) at 100 concurrent keep-alive
+   clients: p50/p95/p99 and throughput, beside a bare Starlette+uvicorn endpoint returning the
+   same JSON bytes, measured by the same load generator in the same run.
+2. Upload: the same bytes streamed (1 MiB writes, chunked) to POST /v1/files through the gateway
+   into storage, beside posting them to a bare endpoint that discards them.
+
+Every server is its own process (uvloop, httptools); the load generator is a small raw
+HTTP/1.1 keep-alive client so it costs less CPU than the servers it measures.
+
+    python -m bench.gateway_bench            # 15 s per load phase, 5 x 40 MB uploads
+    python -m bench.gateway_bench --quick    # 3 s per phase, 2 x 10 MB uploads
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import uvloop
+
+from studyassist.core.testing import ServiceProcess, spawn_service
+
+DEAD = "127.0.0.1:9"
+CONCURRENCY = 100
+
+
+# ---- the bare baseline server (run as a child: python -m bench.gateway_bench --serve-bare FILE)
+
+
+def serve_bare(body_file: str) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    body = Path(body_file).read_bytes()
+
+    async def sessions(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    async def discard(request: Request) -> Response:
+        size = 0
+        async for piece in request.stream():
+            size += len(piece)
+        return JSONResponse({"size_bytes": str(size)})
+
+    app = Starlette(routes=[Route("/sessions", sessions), Route("/discard", discard, methods=["POST"])])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    print(json.dumps({"msg": "serving", "port": sock.getsockname()[1]}), file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, http="httptools", loop="none", log_config=None, access_log=False)
+    uvloop.run(uvicorn.Server(config).serve(sockets=[sock]))
+
+
+# ---- load generator
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def load(port: int, path: str, headers: dict[str, str], seconds: float, warmup: float) -> dict[str, float]:
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    ).encode()
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + seconds
+
+    async def client() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while True:
+                sent = time.perf_counter()
+                if sent >= stop_at:
+                    return
+                writer.write(request)
+                status = await _read_response(reader)
+                done = time.perf_counter()
+                if sent >= measure_from:
+                    if status == 200:
+                        latencies.append(done - sent)
+                    else:
+                        errors += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
+    latencies.sort()
+    q = statistics.quantiles(latencies, n=100)
+    return {
+        "rps": len(latencies) / seconds,
+        "p50": q[49] * 1000,
+        "p95": q[94] * 1000,
+        "p99": q[98] * 1000,
+        "errors": errors,
+        "n": len(latencies),
+    }
+
+
+async def upload(url: str, headers: dict[str, str], total: int) -> tuple[float, httpx.Response]:
+    # Text (storage sniffs the content and accepts documents only); ASCII so any cut is valid UTF-8.
+    line = b"Dijkstra finds shortest paths from one source in a graph with non-negative weights.\n"
+    piece = (line * (1024 * 1024 // len(line) + 1))[: 1024 * 1024]
+
+    async def body() -> AsyncIterator[bytes]:
+        sent = 0
+        while sent < total:
+            chunk = piece[: min(len(piece), total - sent)]
+            sent += len(chunk)
+            yield chunk
+
+    async with httpx.AsyncClient(timeout=120) as http:
+        started = time.perf_counter()
+        reply = await http.post(url, content=body(), headers=headers)
+        elapsed = time.perf_counter() - started
+    return total / elapsed / 1e6, reply
+
+
+# ---- the run
+
+
+def start_stack(tmp: Path) -> tuple[list[ServiceProcess], object]:
+    import asyncpg
+    import pgserver
+
+    pg = pgserver.get_server(Path("/tmp") / f"sa-gwb-{uuid.uuid4().hex[:8]}", cleanup_mode="delete")
+    base = pg.get_uri()
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(base)
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.close()
+
+    asyncio.run(create())
+    prefix, sep, query = base.partition("?")
+    database_url = f"{prefix.rpartition('/')[0]}/{name}{sep}{query}"
+    quiet = {"REDIS_URL": "", "LOG_LEVEL": "info"}
+    storage = spawn_service(
+        "storage",
+        {
+            **quiet,
+            "STORAGE_PORT": "0",
+            "DATABASE_URL": database_url,
+            "EMBEDDING_ADDR": DEAD,
+            "INGEST_WORKERS": "0",
+            "BLOB_DIR": str(tmp / "blobs"),
+            "UPLOAD_MAX_BYTES": str(1 << 30),
+        },
+    )
+    gateway = spawn_service(
+        "gateway",
+        {
+            **quiet,
+            "GATEWAY_PORT": "0",
+            "STORAGE_ADDR": storage.address,
+            "CHAT_ADDR": DEAD,
+            "METRICS_ADDR": DEAD,
+            "DATA_DIR": str(tmp / "gw"),
+            "RATE_LIMIT_PER_MINUTE": "0",
+            "RATE_LIMIT_IP_PER_MINUTE": "0",
+            "UPLOAD_MAX_BYTES": str(1 << 30),
+        },
+    )
+    return [storage, gateway], pg
+
+
+async def run(quick: bool, tmp: Path, gateway: ServiceProcess) -> str:
+    seconds, warmup = (3.0, 1.0) if quick else (15.0, 3.0)
+    uploads, upload_mb = (2, 10) if quick else (5, 40)
+    base = f"http://{gateway.address}"
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        reply = await http.post(
+            "/v1/auth/register",
+            json={"email": f"bench-{uuid.uuid4().hex[:6]}@example.edu.vn", "password": "benchmark!", "display_name": "B"},
+        )
+        token = reply.json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        for i in range(20):
+            await http.post("/v1/sessions", json={"title": f"Phiên học {i}"}, headers=auth)
+        sample = await http.get("/v1/sessions", params={"page_size": "20"}, headers=auth)
+        assert sample.status_code == 200 and len(sample.json()["sessions"]) == 20, sample.text
+    body_file = tmp / "sessions.json"
+    body_file.write_bytes(sample.content)
+    bare = await asyncio.to_thread(
+        spawn_service, "bench.gateway_bench", {"BENCH_BARE_BODY": str(body_file), "BENCH_ROLE": "bare"}
+    )
+    try:
+        lines = [f"list sessions, {CONCURRENCY} concurrent keep-alive clients, {seconds:.0f} s each (+{warmup:.0f} s warm-up)"]
+        lines.append(f"response: {len(sample.content)} bytes JSON (20 sessions)")
+        bare_stats = await load(bare.port, "/sessions", {}, seconds, warmup)
+        gw_stats = await load(gateway.port, "/v1/sessions?page_size=20", auth, seconds, warmup)
+        for label, s in (("bare Starlette JSON (baseline)", bare_stats), ("gateway -> storage -> PostgreSQL", gw_stats)):
+            lines.append(
+                f"  {label:34s} {s['rps']:8.0f} req/s  p50 {s['p50']:6.1f} ms  p95 {s['p95']:6.1f} ms"
+                f"  p99 {s['p99']:6.1f} ms  errors {s['errors']:.0f}"
+            )
+        lines.append(f"  gateway throughput / baseline: {gw_stats['rps'] / bare_stats['rps']:.2f}x")
+
+        total = upload_mb * 1_000_000
+        bare_rates, gw_rates = [], []
+        for _ in range(uploads):
+            rate, reply = await upload(f"http://{bare.address}/discard", {}, total)
+            assert reply.status_code == 200
+            bare_rates.append(rate)
+            rate, reply = await upload(
+                f"{base}/v1/files?file_name=bench.txt", {**auth, "Content-Type": "text/plain"}, total
+            )
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["size_bytes"] == str(total)
+            gw_rates.append(rate)
+        lines.append(f"upload {upload_mb} MB x {uploads}, streamed in 1 MiB writes (median)")
+        lines.append(f"  bare Starlette discard (baseline)  {statistics.median(bare_rates):8.1f} MB/s")
+        lines.append(f"  gateway -> storage (blob on disk)  {statistics.median(gw_rates):8.1f} MB/s")
+        return "\n".join(lines)
+    finally:
+        bare.stop()
+
+
+def main() -> int:
+    if os.environ.get("BENCH_ROLE") == "bare":
+        serve_bare(os.environ["BENCH_BARE_BODY"])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gwbench-") as tmp_name:
+        tmp = Path(tmp_name)
+        services, pg = start_stack(tmp)
+        try:
+            print(uvloop.run(run(args.quick, tmp, services[1])))
+        finally:
+            for service in reversed(services):
+                service.stop()
+            pg.cleanup()  # type: ignore[attr-defined]
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
