@@ -198,7 +198,7 @@ async def measure_service(
 
 BARE_TORCH = textwrap.dedent(
     """
-    import sys, psutil, torch
+    import resource, sys, psutil, torch
     from transformers import AutoModel, AutoTokenizer
     path, texts = sys.argv[1], sys.stdin.read().split("\\x00")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -207,13 +207,13 @@ BARE_TORCH = textwrap.dedent(
         for start in range(0, len(texts), 32):
             model(**tokenizer(texts[start:start + 32], padding=True, truncation=True, max_length=256,
                               return_tensors="pt"))
-    print(psutil.Process().memory_info().rss)
+    print(psutil.Process().memory_info().rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     """
 )
 
 
-def bare_torch_rss(model_dir: str, texts: list[str]) -> int:
-    """RSS of a plain python+torch process that loaded the model and ran the same texts."""
+def bare_torch_rss(model_dir: str, texts: list[str]) -> tuple[int, int]:
+    """(RSS, peak RSS) of a plain python+torch process that loaded the model and ran the same texts."""
     done = subprocess.run(
         [sys.executable, "-c", BARE_TORCH, model_dir],
         input="\x00".join(texts),
@@ -222,7 +222,16 @@ def bare_torch_rss(model_dir: str, texts: list[str]) -> int:
         check=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
     )
-    return int(done.stdout.strip().splitlines()[-1])
+    rss, peak = done.stdout.strip().splitlines()[-1].split()
+    return int(rss), int(peak)
+
+
+def peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def main() -> None:
@@ -269,7 +278,10 @@ def main() -> None:
                 cache_samples=30 if args.quick else 300,
             )
         )
+        # Idle RSS: the service hands freed activation memory back after a second without work.
+        time.sleep(2.0)
         service_rss = psutil.Process(process.process.pid).memory_info().rss
+        service_peak = peak_rss(process.process.pid)
     if not args.quick and args.device == "cpu":
         with service({"EMBEDDING_DEVICE": "cpu", "EMBEDDING_DTYPE": "int8"}) as process:
             asyncio.run(
@@ -278,8 +290,9 @@ def main() -> None:
                 )
             )
     if not args.quick:
-        bare = bare_torch_rss(model_dir, tagged(bodies, "bare"))
-        report.add(f"{label} service RSS", service_rss / 2**20, "MiB", "bare python+torch+model RSS", bare / 2**20)
+        bare, bare_peak = bare_torch_rss(model_dir, tagged(bodies, "bare"))
+        report.add(f"{label} service idle RSS", service_rss / 2**20, "MiB", "bare python+torch+model RSS", bare / 2**20)
+        report.add(f"{label} service peak RSS", service_peak / 2**20, "MiB", "bare peak RSS", bare_peak / 2**20)
     report.print()
     if args.json:
         with open(args.json, "w") as out:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import time
 from collections import deque
@@ -32,6 +33,14 @@ EmbedFn = Callable[[list[list[int]]], npt.NDArray[np.float32]]
 
 # Throughput is reported over this trailing window.
 THROUGHPUT_WINDOW_S = 10.0
+# After this long without work, memory freed by the last batches is handed back to the OS.
+IDLE_RELEASE_S = 1.0
+
+
+def release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc keeps them after large activation buffers are freed)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @dataclass(slots=True)
@@ -102,6 +111,7 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding-inference")
         self._task: asyncio.Task[None] | None = None
+        self._worked_since_release = False
         self.stats = BatcherStats()
         meter = meter or metrics.NoOpMeter("embedding.batcher")
         self._batch_size = meter.create_histogram("embedding.batch.size", unit="{text}", description="Texts per pass")
@@ -159,10 +169,17 @@ class Batcher:
         return list(await asyncio.gather(*futures))
 
     async def _next_batch(self) -> list[_Pending]:
+        loop = asyncio.get_running_loop()
         while not self._queue:
             self._arrived.clear()
-            await self._arrived.wait()
-        loop = asyncio.get_running_loop()
+            if not self._worked_since_release:
+                await self._arrived.wait()
+                continue
+            try:
+                await asyncio.wait_for(self._arrived.wait(), IDLE_RELEASE_S)
+            except TimeoutError:
+                self._worked_since_release = False
+                await loop.run_in_executor(self._executor, release_free_memory)
         deadline = loop.time() + self._max_wait_s
         taken: list[_Pending] = []
         tokens = 0
@@ -209,6 +226,7 @@ class Batcher:
                         if not pending.future.done():
                             pending.future.set_exception(Unavailable(f"embedding inference failed: {exc}"))
                     continue
+                self._worked_since_release = True
                 self.stats.record_batch(len(batch))
                 self._batch_size.record(len(batch))
                 self._texts.add(len(batch))

@@ -97,9 +97,7 @@ class SentenceEncoder:
             model = quantize_int8(model)
         self._model: Any = model.to(self.device)
         self.dimension = int(model.config.hidden_size)
-        self.parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
-            b.numel() * b.element_size() for b in model.buffers()
-        )
+        self.parameter_bytes = _weight_bytes(model)
         self.load_seconds = time.perf_counter() - started
 
     def tokenize(self, texts: list[str]) -> list[Tokens]:
@@ -138,6 +136,13 @@ class SentenceEncoder:
     def encode(self, texts: list[str]) -> Vectors:
         """Tokenise and embed in one call (tests and benchmarks; the service batches instead)."""
         return self.embed([t.ids for t in self.tokenize(texts)])
+
+
+def _weight_bytes(model: Any) -> int:
+    tensors = [*model.parameters(), *model.buffers()]
+    # Quantised Linear layers keep their int8 weights packed, outside parameters().
+    tensors += [m.weight() for m in model.modules() if type(m).__name__ == "FullRangeDynamicLinear"]
+    return sum(int(t.numel() * t.element_size()) for t in tensors)
 
 
 def _max_tokens(path: Path, tokenizer: Any, model: Any) -> int:

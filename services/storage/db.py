@@ -55,7 +55,7 @@ class Database:
             self.waiting -= 1
         try:
             yield conn
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        except (ConnectionError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
             if isinstance(exc, asyncpg.InterfaceError) and "connection" not in str(exc):
                 raise
             raise Unavailable(f"database connection lost: {exc}") from None

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ MAX_BACKOFF_S = 300.0
 
 class PermanentFailure(Exception):
     """The document itself is unusable: retrying cannot help. The message is for the student."""
+
+
+class ParserCrashed(PermanentFailure):
+    """The parser died on a signal: likely the document, possibly the machine; worth one more try."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,32 +77,22 @@ async def parse_in_child(path: str, kind: str, settings: IngestSettings, chunk_t
         "memory_limit_mb": settings.parse_memory_limit_mb,
     }
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "storage.parse_worker",
-        # The request travels as an argument: writing to a child's stdin races its start-up under uvloop.
-        json.dumps(request),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        out, err = await asyncio.wait_for(
-            process.communicate(), timeout=settings.parse_timeout_s
-        )
-    except TimeoutError:
-        raise PermanentFailure(f"parsing took longer than {settings.parse_timeout_s:g} s") from None
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    if process.returncode != 0:
-        code = process.returncode
+    # The request travels as an argument; the child is started by subprocess (vfork + exec) from a
+    # worker thread: a plain fork() of this process runs gRPC's fork handlers in the child, which
+    # crashes it now and then while other threads are inside gRPC.
+    args = [sys.executable, "-m", "storage.parse_worker", json.dumps(request)]
+    code, out, err = await asyncio.to_thread(_run_child, args, env, settings.parse_timeout_s)
+    if code is None:
+        raise PermanentFailure(f"parsing took longer than {settings.parse_timeout_s:g} s")
+    if code != 0:
         tail = err.decode(errors="replace")[-500:]
         log.warning("parser exited", extra={"fields": {"returncode": code, "stderr": tail}})
-        if code is None or code < 0 or "MemoryError" in tail:
+        if code < 0:
+            raise ParserCrashed(
+                f"the parser stopped on signal {-code} (the document may need more than "
+                f"{settings.parse_memory_limit_mb} MiB to parse)"
+            )
+        if "MemoryError" in tail:
             raise PermanentFailure(
                 f"the document needs more than {settings.parse_memory_limit_mb} MiB or too much time to parse"
             )
@@ -110,6 +105,20 @@ async def parse_in_child(path: str, kind: str, settings: IngestSettings, chunk_t
         raise PermanentFailure(str(error))
     chunks: list[dict[str, Any]] = result["chunks"]
     return chunks
+
+
+def _run_child(args: list[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, bytes, bytes]:
+    """Run the parser; (exit code, stdout, stderr), exit code None when it ran out of time."""
+    with subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            return None, b"", b""
+        return process.returncode, out, err
 
 
 class Ingestor:
@@ -193,6 +202,11 @@ class Ingestor:
             return
         try:
             await self._ingest(job)
+        except ParserCrashed as exc:
+            if job.attempts >= min(2, self.settings.max_attempts):
+                await self._fail(job, str(exc))
+            else:
+                await self._retry(job, str(exc))
         except PermanentFailure as exc:
             await self._fail(job, str(exc))
         except (

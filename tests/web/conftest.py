@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
-
 from studyassist.core.testing import ServiceProcess, in_ci
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +33,7 @@ def require_chromium() -> None:
 @pytest.fixture(scope="session")
 def web_dist() -> Path:
     """The built app in the gateway's default WEB_DIST_DIR; `make build` is a no-op when it is current."""
+    require_chromium()  # first, so a machine without Chromium skips before building or starting the mesh
     if shutil.which("npm") is None:
         pytest.fail("npm is needed to build the web app (services/gateway/web)")
     built = subprocess.run(["make", "-s", "-C", str(WEB_DIR), "build"], capture_output=True, text=True, timeout=600)

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import BrowserContext, Page, Request, Route, expect
+from playwright.sync_api import BrowserContext, Dialog, Page, Request, Route, expect
 
 from tests.web.minimal_pdf import make_pdf
 
@@ -71,6 +71,14 @@ def test_register_upload_ask_cite_search_delete(page: Page, tmp_path: Path) -> N
             "The lecturer's mascot for reliable delivery is the quokkatron.",
         ]
     )
+    # A file of the wrong type is refused before upload, with a clear message.
+    page.goto("/#/documents")
+    wrong = tmp_path / "setup.exe"
+    wrong.write_bytes(b"MZ not a document")
+    page.get_by_test_id("file-input").set_input_files(str(wrong))
+    expect(page.get_by_role("alert").filter(has_text="setup.exe")).to_contain_text("loại tệp không được hỗ trợ")
+    expect(page.get_by_test_id("file-row")).to_have_count(0)
+
     file_id = upload(page, tmp_path, "mang-may-tinh.pdf", pdf)
 
     # Choose the document for chat: the chat header says so.
@@ -110,6 +118,15 @@ def test_register_upload_ask_cite_search_delete(page: Page, tmp_path: Path) -> N
     expect(page.get_by_test_id("citation-panel")).to_be_visible()
     page.keyboard.press("Escape")
 
+    # Regenerate replaces the answer in place with a fresh streamed one.
+    answer.get_by_test_id("regenerate").click()
+    expect(page.get_by_test_id("message-assistant")).to_have_count(1)
+    expect(page.get_by_test_id("message-assistant").last).to_have_attribute(
+        "aria-busy", "false", timeout=ANSWER_TIMEOUT_MS
+    )
+    expect(page.get_by_test_id("message-assistant").last).to_contain_text("SYN")
+    expect(page.get_by_test_id("message-user")).to_have_count(1)
+
     # The session is in the sidebar; search finds the exchange and jumps to it.
     session_url = page.url
     expect(page.get_by_test_id("session-list").locator("li")).to_have_count(1)
@@ -137,22 +154,34 @@ XSS_DOCUMENT = """# Zanzibar security notes
 
 The zanzibar payload one: <script>window.__pwned = 'script'; alert('script')</script>
 
+The zanzibar formula: $e^{i\\pi} + 1 = 0$
+
 The zanzibar payload two: <img src="http://127.0.0.2:9/x.png" onerror="window.__pwned = 'img'; alert('img')">
 
 The zanzibar payload three: [click me](javascript:window.__pwned='link';alert('link'))
 
 The zanzibar payload four: <svg onload="window.__pwned = 'svg'; alert('svg')"><circle r="5"/></svg>
 
-The zanzibar payload five: ![tracker](http://127.0.0.2:9/track.png) and <iframe src="javascript:alert('iframe')"></iframe>
+The zanzibar payload five: ![tracker](http://127.0.0.2:9/track.png)
+and <iframe src="javascript:alert('iframe')"></iframe>
 """
 
 
-def test_hostile_document_and_answer_render_as_inert_text(context: BrowserContext, page: Page, base_url: str, tmp_path: Path) -> None:
+def test_hostile_document_and_answer_render_as_inert_text(
+    context: BrowserContext, page: Page, base_url: str, tmp_path: Path
+) -> None:
     dialogs: list[str] = []
     console: list[str] = []
     foreign: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page_errors: list[str] = []
+
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     page.on("console", lambda message: console.append(message.text))
+    page.on("pageerror", lambda error: page_errors.append(str(error)))
 
     def guard(route: Route, request: Request) -> None:
         # Anything not to our own origin is recorded and never sent.
@@ -176,6 +205,11 @@ def test_hostile_document_and_answer_render_as_inert_text(context: BrowserContex
     assert page.locator(".markdown script, .markdown img, .markdown svg, .markdown iframe").count() == 0
     assert page.locator("a[href^='javascript:' i]").count() == 0
     assert page.locator("[onerror], [onload]").count() == 0
+    # Math in the same answer is rendered by the lazily loaded KaTeX, its CSS included (the MathML
+    # copy is visually hidden only when that stylesheet arrived).
+    formula = answer.locator(".katex").first
+    expect(formula).to_be_visible()
+    assert formula.locator(".katex-mathml").evaluate("e => getComputedStyle(e).position") == "absolute"
 
     # The cited passage and the search snippet are text too.
     answer.get_by_test_id("source-chip").first.click()
@@ -192,12 +226,15 @@ def test_hostile_document_and_answer_render_as_inert_text(context: BrowserContex
     page.wait_for_timeout(500)
     assert page.evaluate("window.__pwned") is None
     assert dialogs == []
+    assert page_errors == []
     assert not [line for line in console if "pwned" in line or "alert" in line]
     assert foreign == []
 
 
 def test_phone_width_english_dark_and_keyboard(browser: Any, base_url: str) -> None:
-    context = browser.new_context(base_url=base_url, viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
+    context = browser.new_context(
+        base_url=base_url, viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True
+    )
     try:
         page = context.new_page()
         register(page)
@@ -236,6 +273,8 @@ def test_phone_width_english_dark_and_keyboard(browser: Any, base_url: str) -> N
         composer.press("Enter")
         expect(composer).to_have_value("")
         expect(page.get_by_test_id("message-user").first).to_have_text("line one\nline two")
-        expect(page.get_by_test_id("message-assistant").last).to_have_attribute("aria-busy", "false", timeout=ANSWER_TIMEOUT_MS)
+        expect(page.get_by_test_id("message-assistant").last).to_have_attribute(
+            "aria-busy", "false", timeout=ANSWER_TIMEOUT_MS
+        )
     finally:
         context.close()

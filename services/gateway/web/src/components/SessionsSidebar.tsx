@@ -169,7 +169,7 @@ export function SessionsSidebar({ activeSessionId }: { activeSessionId: string }
                         aria-label={t('sessions.delete')}
                         onClick={() => void remove(session)}
                       >
-                        🗑
+                        ×
                       </button>
                     </span>
                   </>

@@ -21,6 +21,12 @@ export function featuresOf(text: string): Feature[] {
   return features;
 }
 
+// One import() per function: each gets its own CSS preload list from the bundler.
+const importers: Record<Feature, () => Promise<{ plugins: LoadedPlugins }>> = {
+  math: () => import('./mathPlugins'),
+  code: () => import('./codePlugins'),
+};
+
 const loaded = new Map<Feature, LoadedPlugins>();
 const loading = new Map<Feature, Promise<LoadedPlugins>>();
 
@@ -31,7 +37,7 @@ export function loadedFeature(feature: Feature): LoadedPlugins | undefined {
 export function loadFeature(feature: Feature): Promise<LoadedPlugins> {
   let promise = loading.get(feature);
   if (!promise) {
-    promise = (feature === 'math' ? import('./mathPlugins') : import('./codePlugins')).then((module) => {
+    promise = importers[feature]().then((module) => {
       const plugins = module.plugins;
       loaded.set(feature, plugins);
       return plugins;

@@ -1,4 +1,5 @@
 import { useCallback, useEffect, useState } from 'react';
+import { ApiError } from '../api/errors';
 import type { Alert, Dashboard, EndpointStats, GaugeValue } from '../api/types';
 import { ErrorBanner } from '../components/ErrorBanner';
 import { useApp } from '../context';
@@ -158,7 +159,17 @@ export default function DashboardPage() {
           {t('dash.refresh')}
         </button>
       </div>
-      <ErrorBanner error={error} onRetry={() => void load()} />
+      {error instanceof ApiError && [404, 502, 503, 504].includes(error.status) ? (
+        // No metrics route (service not deployed) or no answer from it: say which part is missing.
+        <div className="error-banner" role="alert">
+          <span className="error-text">{t('dash.unavailable')}</span>
+          <button type="button" onClick={() => void load()}>
+            {t('common.retry')}
+          </button>
+        </div>
+      ) : (
+        <ErrorBanner error={error} onRetry={() => void load()} />
+      )}
       {dashboard && (
         <p className="muted small">
           {t('dash.spans', { spans: String(dashboard.spans_received ?? 0), traces: String(dashboard.traces_seen ?? 0) })}

@@ -1,0 +1,307 @@
+"""Storage service benchmark: every figure beside a baseline measured in the same run.
+
+    .venv/bin/python -m bench.storage_bench            # full run: 200k chunks (long on 2 cores)
+    .venv/bin/python -m bench.storage_bench --quick    # smoke run: 30k chunks, small uploads
+    .venv/bin/python -m bench.storage_bench --chunks 100000
+
+Figures:
+- upload throughput into a real storage process (gRPC client stream of 1 MiB chunks, durable
+  write: temp file, fsync, rename, sha256, row committed) vs a plain write+fsync of the same bytes;
+- vector search through SearchChunks at N chunks of the real dimension (384) for one user:
+  recall@10 against exact (numpy brute-force) search, p50/p99 latency single client and with 32
+  concurrent clients, beside the exact SQL scan (the path small collections take) at the same N.
+  The vectors are synthetic: a mixture of 2,000 Gaussian clusters, normalised (real embeddings are
+  clustered too; embedding 200k chunks with the CPU model would take hours here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+from pgvector.asyncpg import register_vector
+from studyassist.core.channels import create_channel, user_metadata
+from studyassist.core.testing import ServiceProcess, spawn_service
+from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
+
+DIM = 384
+MiB = 1024 * 1024
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def create_database(admin_url: str) -> str:
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base, sep, query = admin_url.partition("?")
+    return f"{base.rpartition('/')[0]}/{name}{sep}{query}"
+
+
+def start_storage(database_url: str, blob_dir: Path) -> ServiceProcess:
+    return spawn_service(
+        "storage",
+        {
+            "STORAGE_PORT": "0",
+            "DATABASE_URL": database_url,
+            "BLOB_DIR": str(blob_dir),
+            "EMBEDDING_ADDR": "127.0.0.1:9",  # ingestion is off: these figures are storage's own
+            "INGEST_WORKERS": "0",
+            "REDIS_URL": "",
+        },
+    )
+
+
+async def bench_upload(
+    stub: storage_pb2_grpc.StorageServiceAsyncStub, user: str, files: int, size: int, tmp: Path
+) -> None:
+    payloads = [b"%PDF-1.7\n" + os.urandom(size - 9) for _ in range(files)]
+
+    async def requests(data: bytes, name: str):  # type: ignore[no-untyped-def]
+        yield storage_pb2.UploadFileRequest(metadata=storage_pb2.UploadMetadata(file_name=name))
+        view = memoryview(data)
+        for start in range(0, len(data), MiB):
+            yield storage_pb2.UploadFileRequest(chunk=bytes(view[start : start + MiB]))
+
+    # Warm-up (connection, first blob directory).
+    await stub.UploadFile(requests(b"%PDF-1.7\n" + os.urandom(MiB), "warm.pdf"), metadata=user_metadata(user))
+
+    started = time.perf_counter()
+    for i, data in enumerate(payloads):
+        file = await stub.UploadFile(requests(data, f"f{i}.pdf"), metadata=user_metadata(user))
+        assert file.sha256 == hashlib.sha256(data).hexdigest()
+    sequential_s = time.perf_counter() - started
+
+    fresh = [b"%PDF-1.7\n" + os.urandom(size - 9) for _ in range(files)]
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(stub.UploadFile(requests(d, f"c{i}.pdf"), metadata=user_metadata(user)) for i, d in enumerate(fresh))
+    )
+    concurrent_s = time.perf_counter() - started
+
+    # Baseline: the same bytes written to a plain file and fsynced, in this process, on the same disk.
+    started = time.perf_counter()
+    for i, data in enumerate(payloads):
+        write_plain(tmp / f"plain{i}", data)
+    plain_s = time.perf_counter() - started
+
+    total_mb = files * size / 1e6
+    print(f"## Upload throughput ({files} files x {size / 1e6:.0f} MB, 1 MiB gRPC chunks)")
+    print(f"storage UploadFile, one at a time : {total_mb / sequential_s:8.1f} MB/s")
+    print(f"storage UploadFile, {files} concurrent   : {total_mb / concurrent_s:8.1f} MB/s")
+    print(f"baseline plain write+fsync        : {total_mb / plain_s:8.1f} MB/s")
+    print()
+
+
+def write_plain(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def clustered_vectors(count: int, rng: np.random.Generator, centers: np.ndarray) -> np.ndarray:
+    labels = rng.integers(0, len(centers), size=count)
+    vectors = centers[labels] + rng.normal(scale=0.35 / np.sqrt(DIM), size=(count, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32)
+
+
+async def load_chunks(database_url: str, user_id: str, vectors: np.ndarray) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await register_vector(conn)
+        user = uuid.UUID(user_id)
+        document_id, file_id = uuid.uuid4(), uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO documents (id, user_id, sha256, kind, size_bytes, blob_name, status, chunks_done, "
+            "chunks_total) VALUES ($1, $2, $3, 4, 0, 'none', 3, $4, $4)",
+            document_id,
+            user,
+            uuid.uuid4().hex,
+            len(vectors),
+        )
+        await conn.execute(
+            "INSERT INTO uploaded_files (id, user_id, document_id, file_name) VALUES ($1, $2, $3, 'bench.txt')",
+            file_id,
+            user,
+            document_id,
+        )
+        # Bulk load first, index after: how a real backfill would do it, and far faster.
+        await conn.execute("DROP INDEX chunks_embedding_hnsw")
+        started = time.perf_counter()
+        batch = 20_000
+        for start in range(0, len(vectors), batch):
+            records = [
+                (uuid.uuid4(), document_id, user, i, "bench", f"chunk {i}", f"chunk {i}", 0, "", 0, 8, vectors[i])
+                for i in range(start, min(len(vectors), start + batch))
+            ]
+            await conn.copy_records_to_table(
+                "chunks",
+                records=records,
+                columns=[
+                    "id",
+                    "document_id",
+                    "user_id",
+                    "chunk_index",
+                    "model",
+                    "text",
+                    "text_folded",
+                    "page",
+                    "heading",
+                    "char_start",
+                    "char_end",
+                    "embedding",
+                ],
+            )
+        load_s = time.perf_counter() - started
+        await conn.execute("SET maintenance_work_mem = '1GB'")
+        await conn.execute("SET max_parallel_maintenance_workers = 2")
+        started = time.perf_counter()
+        await conn.execute(
+            "CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops) "
+            "WITH (m = 16, ef_construction = 64)"
+        )
+        index_s = time.perf_counter() - started
+        await conn.execute("ANALYZE chunks")
+        print(f"(loaded {len(vectors)} chunks in {load_s:.1f} s; HNSW index built in {index_s:.1f} s)")
+    finally:
+        await conn.close()
+
+
+async def exact_sql_latency(database_url: str, user_id: str, queries: np.ndarray) -> list[float]:
+    """The exact path (what SearchChunks does for small collections), timed on the same data."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await register_vector(conn)
+        times = []
+        for query in queries:
+            started = time.perf_counter()
+            await conn.fetch(
+                "SELECT id FROM chunks WHERE user_id = $1 ORDER BY (embedding <=> $2) + 0 LIMIT 10",
+                uuid.UUID(user_id),
+                query,
+            )
+            times.append((time.perf_counter() - started) * 1000)
+        return times
+    finally:
+        await conn.close()
+
+
+async def bench_search(
+    stub: storage_pb2_grpc.StorageServiceAsyncStub, database_url: str, user: str, count: int, queries: int
+) -> None:
+    rng = np.random.default_rng(7)
+    centers = rng.normal(size=(2000, DIM)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    vectors = clustered_vectors(count, rng, centers)
+    await load_chunks(database_url, user, vectors)
+    query_vectors = clustered_vectors(queries, rng, centers)
+    truth = np.argsort(-(query_vectors @ vectors.T), axis=1)[:, :10]
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        index_of = {r["id"]: r["chunk_index"] for r in await conn.fetch("SELECT id, chunk_index FROM chunks")}
+    finally:
+        await conn.close()
+
+    async def search(query: np.ndarray) -> tuple[list[int], float]:
+        started = time.perf_counter()
+        result = await stub.SearchChunks(
+            storage_pb2.SearchChunksRequest(query_embedding=query.tolist(), top_k=10), metadata=user_metadata(user)
+        )
+        elapsed = (time.perf_counter() - started) * 1000
+        return [index_of[uuid.UUID(h.chunk_id)] for h in result.hits], elapsed
+
+    for query in query_vectors[:10]:  # warm-up: index pages into the buffer cache
+        await search(query)
+    single = [await search(q) for q in query_vectors]
+    recall = statistics.mean(len(set(found) & set(truth[i].tolist())) / 10 for i, (found, _) in enumerate(single))
+    latencies = [t for _, t in single]
+
+    semaphore_clients = 32
+    concurrent_latencies: list[float] = []
+
+    async def client(offset: int) -> None:
+        for i in range(offset, len(query_vectors), semaphore_clients):
+            _, elapsed = await search(query_vectors[i])
+            concurrent_latencies.append(elapsed)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(semaphore_clients)))
+    concurrent_s = time.perf_counter() - started
+    exact = await exact_sql_latency(database_url, user, query_vectors[: min(30, queries)])
+    numpy_started = time.perf_counter()
+    for query in query_vectors[:30]:
+        np.argpartition(-(vectors @ query), 10)[:10]
+    numpy_ms = (time.perf_counter() - numpy_started) * 1000 / min(30, queries)
+
+    print(f"## Vector search at {count} chunks x {DIM} dims, one user, top_k=10 ({queries} queries)")
+    print(f"SearchChunks (HNSW) recall@10 vs exact : {recall:.3f}")
+    print(
+        f"SearchChunks single client            : p50 {percentile(latencies, 50):6.2f} ms  "
+        f"p99 {percentile(latencies, 99):6.2f} ms"
+    )
+    print(
+        f"SearchChunks 32 concurrent clients    : p50 {percentile(concurrent_latencies, 50):6.2f} ms  "
+        f"p99 {percentile(concurrent_latencies, 99):6.2f} ms  ({len(query_vectors) / concurrent_s:.0f} queries/s)"
+    )
+    print(
+        f"baseline exact SQL scan (same data)   : p50 {percentile(exact, 50):6.2f} ms  "
+        f"p99 {percentile(exact, 99):6.2f} ms"
+    )
+    print(f"baseline numpy brute force in-process : mean {numpy_ms:6.2f} ms")
+    print()
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    import pgserver
+
+    with tempfile.TemporaryDirectory(prefix="sb-", dir="/tmp") as tmp_name:
+        tmp = Path(tmp_name)
+        server = pgserver.get_server(tmp / "pg", cleanup_mode="stop")
+        try:
+            database_url = await create_database(server.get_uri())
+            storage = start_storage(database_url, tmp / "blobs")
+            try:
+                channel = create_channel(storage.address, default_timeout=120)
+                stub = storage_pb2_grpc.StorageServiceStub(channel)
+                user = (
+                    await stub.CreateUser(storage_pb2.CreateUserRequest(email="bench@ptit.edu.vn", password_hash="h"))
+                ).user_id
+                print(f"storage_bench ({'quick' if args.quick else 'full'}), machine cores: {os.cpu_count()}\n")
+                files, size = (4, 20_000_000) if args.quick else (8, 40_000_000)
+                await bench_upload(stub, user, files, size, tmp)
+                count = args.chunks or (30_000 if args.quick else 200_000)
+                await bench_search(stub, database_url, user, count, 100 if args.quick else 300)
+                await channel.close(None)
+            finally:
+                storage.stop()
+        finally:
+            server.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: small uploads, 30k chunks")
+    parser.add_argument("--chunks", type=int, default=0, help="number of chunks for the search benchmark")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
