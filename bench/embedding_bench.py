@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.embedding_bench            # full run (a few minutes on 2 cores)
     .venv/bin/python -m bench.embedding_bench --quick    # smoke run: few texts, fp32 only
 
-Figures, on the same Vietnamese and English texts of 128-256 tokens:
+Figures, on the same Vietnamese and English texts of 128-256 tokens. The box may be shared, so
+baseline and service rounds alternate and each figure is the median of its rounds:
 - service throughput over gRPC (requests of 32 texts, a few in flight) vs in-process
   ``SentenceTransformer.encode(batch_size=32)``; the same for the int8 service;
 - 32 concurrent clients sending one text per request vs the same offline batch baseline;
@@ -26,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import psutil
@@ -148,52 +150,61 @@ def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20)[-1]
 
 
-async def measure_service(
-    address: str,
-    bodies: list[str],
-    label: str,
-    baseline: float,
-    report: Report,
-    *,
-    concurrency_test: bool,
-    cache_samples: int,
-) -> None:
+async def service_round(address: str, texts: list[str], *, single_clients: bool) -> tuple[float, float]:
+    """(texts/s with 32-text requests, texts/s with 32 concurrent one-text clients; 0 when skipped)."""
+    half = len(texts) // 2 if single_clients else len(texts)
     async with grpc.aio.insecure_channel(address) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
-        await embed_all(stub, tagged(bodies[:32], f"{label}-warm"), 32, 1)
-        rate = await embed_all(stub, tagged(bodies, f"{label}-batch"), 32, 3)
+        batched = await embed_all(stub, texts[:half], 32, 3)
+        single = await embed_all(stub, texts[half:], 1, 32) if single_clients else 0.0
+    return batched, single
+
+
+async def cache_latency(address: str, cached: list[str], samples: int) -> tuple[list[float], list[float]]:
+    """Latencies (ms) of one-text Embed calls answered from the cache, and of an empty Info RPC."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        requests = [embedding_pb2.EmbedRequest(texts=[t.encode()]) for t in cached]
+        index = iter(range(10**9))
+        hits = await latencies(lambda: stub.Embed(requests[next(index) % len(requests)]), samples)
+        empty = await latencies(lambda: stub.Info(embedding_pb2.InfoRequest()), samples)
+        stats = await stub.Stats(embedding_pb2.StatsRequest())
+    print(f"  batches {stats.batches}, mean batch size {stats.mean_batch_size:.1f}", flush=True)
+    return hits, empty
+
+
+def st_rate(reference: Any, texts: list[str]) -> float:
+    started = time.perf_counter()
+    reference.encode(texts, batch_size=32)
+    return len(texts) / (time.perf_counter() - started)
+
+
+def compare_rounds(
+    reference: Any, address: str, bodies: list[str], label: str, rounds: int, report: Report, *, single: bool
+) -> list[str]:
+    """Alternate baseline and service rounds (the box is shared: load drifts) and report medians."""
+    baseline, batched, one_text = [], [], []
+    asyncio.run(service_round(address, tagged(bodies[:32], f"{label}-warm"), single_clients=False))
+    for r in range(rounds):
+        baseline.append(st_rate(reference, tagged(bodies, f"st-{label}-{r}")))
+        texts = tagged(bodies, f"{label}-{r}") + (tagged(bodies, f"{label}-one-{r}") if single else [])
+        b, o = asyncio.run(service_round(address, texts, single_clients=single))
+        batched.append(b)
+        one_text.append(o)
+        print(f"  round {r}: baseline {baseline[-1]:.2f}, service {b:.2f}, one-text clients {o:.2f} texts/s")
+    name = "SentenceTransformer.encode(bs=32), same rounds"
+    report.add(
+        f"{label} service, 32 texts/request", statistics.median(batched), "texts/s", name, statistics.median(baseline)
+    )
+    if single:
         report.add(
-            f"{label} service, 32 texts/request, texts/s",
-            rate,
+            f"{label} service, 32 concurrent 1-text clients",
+            statistics.median(one_text),
             "texts/s",
-            "SentenceTransformer.encode(bs=32)",
-            baseline,
+            name,
+            statistics.median(baseline),
         )
-        if concurrency_test:
-            single = await embed_all(stub, tagged(bodies, f"{label}-single"), 1, 32)
-            report.add(
-                f"{label} service, 32 concurrent 1-text clients, texts/s",
-                single,
-                "texts/s",
-                "SentenceTransformer.encode(bs=32)",
-                baseline,
-            )
-            stats = await stub.Stats(embedding_pb2.StatsRequest())
-            print(f"  ({label}) batches {stats.batches}, mean batch size {stats.mean_batch_size:.1f}", flush=True)
-        if cache_samples:
-            cached = tagged(bodies, f"{label}-batch")
-            requests = [embedding_pb2.EmbedRequest(texts=[t.encode()]) for t in cached]
-            index = iter(range(10**9))
-            hits = await latencies(lambda: stub.Embed(requests[next(index) % len(requests)]), cache_samples)
-            empty = await latencies(lambda: stub.Info(embedding_pb2.InfoRequest()), cache_samples)
-            report.add(f"{label} cache-hit Embed p95", p95(hits), "ms", "empty Info RPC p95", p95(empty))
-            report.add(
-                f"{label} cache-hit Embed p50",
-                statistics.median(hits),
-                "ms",
-                "empty Info RPC p50",
-                statistics.median(empty),
-            )
+    return tagged(bodies, f"{label}-0")
 
 
 BARE_TORCH = textwrap.dedent(
@@ -237,11 +248,12 @@ def peak_rss(pid: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few texts, fp32 only: a smoke run")
-    parser.add_argument("--texts", type=int, default=0, help="texts per phase (default 256, quick 16)")
+    parser.add_argument("--texts", type=int, default=0, help="texts per round (default 64, quick 16)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both sides run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating baseline/service rounds (quick: 1)")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args()
-    count = args.texts or (16 if args.quick else 256)
+    count = args.texts or (16 if args.quick else 64)
 
     from embedding.model import packaged_model_dir
     from sentence_transformers import SentenceTransformer
@@ -258,25 +270,18 @@ def main() -> None:
 
     report = Report()
     reference.encode(tagged(bodies[:32], "st-warm"), batch_size=32)
-    started = time.perf_counter()
-    reference.encode(tagged(bodies, "st"), batch_size=32)
-    baseline = count / (time.perf_counter() - started)
-    print(f"  baseline SentenceTransformer.encode(batch_size=32): {baseline:,.2f} texts/s", flush=True)
-    del reference
-
-    fp32_env = {"EMBEDDING_DEVICE": args.device, "EMBEDDING_DTYPE": "auto"}
+    rounds = 1 if args.quick else args.rounds
     label = "fp32" if args.device == "cpu" else "cuda-auto"
-    with service(fp32_env) as process:
-        asyncio.run(
-            measure_service(
-                process.address,
-                bodies,
-                label,
-                baseline,
-                report,
-                concurrency_test=True,
-                cache_samples=30 if args.quick else 300,
-            )
+    with service({"EMBEDDING_DEVICE": args.device, "EMBEDDING_DTYPE": "auto"}) as process:
+        cached = compare_rounds(reference, process.address, bodies, label, rounds, report, single=True)
+        hits, empty = asyncio.run(cache_latency(process.address, cached, 30 if args.quick else 300))
+        report.add(f"{label} cache-hit Embed p95", p95(hits), "ms", "empty Info RPC p95", p95(empty))
+        report.add(
+            f"{label} cache-hit Embed p50",
+            statistics.median(hits),
+            "ms",
+            "empty Info RPC p50",
+            statistics.median(empty),
         )
         # Idle RSS: the service hands freed activation memory back after a second without work.
         time.sleep(2.0)
@@ -284,11 +289,8 @@ def main() -> None:
         service_peak = peak_rss(process.process.pid)
     if not args.quick and args.device == "cpu":
         with service({"EMBEDDING_DEVICE": "cpu", "EMBEDDING_DTYPE": "int8"}) as process:
-            asyncio.run(
-                measure_service(
-                    process.address, bodies, "int8", baseline, report, concurrency_test=False, cache_samples=0
-                )
-            )
+            compare_rounds(reference, process.address, bodies, "int8", rounds, report, single=False)
+    del reference
     if not args.quick:
         bare, bare_peak = bare_torch_rss(model_dir, tagged(bodies, "bare"))
         report.add(f"{label} service idle RSS", service_rss / 2**20, "MiB", "bare python+torch+model RSS", bare / 2**20)

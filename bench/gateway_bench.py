@@ -30,7 +30,6 @@ from pathlib import Path
 
 import httpx
 import uvloop
-
 from studyassist.core.testing import ServiceProcess, spawn_service
 
 DEAD = "127.0.0.1:9"
@@ -123,10 +122,61 @@ async def load(port: int, path: str, headers: dict[str, str], seconds: float, wa
     }
 
 
-async def upload(url: str, headers: dict[str, str], total: int) -> tuple[float, httpx.Response]:
+async def grpc_list(address: str, user_id: str, seconds: float, warmup: float) -> dict[str, float]:
+    """The same read straight to storage over gRPC: what the gateway adds on top of it."""
+    from studyassist.core.channels import create_channel, user_metadata
+    from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
+
+    channel = create_channel(address)
+    stub = storage_pb2_grpc.StorageServiceStub(channel)
+    metadata = user_metadata(user_id)
+    latencies: list[float] = []
+    measure_from = time.perf_counter() + warmup
+    stop_at = measure_from + seconds
+
+    async def client() -> None:
+        while (sent := time.perf_counter()) < stop_at:
+            await stub.ListSessions(storage_pb2.ListSessionsRequest(page_size=20), metadata=metadata)
+            if sent >= measure_from:
+                latencies.append(time.perf_counter() - sent)
+
+    await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
+    await channel.close(None)
+    q = statistics.quantiles(sorted(latencies), n=100)
+    return {"rps": len(latencies) / seconds, "p50": q[49] * 1000, "p95": q[94] * 1000, "p99": q[98] * 1000, "errors": 0}
+
+
+async def grpc_upload(address: str, user_id: str, total: int) -> float:
+    from studyassist.core.channels import create_channel, user_metadata
+    from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
+
+    channel = create_channel(address, default_timeout=120)
+    stub = storage_pb2_grpc.StorageServiceStub(channel)
+    piece = _text_piece()
+
+    async def messages() -> AsyncIterator[storage_pb2.UploadFileRequest]:
+        yield storage_pb2.UploadFileRequest(metadata=storage_pb2.UploadMetadata(file_name="direct.txt"))
+        sent = 0
+        while sent < total:
+            chunk = piece[: min(len(piece), total - sent)]
+            sent += len(chunk)
+            yield storage_pb2.UploadFileRequest(chunk=chunk)
+
+    started = time.perf_counter()
+    await stub.UploadFile(messages(), metadata=user_metadata(user_id))
+    elapsed = time.perf_counter() - started
+    await channel.close(None)
+    return total / elapsed / 1e6
+
+
+def _text_piece() -> bytes:
     # Text (storage sniffs the content and accepts documents only); ASCII so any cut is valid UTF-8.
     line = b"Dijkstra finds shortest paths from one source in a graph with non-negative weights.\n"
-    piece = (line * (1024 * 1024 // len(line) + 1))[: 1024 * 1024]
+    return (line * (1024 * 1024 // len(line) + 1))[: 1024 * 1024]
+
+
+async def upload(url: str, headers: dict[str, str], total: int) -> tuple[float, httpx.Response]:
+    piece = _text_piece()
 
     async def body() -> AsyncIterator[bytes]:
         sent = 0
@@ -191,16 +241,21 @@ def start_stack(tmp: Path) -> tuple[list[ServiceProcess], object]:
     return [storage, gateway], pg
 
 
-async def run(quick: bool, tmp: Path, gateway: ServiceProcess) -> str:
+async def run(quick: bool, tmp: Path, storage: ServiceProcess, gateway: ServiceProcess) -> str:
     seconds, warmup = (3.0, 1.0) if quick else (15.0, 3.0)
     uploads, upload_mb = (2, 10) if quick else (5, 40)
     base = f"http://{gateway.address}"
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         reply = await http.post(
             "/v1/auth/register",
-            json={"email": f"bench-{uuid.uuid4().hex[:6]}@example.edu.vn", "password": "benchmark!", "display_name": "B"},
+            json={
+                "email": f"bench-{uuid.uuid4().hex[:6]}@example.edu.vn",
+                "password": "benchmark!",
+                "display_name": "B",
+            },
         )
         token = reply.json()["access_token"]
+        user_id = reply.json()["user"]["user_id"]
         auth = {"Authorization": f"Bearer {token}"}
         for i in range(20):
             await http.post("/v1/sessions", json={"title": f"Phiên học {i}"}, headers=auth)
@@ -212,19 +267,26 @@ async def run(quick: bool, tmp: Path, gateway: ServiceProcess) -> str:
         spawn_service, "bench.gateway_bench", {"BENCH_BARE_BODY": str(body_file), "BENCH_ROLE": "bare"}
     )
     try:
-        lines = [f"list sessions, {CONCURRENCY} concurrent keep-alive clients, {seconds:.0f} s each (+{warmup:.0f} s warm-up)"]
+        lines = [
+            f"list sessions, {CONCURRENCY} concurrent keep-alive clients, {seconds:.0f} s each (+{warmup:.0f} s warm-up)"
+        ]
         lines.append(f"response: {len(sample.content)} bytes JSON (20 sessions)")
         bare_stats = await load(bare.port, "/sessions", {}, seconds, warmup)
         gw_stats = await load(gateway.port, "/v1/sessions?page_size=20", auth, seconds, warmup)
-        for label, s in (("bare Starlette JSON (baseline)", bare_stats), ("gateway -> storage -> PostgreSQL", gw_stats)):
+        direct_stats = await grpc_list(storage.address, user_id, seconds, warmup)
+        for label, s in (
+            ("bare Starlette JSON (baseline)", bare_stats),
+            ("gateway -> storage -> PostgreSQL", gw_stats),
+            ("direct gRPC -> storage (no gateway)", direct_stats),
+        ):
             lines.append(
-                f"  {label:34s} {s['rps']:8.0f} req/s  p50 {s['p50']:6.1f} ms  p95 {s['p95']:6.1f} ms"
+                f"  {label:36s} {s['rps']:8.0f} req/s  p50 {s['p50']:6.1f} ms  p95 {s['p95']:6.1f} ms"
                 f"  p99 {s['p99']:6.1f} ms  errors {s['errors']:.0f}"
             )
         lines.append(f"  gateway throughput / baseline: {gw_stats['rps'] / bare_stats['rps']:.2f}x")
 
         total = upload_mb * 1_000_000
-        bare_rates, gw_rates = [], []
+        bare_rates, gw_rates, direct_rates = [], [], []
         for _ in range(uploads):
             rate, reply = await upload(f"http://{bare.address}/discard", {}, total)
             assert reply.status_code == 200
@@ -235,9 +297,11 @@ async def run(quick: bool, tmp: Path, gateway: ServiceProcess) -> str:
             assert reply.status_code == 200, reply.text
             assert reply.json()["size_bytes"] == str(total)
             gw_rates.append(rate)
+            direct_rates.append(await grpc_upload(storage.address, user_id, total))
         lines.append(f"upload {upload_mb} MB x {uploads}, streamed in 1 MiB writes (median)")
         lines.append(f"  bare Starlette discard (baseline)  {statistics.median(bare_rates):8.1f} MB/s")
         lines.append(f"  gateway -> storage (blob on disk)  {statistics.median(gw_rates):8.1f} MB/s")
+        lines.append(f"  direct gRPC -> storage (no gateway) {statistics.median(direct_rates):7.1f} MB/s")
         return "\n".join(lines)
     finally:
         bare.stop()
@@ -254,7 +318,7 @@ def main() -> int:
         tmp = Path(tmp_name)
         services, pg = start_stack(tmp)
         try:
-            print(uvloop.run(run(args.quick, tmp, services[1])))
+            print(uvloop.run(run(args.quick, tmp, services[0], services[1])))
         finally:
             for service in reversed(services):
                 service.stop()

@@ -21,6 +21,8 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor, descriptor_pool, message, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from gateway.jsonmap import JsonMapper, ToDict
+
 log = logging.getLogger(__name__)
 
 # Services every server exposes that are no business of browsers.
@@ -81,6 +83,10 @@ def parse_template(template: str) -> PathTemplate:
     return PathTemplate(template, re.compile(regex), tuple(fields), verb, (1 if verb else 0, literal))
 
 
+def _unset_encoder(msg: message.Message) -> Any:
+    raise RuntimeError("route has no encoder")
+
+
 @dataclass(slots=True)
 class Route:
     http_method: str
@@ -93,6 +99,8 @@ class Route:
     body: str  # "", "*" or a field name
     client_streaming: bool
     server_streaming: bool
+    # Response message -> JSON-ready dict (compiled per type, see jsonmap).
+    encode: ToDict = field(default=_unset_encoder, repr=False)
     # The grpc.aio multi-callable for this method on the backend's channel (set by the table).
     call: Any = field(default=None, repr=False)
 
@@ -141,6 +149,7 @@ def load_routes(backend: str, address: str, *, timeout_s: float = 3.0) -> list[R
         database = ProtoReflectionDescriptorDatabase(channel)
         pool = descriptor_pool.DescriptorPool(database)
         routes: list[Route] = []
+        mapper = JsonMapper()
         for service_name in database.get_services():
             if service_name.startswith(_INFRASTRUCTURE_PREFIXES):
                 continue
@@ -173,6 +182,7 @@ def load_routes(backend: str, address: str, *, timeout_s: float = 3.0) -> list[R
                                 body=body,
                                 client_streaming=method_proto.client_streaming,
                                 server_streaming=method_proto.server_streaming,
+                                encode=mapper.to_dict(method.output_type),
                             )
                         )
         return routes

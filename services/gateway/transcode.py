@@ -82,12 +82,6 @@ def parse_json_body(raw: bytes) -> Any:
         raise _invalid("request body is not valid JSON") from None
 
 
-def to_json(msg: message.Message) -> bytes:
-    return dumps(
-        json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    )
-
-
 def resolve_field(desc: Any, key: str) -> tuple[list[str], Any] | None:
     """A dotted field path in ``desc``; a bare leaf name also matches one level down."""
     # Descriptors are typed Any: the pure-Python and upb descriptor classes do not unify for mypy.
@@ -402,7 +396,7 @@ class Transcoder:
             response = await route.call(rpc_request, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
-        return Response(to_json(response), media_type="application/json")
+        return Response(dumps(route.encode(response)), media_type="application/json")
 
     async def _stream(
         self, route: Route, rpc_request: message.Message, metadata: tuple[tuple[str, str], ...], user_id: str
@@ -438,7 +432,7 @@ class Transcoder:
                     item = pending.result()
                     if item is _EOF:
                         return
-                    yield b"data: " + to_json(item) + b"\n\n"
+                    yield b"data: " + dumps(route.encode(item)) + b"\n\n"
                     pending = asyncio.ensure_future(call.read())
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc)
@@ -518,4 +512,4 @@ class Transcoder:
             raise
         if failure:
             raise failure[0]
-        return Response(to_json(response), media_type="application/json")
+        return Response(dumps(route.encode(response)), media_type="application/json")

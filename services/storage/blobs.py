@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import time
 import uuid
 from pathlib import Path
+
+STALE_TEMP_S = 3600
 
 
 class BlobStore:
@@ -15,6 +19,13 @@ class BlobStore:
 
     def prepare(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
+        # Temp files of uploads a crash or a cancelled call left behind (old enough that no
+        # replica sharing this directory can still be writing them).
+        cutoff = time.time() - STALE_TEMP_S
+        for leftover in self.tmp.glob("*.part"):
+            with contextlib.suppress(OSError):
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
 
     def path(self, blob_name: str) -> Path:
         return self.root / blob_name

@@ -46,6 +46,8 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
     head = b""
     family = ""
     text = TextValidator()
+    writing: asyncio.Future[None] | None = None
+    received = 0
     try:
         async for message in requests:
             if message.WhichOneof("part") != "chunk":
@@ -53,13 +55,24 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
             data = message.chunk
             if len(data) > MAX_CHUNK_BYTES:
                 raise InvalidArgument(f"upload chunks must be at most {MAX_CHUNK_BYTES} bytes")
-            if temp.size + len(data) > max_bytes:
+            if received + len(data) > max_bytes:
                 raise InvalidArgument(f"the file is larger than the upload limit of {max_bytes} bytes")
             if not family:
                 head += data[: SNIFF_BYTES - len(head)]
                 if len(head) >= SNIFF_BYTES:
                     family = early_kind(head)
-            await asyncio.to_thread(_write, temp, data, text if family in ("", "text") else None)
+            # Pipelined: this piece is written and hashed on a thread while the next one arrives.
+            if writing is not None:
+                await writing
+                if family == "text" and not text.ok:
+                    raise InvalidArgument("unsupported file type: the content is not UTF-8 text")
+            writing = asyncio.ensure_future(
+                asyncio.to_thread(_write, temp, data, text if family in ("", "text") else None)
+            )
+            received += len(data)
+        if writing is not None:
+            await writing
+            writing = None
         if temp.size == 0:
             raise InvalidArgument("the file is empty")
         if not family:
@@ -74,6 +87,8 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
         else:
             kind = text_kind(metadata.file_name, metadata.content_type)
     except BaseException:
+        if writing is not None:
+            await asyncio.gather(writing, return_exceptions=True)
         await asyncio.to_thread(temp.discard)
         raise
     return Received(temp, sha256, temp.size, kind, clean_file_name(metadata.file_name))

@@ -29,7 +29,9 @@ def run_module(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[
 
 @pytest.mark.parametrize(("module", "variable"), BAD_PORTS)
 def test_bad_port_is_one_clear_line(module: str, variable: str) -> None:
-    result = run_module(module, {variable: "eighty"})
+    # Every other setting is valid, so the bad port is what must be reported.
+    valid = {"DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none"}
+    result = run_module(module, {**valid, variable: "eighty"})
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

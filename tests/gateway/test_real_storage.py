@@ -47,7 +47,9 @@ async def client(real_storage: ServiceProcess, tmp_path: Path) -> AsyncIterator[
 
 
 async def _register(client: httpx.AsyncClient, email: str) -> str:
-    reply = await client.post("/v1/auth/register", json={"email": email, "password": "mật khẩu dài", "display_name": "A"})
+    reply = await client.post(
+        "/v1/auth/register", json={"email": email, "password": "mật khẩu dài", "display_name": "A"}
+    )
     assert reply.status_code == 201, reply.text
     token: str = reply.json()["access_token"]
     return token

@@ -42,6 +42,8 @@ export interface RequestOptions {
 export class ApiClient {
   private auth: AuthState | null = loadAuth();
   private refreshing: Promise<boolean> | null = null;
+  /** True after the server refused to renew the session: the login screen says why it is back. */
+  sessionExpired = false;
   private readonly listeners = new Set<(auth: AuthState | null) => void>();
 
   constructor(private readonly baseUrl = '') {}
@@ -98,6 +100,7 @@ export class ApiClient {
 
   private acceptTokens(tokens: TokenResponse, fallbackUser?: User): void {
     const user = tokens.user ?? fallbackUser;
+    this.sessionExpired = false;
     this.setAuth({ accessToken: tokens.access_token, refreshToken: tokens.refresh_token, user });
   }
 
@@ -117,6 +120,7 @@ export class ApiClient {
         } catch (error) {
           // Only a definite "no" ends the session; a network blip keeps it for the next try.
           if (error instanceof ApiError && error.kind === 'http' && error.status >= 400 && error.status < 500) {
+            this.sessionExpired = true;
             this.setAuth(null);
           }
           return false;

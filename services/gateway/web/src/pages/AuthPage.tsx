@@ -69,6 +69,7 @@ export function AuthPage({ client, toolbar }: { client: ApiClient; toolbar: Reac
           />
           {mode === 'register' && <small className="muted">{t('auth.passwordHint')}</small>}
         </label>
+        {client.sessionExpired && !error && <p className="notice" role="status">{t('auth.expired')}</p>}
         <ErrorBanner error={error} />
         <button type="submit" className="primary" disabled={busy}>
           {t(mode === 'login' ? 'auth.login' : 'auth.register')}
