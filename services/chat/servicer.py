@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -36,6 +37,9 @@ EMBED_TIMEOUT_S = 5.0
 # Memory gets at most this share of the context budget; passages get the rest.
 MEMORY_SHARE = 0.25
 HISTORY_PAGE = 100
+MAX_HISTORY_PAGES = 20
+# Messages considered for memory before trimming to the token budget.
+MEMORY_MESSAGES = 40
 GREETING = "greeting"
 EXTRACTIVE = "extractive"
 
@@ -415,10 +419,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 ),
             )
             return session.session_id, []
-        messages: list[storage_pb2.Message] = []
+        # Storage lists a session's messages oldest first; memory wants the newest, so page to the
+        # end keeping only the last few (bounded: a very long session's memory may lag behind).
+        recent: deque[storage_pb2.Message] = deque(maxlen=MEMORY_MESSAGES)
         page_token = ""
-        # Two pages at most: memory needs only the recent turns.
-        for _ in range(2):
+        for _ in range(MAX_HISTORY_PAGES):
             page = await self._call(
                 "ListMessages",
                 self.storage.ListMessages(
@@ -429,11 +434,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     timeout=within(STORAGE_TIMEOUT_S),
                 ),
             )
-            messages.extend(page.messages)
+            recent.extend(page.messages)
             page_token = page.next_page_token
             if not page_token:
                 break
-        messages.sort(key=lambda m: (m.created_at.seconds, m.created_at.nanos))
+        messages = list(recent)
         turns = [
             Turn("assistant" if m.role == storage_pb2.ROLE_ASSISTANT else "user", m.content)
             for m in messages

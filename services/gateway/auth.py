@@ -30,7 +30,7 @@ from studyassist.core.cache import LruTtlCache
 from studyassist.core.channels import user_metadata
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
-from gateway.responses import HttpError, from_rpc_error, json_response
+from gateway.responses import HttpError, from_rpc_error, json_response, parse_json_body, read_body
 
 ALGORITHM = "HS256"
 EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}")
@@ -187,8 +187,6 @@ class Authenticator:
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    from gateway.transcode import parse_json_body, read_body
-
     value = parse_json_body(await read_body(request, limit))
     if not isinstance(value, dict):
         raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "request body must be a JSON object")

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import grpc
+from starlette.requests import Request
 from starlette.responses import Response
 from studyassist.core.errors import http_status
 from studyassist.core.logs import request_id_var
@@ -56,3 +57,38 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> HttpError:
     code = error.code()
     message = _GENERIC_MESSAGES.get(code) or error.details() or code.name.lower()
     return HttpError(code, message)
+
+
+def invalid(message_text: str) -> HttpError:
+    return HttpError(grpc.StatusCode.INVALID_ARGUMENT, message_text)
+
+
+def too_large(limit: int) -> HttpError:
+    return HttpError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request body exceeds {limit} bytes", status=413)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) more than ``limit`` bytes without reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise invalid("bad Content-Length")
+        if int(declared) > limit:
+            raise too_large(limit)
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in request.stream():
+        size += len(piece)
+        if size > limit:
+            raise too_large(limit)
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def parse_json_body(raw: bytes) -> Any:
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise invalid("request body is not valid JSON") from None

@@ -14,7 +14,6 @@ client streaming with a bytes body field -> upload, streamed in chunks of at mos
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,7 +29,16 @@ from studyassist.core.channels import user_metadata
 
 from gateway.auth import Authenticator
 from gateway.ratelimit import RateLimiter
-from gateway.responses import HttpError, dumps, error_body, from_rpc_error
+from gateway.responses import (
+    HttpError,
+    dumps,
+    error_body,
+    from_rpc_error,
+    invalid,
+    parse_json_body,
+    read_body,
+    too_large,
+)
 from gateway.routes import MethodNotAllowed, Route, RouteTable, load_routes
 
 log = logging.getLogger(__name__)
@@ -45,41 +53,6 @@ UPLOAD_TIMEOUT_S = 3600.0
 MISS_REFRESH_INTERVAL_S = 5.0
 # What a stream's read() returns at its end (grpc-stubs does not declare it).
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
-
-
-def _invalid(message_text: str) -> HttpError:
-    return HttpError(grpc.StatusCode.INVALID_ARGUMENT, message_text)
-
-
-def _too_large(limit: int) -> HttpError:
-    return HttpError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request body exceeds {limit} bytes", status=413)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) more than ``limit`` bytes without reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise _invalid("bad Content-Length")
-        if int(declared) > limit:
-            raise _too_large(limit)
-    pieces: list[bytes] = []
-    size = 0
-    async for piece in request.stream():
-        size += len(piece)
-        if size > limit:
-            raise _too_large(limit)
-        pieces.append(piece)
-    return b"".join(pieces)
-
-
-def parse_json_body(raw: bytes) -> Any:
-    if not raw.strip():
-        return None
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        raise _invalid("request body is not valid JSON") from None
 
 
 def resolve_field(desc: Any, key: str) -> tuple[list[str], Any] | None:
@@ -120,7 +93,7 @@ def _scalar(field: Any, value: str) -> Any:
             return True
         if lowered in ("false", "0"):
             return False
-        raise _invalid(f"{field.name} must be true or false")
+        raise invalid(f"{field.name} must be true or false")
     # ParseDict accepts numbers, enum names and well-known types (Timestamp) from strings.
     return value
 
@@ -130,12 +103,12 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any, *, append: bool
     for name in path[:-1]:
         nested = target.setdefault(name, {})
         if not isinstance(nested, dict):
-            raise _invalid(f"{'.'.join(path)} conflicts with the request body")
+            raise invalid(f"{'.'.join(path)} conflicts with the request body")
         target = nested
     if append:
         existing = target.setdefault(path[-1], [])
         if not isinstance(existing, list):
-            raise _invalid(f"{'.'.join(path)} conflicts with the request body")
+            raise invalid(f"{'.'.join(path)} conflicts with the request body")
         existing.append(value)
     else:
         target[path[-1]] = value
@@ -148,7 +121,7 @@ def build_request(
     data: dict[str, Any] = {}
     if route.body == "*":
         if body is not None and not isinstance(body, dict):
-            raise _invalid("request body must be a JSON object")
+            raise invalid("request body must be a JSON object")
         data = dict(body or {})
     elif route.body and body is not None:
         data = {route.body: body}
@@ -158,18 +131,18 @@ def build_request(
                 continue
             found = resolve_field(desc, key)
             if found is None:
-                raise _invalid(f"unknown query parameter {key!r}")
+                raise invalid(f"unknown query parameter {key!r}")
             path, field = found
             if path[0] == route.body:
-                raise _invalid(f"{key} belongs in the request body")
+                raise invalid(f"{key} belongs in the request body")
             if field.message_type is not None and not field.message_type.full_name.startswith("google.protobuf."):
-                raise _invalid(f"query parameter {key!r} names a message; use its fields")
+                raise invalid(f"query parameter {key!r} names a message; use its fields")
             repeated = field.is_repeated
             _set_path(data, path, _scalar(field, value), append=repeated)
     for key, value in path_values.items():
         found = resolve_field(desc, key)
         if found is None:
-            raise _invalid(f"path variable {key!r} has no field")
+            raise invalid(f"path variable {key!r} has no field")
         _set_path(data, found[0], _scalar(found[1], value), append=False)
     for name in USER_ID_FIELDS:
         data.pop(name, None)
@@ -177,7 +150,7 @@ def build_request(
     try:
         json_format.ParseDict(data, request, ignore_unknown_fields=False)
     except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:
-        raise _invalid(f"invalid request: {exc}") from None
+        raise invalid(f"invalid request: {exc}") from None
     return request
 
 
@@ -261,12 +234,12 @@ async def _multipart_file(request: Request, boundary: bytes) -> UploadPart:
         try:
             parser.write(piece)
         except Exception as exc:  # python-multipart raises its own error types for malformed bodies
-            raise _invalid(f"malformed multipart body: {exc}") from None
+            raise invalid(f"malformed multipart body: {exc}") from None
         return True
 
     while not any(kind == "file" for kind, _ in events):
         if not await next_events():
-            raise _invalid("multipart body has no file part")
+            raise invalid("multipart body has no file part")
     start = next(i for i, (kind, _) in enumerate(events) if kind == "file")
     file_name, content_type = events[start][1]
     del events[: start + 1]
@@ -279,7 +252,7 @@ async def _multipart_file(request: Request, boundary: bytes) -> UploadPart:
                     return
                 yield value
             if not await next_events():
-                raise _invalid("multipart body ended inside the file part")
+                raise invalid("multipart body ended inside the file part")
 
     return UploadPart(file_name, content_type, data())
 
@@ -461,12 +434,12 @@ class Transcoder:
         limit = self._upload_max
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         content_type, params = parse_options_header(request.headers.get("content-type", ""))
         if content_type == b"multipart/form-data":
             boundary = params.get(b"boundary")
             if not boundary:
-                raise _invalid("multipart body without boundary")
+                raise invalid("multipart body without boundary")
             part = await _multipart_file(request, boundary)
         else:
             part = UploadPart("", content_type.decode("latin-1"), request.stream())
@@ -485,7 +458,7 @@ class Transcoder:
                 async for chunk in rechunk(part.data, CHUNK_BYTES):
                     size += len(chunk)
                     if size > limit:
-                        raise _too_large(limit)
+                        raise too_large(limit)
                     msg = route.input_class()
                     setattr(msg, chunk_field, chunk)
                     yield msg
@@ -494,7 +467,7 @@ class Transcoder:
                 raise
             except Exception:
                 # The client's body broke off: cancel the call rather than store half a file.
-                failure.append(_invalid("request body ended early"))
+                failure.append(invalid("request body ended early"))
                 raise
             # (gRPC cancels the call when the request iterator raises: storage never sees a complete file.)
 

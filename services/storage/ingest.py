@@ -34,6 +34,15 @@ KIND_NAMES = {
     storage_pb2.FILE_KIND_MD: "md",
 }
 EMBED_BATCH = 32
+# Worth another try later: the embedding service or the database was away or overloaded.
+TRANSIENT_ERRORS = (
+    grpc.aio.AioRpcError,
+    EmbeddingError,
+    Unavailable,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 MAX_BACKOFF_S = 300.0
 
 
@@ -200,6 +209,9 @@ class Ingestor:
             reason = f"gave up after {job.attempts - 1} attempts: {job.last_error or 'the worker stopped'}"
             await self._fail(job, reason)
             return
+        # The lease is renewed while this worker lives, however long parsing or embedding takes;
+        # if the process dies, renewals stop and another worker takes the job when it runs out.
+        heartbeat = asyncio.create_task(self._renew_lease(job))
         try:
             await self._ingest(job)
         except ParserCrashed as exc:
@@ -209,19 +221,27 @@ class Ingestor:
                 await self._retry(job, str(exc))
         except PermanentFailure as exc:
             await self._fail(job, str(exc))
-        except (
-            grpc.aio.AioRpcError,
-            EmbeddingError,
-            Unavailable,
-            OSError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-        ) as exc:
+        except TRANSIENT_ERRORS as exc:
             reason = _transient_reason(exc)
             if job.attempts >= self.settings.max_attempts:
                 await self._fail(job, f"gave up after {job.attempts} attempts: {reason}")
             else:
                 await self._retry(job, reason)
+        finally:
+            heartbeat.cancel()
+
+    async def _renew_lease(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                async with self.db.connection() as conn:
+                    await conn.execute(
+                        "UPDATE ingestion_jobs SET lease_until = now() + make_interval(secs => $3) "
+                        "WHERE id = $1 AND attempts = $2 AND status = 'processing'",
+                        job.id,
+                        job.attempts,
+                        self.settings.lease_s,
+                    )
 
     async def _ingest(self, job: Job) -> None:
         async with self.db.connection() as conn:

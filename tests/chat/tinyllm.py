@@ -106,7 +106,7 @@ class RelayedConnection:
     closed_at: float = 0.0
     # "client" when the chat service closed it, "server" when the LLM server did.
     closed_by: str = ""
-    # Bodies of the requests sent through it (JSON), when the relay records them.
+    # Bodies of the chat-completion requests sent through it (JSON), when the relay records them.
     request_bodies: list[bytes] = field(default_factory=list)
     # When each non-empty content delta of a streamed answer came from the server, in order.
     token_times: list[float] = field(default_factory=list)
@@ -197,7 +197,7 @@ class Relay:
 
 
 def _take_bodies(buffer: bytes, bodies: list[bytes]) -> bytes:
-    """Complete HTTP request bodies out of ``buffer`` into ``bodies``; returns what is left."""
+    """Bodies of complete chat-completion requests in ``buffer`` into ``bodies``; returns the rest."""
     while True:
         head, sep, rest = buffer.partition(b"\r\n\r\n")
         if not sep:
@@ -209,7 +209,8 @@ def _take_bodies(buffer: bytes, bodies: list[bytes]) -> bytes:
                 length = int(value.strip())
         if len(rest) < length:
             return buffer
-        bodies.append(rest[:length])
+        if b"/chat/completions" in head.split(b"\r\n", 1)[0]:
+            bodies.append(rest[:length])
         buffer = rest[length:]
 
 

@@ -117,7 +117,7 @@ class FakeStorage(storage_pb2_grpc.StorageServiceServicer):  # type: ignore[misc
                 if request.file_id != FOREVER and done == 3:
                     yield storage_pb2.File(file_id=request.file_id, status=storage_pb2.FILE_STATUS_READY)
                     return
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(1.2 if request.file_id == "slow" else 0.05)
         except asyncio.CancelledError:
             self.watch_cancelled.set()
             raise

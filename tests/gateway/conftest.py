@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,9 @@ from gateway.server import build_app
 from studyassist.core.config import CommonSettings
 from studyassist.core.server import Server
 from studyassist.core.telemetry import setup_telemetry
+from studyassist.core.testing import ServiceProcess, spawn_service
 
+from tests.conftest import _create_database
 from tests.gateway.backend import FakeStorage, start_storage
 
 SECRET = "test-secret-" + "x" * 40
@@ -121,6 +123,24 @@ async def make_stack(tmp_path: Path) -> AsyncIterator[MakeStack]:
 @pytest.fixture
 async def stack(make_stack: MakeStack) -> Stack:
     return await make_stack()
+
+
+@pytest.fixture(scope="session")
+def real_storage(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The real storage service (own database); ingestion off, so no embedding service is needed."""
+    service = spawn_service(
+        "storage",
+        {
+            "STORAGE_PORT": "0",
+            "DATABASE_URL": _create_database(postgres_url),
+            "EMBEDDING_ADDR": DEAD_ADDR,
+            "INGEST_WORKERS": "0",
+            "BLOB_DIR": str(tmp_path_factory.mktemp("gw-blobs")),
+            "REDIS_URL": "",
+        },
+    )
+    yield service
+    service.stop()
 
 
 def bearer(token: str) -> dict[str, str]:

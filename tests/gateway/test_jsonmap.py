@@ -5,15 +5,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from google.protobuf import json_format, message
+from gateway.jsonmap import JsonMapper
+from google.protobuf import descriptor, json_format, message
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from studyassist.chat.v1 import chat_pb2
 from studyassist.metrics.v1 import metrics_pb2
 from studyassist.storage.v1 import storage_pb2
-
-from gateway.jsonmap import JsonMapper
 
 MODULES = [storage_pb2, chat_pb2, metrics_pb2]
 TYPES = [
@@ -52,7 +50,7 @@ def _fill(msg: message.Message, draw: Any, depth: int = 0) -> None:
 
 
 def _scalar(field: Any, draw: Any) -> Any:
-    fd = json_format.descriptor.FieldDescriptor
+    fd = descriptor.FieldDescriptor
     if field.type == fd.TYPE_ENUM:
         return draw(st.sampled_from([v.number for v in field.enum_type.values]))
     if field.type == fd.TYPE_BYTES:

@@ -8,33 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from studyassist.core.testing import ServiceProcess
 
-from studyassist.core.testing import ServiceProcess, spawn_service
-
-from tests.conftest import _create_database
-from tests.gateway.conftest import DEAD_ADDR, bearer, serve_gateway
-
-
-@pytest.fixture(scope="module")
-def real_storage(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    service = spawn_service(
-        "storage",
-        {
-            "STORAGE_PORT": "0",
-            "DATABASE_URL": _create_database(postgres_url),
-            "EMBEDDING_ADDR": DEAD_ADDR,
-            "INGEST_WORKERS": "0",
-            "BLOB_DIR": str(tmp_path_factory.mktemp("gw-blobs")),
-            "REDIS_URL": "",
-        },
-    )
-    yield service
-    service.stop()
+from tests.gateway.conftest import bearer, serve_gateway
 
 
 @pytest.fixture

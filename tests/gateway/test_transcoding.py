@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from tests.gateway.backend import FOREVER
-from tests.gateway.conftest import Stack, bearer
+from tests.gateway.conftest import MakeStack, Stack, bearer
 
 
 async def test_path_variable_and_body_map_to_fields(stack: Stack) -> None:
@@ -146,10 +146,23 @@ async def test_sse_heartbeats_and_deactivated_user_stream_ends(make_stack: objec
                 stack.storage.deactivate(user["user_id"])
             if lines[-2:-1] == ["event: error"]:
                 break
+    assert ": heartbeat" not in lines  # messages every 50 ms: no heartbeat needed
     error_line = next(i for i, line in enumerate(lines) if line.startswith("event: error"))
     assert json.loads(lines[error_line + 1][6:])["code"] == "UNAUTHENTICATED"
     after = await stack.client.get("/v1/sessions", headers=bearer(user["access"]))
     assert after.status_code == 401
+
+
+async def test_sse_heartbeat_comments_keep_quiet_streams_open(make_stack: MakeStack) -> None:
+    stack = await make_stack(SSE_HEARTBEAT_S="0.5")
+    user = await stack.register()
+    lines: list[str] = []
+    async with stack.client.stream("GET", "/v1/files/slow:watch", headers=bearer(user["access"])) as reply:
+        async for line in reply.aiter_lines():
+            lines.append(line)
+            if sum(line.startswith("data: ") for line in lines) == 2:
+                break
+    assert ": heartbeat" in lines
 
 
 async def test_upload_streams_raw_body_in_chunks(stack: Stack) -> None:

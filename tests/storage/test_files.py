@@ -268,3 +268,18 @@ async def test_document_set_version_tracks_ready_files(storage: StorageClient) -
     await storage.stub.DeleteFile(storage_pb2.DeleteFileRequest(file_id=file.file_id), metadata=me)
     gone = (await storage.stub.GetDocumentSetVersion(storage_pb2.GetDocumentSetVersionRequest(), metadata=me)).version
     assert gone == empty
+
+
+async def test_embedding_outage_retries_with_backoff_then_fails_with_reason(storage_factory: object) -> None:
+    # Nothing listens on port 9: every attempt fails as UNAVAILABLE; two attempts, then failed.
+    async with storage_factory(EMBEDDING_ADDR="127.0.0.1:9", INGEST_MAX_ATTEMPTS="2") as storage:  # type: ignore[operator]
+        user = await storage.new_user()
+        file = await storage.upload(user, "a.txt", LECTURE.encode())
+        seen: list[storage_pb2.FileStatus] = []
+        async for update in storage.stub.WatchFile(
+            storage_pb2.GetFileRequest(file_id=file.file_id), metadata=user_metadata(user), timeout=60
+        ):
+            seen.append(update.status)
+        assert seen[-1] == storage_pb2.FILE_STATUS_FAILED
+        assert storage_pb2.FILE_STATUS_PROCESSING in seen
+        assert update.error.startswith("gave up after 2 attempts: embedding service: UNAVAILABLE")

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 from playwright.sync_api import BrowserContext, Dialog, Page, Request, Route, expect
 
 from tests.web.minimal_pdf import make_pdf
@@ -276,5 +277,42 @@ def test_phone_width_english_dark_and_keyboard(browser: Any, base_url: str) -> N
         expect(page.get_by_test_id("message-assistant").last).to_have_attribute(
             "aria-busy", "false", timeout=ANSWER_TIMEOUT_MS
         )
+
+        # Stop: with the browser's network slowed to a trickle the answer streams for seconds;
+        # Stop cancels it, keeps what arrived and gives the Send button back.
+        cdp = context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.send(
+            "Network.emulateNetworkConditions",
+            {"offline": False, "latency": 0, "downloadThroughput": 200, "uploadThroughput": 1_000_000},
+        )
+        composer.fill("another question about nothing in particular")
+        composer.press("Enter")
+        stop = page.get_by_test_id("stop")
+        expect(stop).to_be_visible()
+        stop.click()
+        cdp.send(
+            "Network.emulateNetworkConditions",
+            {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+        )
+        stopped = page.get_by_test_id("message-assistant").last
+        expect(stopped).to_contain_text("Stopped.")
+        expect(stopped).to_have_attribute("aria-busy", "false")
+        expect(page.get_by_test_id("send")).to_be_visible()
+
+        # A long conversation: only the messages near the viewport are in the DOM.
+        session_id = page.url.split("#/chat/")[1].split("?")[0]
+        token = page.evaluate("JSON.parse(localStorage.getItem('sa.auth')).accessToken")
+        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as api:
+            for i in range(12):
+                reply = api.post("/v1/chat", json={"session_id": session_id, "message": f"long conversation turn {i}"})
+                assert reply.status_code == 200, reply.text
+            total = len(api.get(f"/v1/sessions/{session_id}/messages", params={"page_size": 500}).json()["messages"])
+        page.reload()
+        expect(page.get_by_test_id("message-assistant").last).to_be_visible()
+        rendered = page.locator(".message-row").count()
+        assert total >= 28 and 0 < rendered < total, (rendered, total)
+        # Opening a session scrolls to its newest message.
+        expect(page.get_by_test_id("message-user").filter(has_text="long conversation turn 11")).to_be_in_viewport()
     finally:
         context.close()

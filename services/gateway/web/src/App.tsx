@@ -1,4 +1,4 @@
-import { lazy, Suspense, useEffect, useMemo, useState } from 'react';
+import { useEffect, useMemo, useState } from 'react';
 import { ApiClient, type AuthState } from './api/client';
 import { ErrorBoundary } from './components/ErrorBoundary';
 import { AppProvider } from './context';
@@ -8,13 +8,30 @@ import { Toolbar } from './components/Toolbar';
 
 // The signed-in workspace (chat, Markdown, documents) is its own chunk: the login screen does
 // not wait for it, and it is fetched in the background while the student types a password.
-const loadShell = () => import('./Shell');
-const Shell = lazy(loadShell);
-// A returning student goes straight to the workspace: start fetching it before React even renders.
-try {
-  if (localStorage.getItem('sa.auth')) void loadShell().catch(() => undefined);
-} catch {
-  // no storage: the login screen comes first anyway
+// Not React.lazy: React 19 holds a revealed Suspense boundary back by up to 300 ms, which a
+// returning student would see on every first load. main.tsx awaits this when a session is stored.
+type ShellComponent = typeof import('./Shell').default;
+let loadedShell: ShellComponent | null = null;
+
+export function loadShell(): Promise<ShellComponent> {
+  return import('./Shell').then((module) => (loadedShell = module.default));
+}
+
+function useShell(needed: boolean): ShellComponent | null {
+  const [shell, setShell] = useState<ShellComponent | null>(() => loadedShell);
+  const [failed, setFailed] = useState<unknown>(null);
+  useEffect(() => {
+    if (!needed || shell) return;
+    let live = true;
+    loadShell()
+      .then((component) => live && setShell(() => component))
+      .catch((error) => live && setFailed(error));
+    return () => {
+      live = false;
+    };
+  }, [needed, shell]);
+  if (failed) throw failed; // the error boundary says so and offers a reload
+  return shell;
 }
 
 export function App() {
@@ -22,6 +39,7 @@ export function App() {
   const [auth, setAuth] = useState<AuthState | null>(client.current);
   useEffect(() => client.onAuthChange(setAuth), [client]);
   const { lang } = useI18n();
+  const Shell = useShell(auth !== null);
   // The moment the first screen is on the page and answers input: bench/web_bench.py reads it.
   useEffect(() => {
     performance.mark('sa:interactive');
@@ -35,9 +53,7 @@ export function App() {
     <ErrorBoundary lang={lang}>
       {auth ? (
         <AppProvider client={client} user={auth.user}>
-          <Suspense fallback={<p className="muted pad">…</p>}>
-            <Shell onLogout={() => void client.logout()} />
-          </Suspense>
+          {Shell ? <Shell onLogout={() => void client.logout()} /> : <p className="muted pad">…</p>}
         </AppProvider>
       ) : (
         <AuthPage client={client} toolbar={<Toolbar />} />

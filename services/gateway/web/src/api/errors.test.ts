@@ -28,5 +28,9 @@ describe('errors', () => {
     expect(describeError(errorFromResponse(413, '{}', headers({})), t)).toBe('The file is too large.');
     expect(describeError(errorFromResponse(415, '{}', headers({})), t)).toBe('This file type is not supported.');
     expect(translate('vi', 'err.network')).toMatch(/Không kết nối/);
+    // A route the gateway cannot serve because its backend is down is not "not found".
+    const noRoute = errorFromResponse(404, '{"code":"NOT_FOUND","message":"no route for GET /v1/agents"}', headers({}));
+    expect(describeError(noRoute, t)).toMatch(/temporarily unavailable/);
+    expect(describeError(errorFromResponse(404, '{"message":"file not found"}', headers({})), t)).toBe('Not found.');
   });
 });

@@ -72,7 +72,8 @@ export function describeError(error: unknown, t: Translate): string {
       case 403:
         return t('err.forbidden');
       case 404:
-        return t('err.notFound');
+        // The gateway has no route while the backend service that owns it is down or not deployed.
+        return /^no route\b/i.test(error.message) ? withId(t('err.unavailable')) : t('err.notFound');
       case 409:
         return withId(t('err.conflict', { message: error.message }));
       case 413:
