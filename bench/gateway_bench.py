@@ -192,6 +192,51 @@ async def upload(url: str, headers: dict[str, str], total: int) -> tuple[float, 
     return total / elapsed / 1e6, reply
 
 
+async def sse_streams(port: int, path: str, headers: dict[str, str], count: int, hold_s: float, pid: int) -> str:
+    """Open ``count`` SSE streams at once, hold them, report errors and the gateway's extra RSS."""
+    import psutil
+
+    gateway = psutil.Process(pid)
+    before = gateway.memory_info().rss
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    ).encode()
+    opening = asyncio.Semaphore(100)
+    streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    errors = 0
+
+    async def open_one() -> None:
+        nonlocal errors
+        try:
+            async with opening:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+                if int(head[9:12]) != 200:
+                    raise RuntimeError(head[:40])
+                first = await asyncio.wait_for(reader.readuntil(b"\n\n"), 60)
+                if b"data: " not in first:
+                    raise RuntimeError(first[:40])
+                streams.append((reader, writer))
+        except (OSError, RuntimeError, TimeoutError, asyncio.IncompleteReadError):
+            errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(open_one() for _ in range(count)))
+    opened_in = time.perf_counter() - started
+    await asyncio.sleep(hold_s)
+    during = gateway.memory_info().rss
+    closed_early = sum(1 for reader, _ in streams if reader.at_eof())
+    for _, writer in streams:
+        writer.close()
+    return (
+        f"SSE: {count} concurrent streams (WatchFile), held {hold_s:.0f} s: {len(streams)} open in {opened_in:.1f} s, "
+        f"errors {errors}, closed early {closed_early}\n"
+        f"  gateway RSS {before / 2**20:.0f} MiB -> {during / 2**20:.0f} MiB "
+        f"(+{(during - before) / 2**20:.0f} MiB, {(during - before) / max(1, len(streams)) / 1024:.0f} KiB per stream)"
+    )
+
+
 # ---- the run
 
 
@@ -244,6 +289,7 @@ def start_stack(tmp: Path) -> tuple[list[ServiceProcess], object]:
 async def run(quick: bool, tmp: Path, storage: ServiceProcess, gateway: ServiceProcess) -> str:
     seconds, warmup = (3.0, 1.0) if quick else (15.0, 3.0)
     uploads, upload_mb = (2, 10) if quick else (5, 40)
+    sse_count = 100 if quick else 1000
     base = f"http://{gateway.address}"
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         reply = await http.post(
@@ -301,6 +347,15 @@ async def run(quick: bool, tmp: Path, storage: ServiceProcess, gateway: ServiceP
         lines.append(f"  bare Starlette discard (baseline)  {statistics.median(bare_rates):8.1f} MB/s")
         lines.append(f"  gateway -> storage (blob on disk)  {statistics.median(gw_rates):8.1f} MB/s")
         lines.append(f"  direct gRPC -> storage (no gateway) {statistics.median(direct_rates):7.1f} MB/s")
+
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            queued = await http.post("/v1/files?file_name=watch.txt", content=_text_piece()[:4096], headers=auth)
+        file_id = queued.json()["file_id"]
+        lines.append(
+            await sse_streams(
+                gateway.port, f"/v1/files/{file_id}:watch", auth, sse_count, 5.0 if quick else 15.0, gateway.process.pid
+            )
+        )
         return "\n".join(lines)
     finally:
         bare.stop()

@@ -141,6 +141,20 @@ def test_register_upload_ask_cite_search_delete(page: Page, tmp_path: Path) -> N
     expect(page.locator(".message.highlighted")).to_have_count(1)
     expect(page.locator(".message.highlighted")).to_contain_text("handshake")
 
+    # Rename the session in the sidebar; the new title survives a reload. Then delete it.
+    sessions = page.get_by_test_id("session-list")
+    page.get_by_test_id("message-search").fill("")
+    sessions.get_by_role("button", name="Đổi tên").click()
+    sessions.get_by_role("textbox").fill("Ôn tập TCP")
+    sessions.get_by_role("button", name="Lưu").click()
+    expect(sessions.locator(".session-title")).to_have_text("Ôn tập TCP")
+    page.reload()
+    expect(page.get_by_test_id("session-list").locator(".session-title")).to_have_text("Ôn tập TCP")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_test_id("session-list").get_by_role("button", name="Xóa").click()
+    expect(page.get_by_test_id("session-list")).to_contain_text("Chưa có cuộc trò chuyện nào")
+    expect(page).to_have_url(re.compile(r"#/chat$"))
+
     # Delete the document (confirming the dialog); it stays gone after a reload.
     page.goto("/#/documents")
     page.once("dialog", lambda dialog: dialog.accept())
