@@ -148,11 +148,13 @@ class Mesh:
         return None
 
     def stop(self, timeout: float = 20.0) -> None:
+        # One at a time, callers first: each service drains while the services it calls (and
+        # the metrics service receiving its last telemetry) are still up.
         for service, process in reversed(self.processes):
-            if process.poll() is None:
-                log.info("stopping", extra={"fields": {"service": service.name}})
-                process.terminate()
-        for service, process in reversed(self.processes):
+            if process.poll() is not None:
+                continue
+            log.info("stopping", extra={"fields": {"service": service.name}})
+            process.terminate()
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
