@@ -15,6 +15,7 @@ import asyncio
 import re
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,6 +34,8 @@ from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 from gateway.responses import HttpError, from_rpc_error, json_response, parse_json_body, read_body
 
 ALGORITHM = "HS256"
+# Clock skew tolerated on exp/iat between gateway replicas.
+LEEWAY_S = 5
 EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}")
 MIN_PASSWORD = 8
 # argon2 hashes any length, but an unbounded password is free CPU for an attacker.
@@ -107,8 +110,13 @@ def _unauthenticated(message: str = "invalid or expired token") -> HttpError:
 
 
 class Tokens:
-    def __init__(self, config: TokenConfig) -> None:
+    def __init__(self, config: TokenConfig, cache_entries: int = 50_000) -> None:
         self.config = config
+        # Verified tokens by their exact text: a browser sends the same token many times, and
+        # checking the signature and claims again costs more than the rest of a cached request.
+        # A hit is still refused once expired; revocation of access tokens is by user (GetUser).
+        self._verified: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._cache_entries = cache_entries
 
     def issue(self, user_id: str, kind: str, now: float | None = None) -> tuple[str, str, int]:
         """(token, jti, ttl_s)."""
@@ -127,6 +135,18 @@ class Tokens:
         return jwt.encode(claims, self.config.secret, algorithm=ALGORITHM), jti, ttl
 
     def verify(self, token: str, kind: str) -> dict[str, Any]:
+        cached = self._verified.get((token, kind))
+        if cached is not None:
+            if cached["exp"] + LEEWAY_S > time.time():
+                return cached
+            del self._verified[(token, kind)]
+        claims = self._verify(token, kind)
+        self._verified[(token, kind)] = claims
+        if len(self._verified) > self._cache_entries:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _verify(self, token: str, kind: str) -> dict[str, Any]:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -135,7 +155,7 @@ class Tokens:
                 audience=self.config.audience,
                 issuer=self.config.issuer,
                 options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"]},
-                leeway=5,
+                leeway=LEEWAY_S,
             )
         except jwt.PyJWTError:
             raise _unauthenticated() from None
