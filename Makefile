@@ -8,7 +8,7 @@ PROTO_SRC := $(shell find protos -name '*.proto')
 VENV_STAMP := $(VENV)/.installed
 PROTO_STAMP := lib/studyassist/.protos
 
-.PHONY: all install protos run test lint typecheck pytest bench web clean images
+.PHONY: all install protos run test lint typecheck pytest webtest chromium bench web clean images
 
 all: test
 
@@ -28,10 +28,21 @@ $(PROTO_STAMP): $(VENV_STAMP) $(PROTO_SRC)
 
 protos: $(PROTO_STAMP)
 
+# The web app (React + Vite): npm ci when the lock file changed, a build when a source did.
 web:
-	$(MAKE) -C services/gateway/web build
+	$(MAKE) -s -C services/gateway/web build
 
-run: install
+webtest:
+	$(MAKE) -s -C services/gateway/web typecheck test
+
+# The browser tests drive Debian's Chromium (no browser downloads work here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "the browser tests need Debian's chromium: sudo apt-get install chromium"; fi; }
+
+run: install web
 	$(PY) -m studyassist.launcher
 
 lint: install
@@ -41,10 +52,10 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-pytest: install
+pytest: install web chromium
 	$(PY) -m pytest
 
-test: lint typecheck pytest
+test: lint typecheck webtest pytest
 
 bench: install
 	$(PY) -m bench
