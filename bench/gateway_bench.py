@@ -66,6 +66,18 @@ def serve_bare(body_file: str) -> None:
     uvloop.run(uvicorn.Server(config).serve(sockets=[sock]))
 
 
+def serve_memory_storage() -> None:
+    """An in-memory StorageService (the gateway tests' backend): the gateway's own ceiling."""
+    from tests.gateway.backend import start_storage
+
+    async def main() -> None:
+        server, _, address = await start_storage()
+        print(json.dumps({"msg": "serving", "port": int(address.rsplit(":", 1)[1])}), file=sys.stderr, flush=True)
+        await server.grpc_server.wait_for_termination()
+
+    uvloop.run(main())
+
+
 # ---- load generator
 
 
@@ -237,6 +249,37 @@ async def sse_streams(port: int, path: str, headers: dict[str, str], count: int,
     )
 
 
+async def gateway_over_memory_storage(tmp: Path, seconds: float, warmup: float) -> dict[str, float]:
+    """A second gateway in front of the in-memory backend: what the gateway itself can do."""
+    memory = await asyncio.to_thread(spawn_service, "bench.gateway_bench", {"BENCH_ROLE": "memory-storage"})
+    gateway = await asyncio.to_thread(
+        spawn_service,
+        "gateway",
+        {
+            "GATEWAY_PORT": "0",
+            "STORAGE_ADDR": memory.address,
+            "CHAT_ADDR": DEAD,
+            "METRICS_ADDR": DEAD,
+            "DATA_DIR": str(tmp / "gw-mem"),
+            "REDIS_URL": "",
+            "RATE_LIMIT_PER_MINUTE": "0",
+            "RATE_LIMIT_IP_PER_MINUTE": "0",
+        },
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{gateway.address}", timeout=30) as http:
+            reply = await http.post(
+                "/v1/auth/register", json={"email": "mem@example.edu.vn", "password": "benchmark!", "display_name": "M"}
+            )
+            auth = {"Authorization": f"Bearer {reply.json()['access_token']}"}
+            for i in range(20):
+                await http.post("/v1/sessions", json={"title": f"Phiên học {i}"}, headers=auth)
+        return await load(gateway.port, "/v1/sessions?page_size=20", auth, seconds, warmup)
+    finally:
+        gateway.stop()
+        memory.stop()
+
+
 # ---- the run
 
 
@@ -319,16 +362,21 @@ async def run(quick: bool, tmp: Path, storage: ServiceProcess, gateway: ServiceP
         bare_stats = await load(bare.port, "/sessions", {}, seconds, warmup)
         gw_stats = await load(gateway.port, "/v1/sessions?page_size=20", auth, seconds, warmup)
         direct_stats = await grpc_list(storage.address, user_id, seconds, warmup)
+        memory_stats = await gateway_over_memory_storage(tmp, seconds, warmup)
         for label, s in (
             ("bare Starlette JSON (baseline)", bare_stats),
             ("gateway -> storage -> PostgreSQL", gw_stats),
             ("direct gRPC -> storage (no gateway)", direct_stats),
+            ("gateway -> in-memory storage stand-in", memory_stats),
         ):
             lines.append(
                 f"  {label:36s} {s['rps']:8.0f} req/s  p50 {s['p50']:6.1f} ms  p95 {s['p95']:6.1f} ms"
                 f"  p99 {s['p99']:6.1f} ms  errors {s['errors']:.0f}"
             )
-        lines.append(f"  gateway throughput / baseline: {gw_stats['rps'] / bare_stats['rps']:.2f}x")
+        lines.append(
+            f"  gateway throughput / baseline: {gw_stats['rps'] / bare_stats['rps']:.2f}x (with PostgreSQL), "
+            f"{memory_stats['rps'] / bare_stats['rps']:.2f}x (gateway alone, in-memory backend)"
+        )
 
         total = upload_mb * 1_000_000
         bare_rates, gw_rates, direct_rates = [], [], []
@@ -364,6 +412,9 @@ async def run(quick: bool, tmp: Path, storage: ServiceProcess, gateway: ServiceP
 def main() -> int:
     if os.environ.get("BENCH_ROLE") == "bare":
         serve_bare(os.environ["BENCH_BARE_BODY"])
+        return 0
+    if os.environ.get("BENCH_ROLE") == "memory-storage":
+        serve_memory_storage()
         return 0
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")

@@ -47,6 +47,17 @@ def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
     return text[:limit].rsplit(" ", 1)[0] + "…"
 
 
+# Cosine similarity under which a hit that shares no word with the question is noise: vector search
+# always returns its nearest neighbours, relevant or not. (MiniLM: unrelated text scores ~0-0.2.)
+MIN_VECTOR_SCORE = 0.25
+
+
+def relevant_hits(hits: Sequence[storage_pb2.ChunkHit]) -> list[storage_pb2.ChunkHit]:
+    """Hits that match the question's words or are close in meaning; the rest are dropped so that an
+    off-topic question gets "nothing found" instead of quotes from unrelated passages."""
+    return [h for h in hits if h.text_score > 0 or h.vector_score >= MIN_VECTOR_SCORE]
+
+
 def pack_passages(hits: Sequence[storage_pb2.ChunkHit], budget_tokens: int) -> list[Passage]:
     """The best hits, in order, that fit ``budget_tokens``; duplicates of one chunk kept once.
 

@@ -20,7 +20,7 @@ from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from chat.agents import AgentRegistry, AgentSpec
-from chat.context import Passage, answer_citations, extractive_answer, pack_passages
+from chat.context import Passage, answer_citations, extractive_answer, pack_passages, relevant_hits
 from chat.llm import LlmBackend, LlmUnavailable, StreamUsage
 from chat.prompts import Turn, build_messages, trim_memory
 from chat.responses import ResponseCache, cache_key
@@ -292,7 +292,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 memory_turns = trim_memory(memory, int(self.context_tokens * MEMORY_SHARE))
                 fixed = estimate_tokens(agent.instructions(language)) + estimate_tokens(question) + 200
                 memory_cost = sum(estimate_tokens(t.content) + 4 for t in memory_turns)
-                passages = pack_passages(hits, max(256, self.context_tokens - fixed - memory_cost))
+                passages = pack_passages(relevant_hits(hits), max(256, self.context_tokens - fixed - memory_cost))
                 messages = build_messages(agent, language, passages, memory_turns, question)
                 async for event in self._generate(
                     answer, agent, messages, passages, language, streaming, within, started, session_id

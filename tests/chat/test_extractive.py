@@ -89,12 +89,20 @@ async def test_vietnamese_question_gets_a_vietnamese_answer(
     chat: chat_pb2_grpc.ChatServiceAsyncStub, storage: storage_pb2_grpc.StorageServiceAsyncStub
 ) -> None:
     user = await new_user(storage)
-    await upload_ready(storage, user, "queues.md", QUEUE_NOTES)
+    await upload_ready(storage, user, "stacks.md", STACK_NOTES)
+    notes = await upload_ready(
+        storage,
+        user,
+        "hang-doi.md",
+        "# Hàng đợi\n\nHàng đợi là cấu trúc vào trước ra trước (FIFO).\n\n"
+        "# Linh vật\n\nLinh vật của môn cấu trúc dữ liệu là chim bói cá.\n",
+    )
     response = await chat.Chat(
         chat_pb2.ChatRequest(message="Linh vật của môn học là con gì?"), metadata=user_metadata(user), timeout=60
     )
     assert response.backend == "extractive"
     assert response.answer.startswith("Chưa kết nối mô hình ngôn ngữ")
+    assert response.citations[0].file_id == notes.file_id and "bói cá" in response.citations[0].snippet
 
 
 async def test_nothing_found_says_so_without_sources(
@@ -106,6 +114,16 @@ async def test_nothing_found_says_so_without_sources(
     )
     assert "found nothing relevant" in response.answer
     assert list(response.citations) == []
+    # With documents, an off-topic question still finds nothing rather than quoting noise.
+    await upload_ready(storage, user, "stacks.md", STACK_NOTES)
+    off_topic = await chat.Chat(
+        chat_pb2.ChatRequest(message="Photosynthesis chlorophyll?"), metadata=user_metadata(user), timeout=60
+    )
+    assert "found nothing relevant" in off_topic.answer and list(off_topic.citations) == []
+    on_topic = await chat.Chat(
+        chat_pb2.ChatRequest(message="Which structure checks balanced parentheses?"), metadata=user_metadata(user)
+    )
+    assert "Balanced parentheses" in on_topic.answer and on_topic.citations
 
 
 async def test_greeting_skips_retrieval(
