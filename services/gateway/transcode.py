@@ -51,6 +51,7 @@ USER_ID_FIELDS = frozenset({"user_id"})
 STREAM_TIMEOUT_S = 3600.0
 UPLOAD_TIMEOUT_S = 3600.0
 MISS_REFRESH_INTERVAL_S = 5.0
+REFLECTION_TIMEOUT_S = 10.0
 # What a stream's read() returns at its end (grpc-stubs does not declare it).
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
 
@@ -309,7 +310,13 @@ class Transcoder:
         async with self._refresh_lock:
             names = list(self.backends)
             results = await asyncio.gather(
-                *(asyncio.to_thread(load_routes, name, self.backends[name]) for name in names), return_exceptions=True
+                # The reflection client has no deadline of its own: a backend that accepts connections
+                # but never answers must not hold every later refresh (its thread ends with the channel).
+                *(
+                    asyncio.wait_for(asyncio.to_thread(load_routes, name, self.backends[name]), REFLECTION_TIMEOUT_S)
+                    for name in names
+                ),
+                return_exceptions=True,
             )
             for name, result in zip(names, results, strict=True):
                 if isinstance(result, BaseException):
