@@ -3,10 +3,12 @@
     .venv/bin/python -m bench.storage_bench            # full run: 200k chunks (long on 2 cores)
     .venv/bin/python -m bench.storage_bench --quick    # smoke run: 30k chunks, small uploads
     .venv/bin/python -m bench.storage_bench --chunks 100000
+    .venv/bin/python -m bench.storage_bench --quick --upload-only
 
 Figures:
 - upload throughput into a real storage process (gRPC client stream of 1 MiB chunks, durable
-  write: temp file, fsync, rename, sha256, row committed) vs a plain write+fsync of the same bytes;
+  write: temp file, fsync, rename, sha256, row committed), for PDF and for UTF-8 text (validated
+  as it streams), each vs a plain write+fsync of the same bytes;
 - ingestion throughput (chunks/s from upload to ready: parse in the sandboxed child, chunk, embed
   through the embedding service, store) vs the embedding model's own encode speed on the same
   chunk texts in this process (sentence-transformers, batch 32);
@@ -34,7 +36,7 @@ import asyncpg
 import numpy as np
 from pgvector.asyncpg import register_vector
 from studyassist.core.channels import create_channel, user_metadata
-from studyassist.core.testing import ServiceProcess, spawn_service
+from studyassist.core.testing import ServiceProcess, create_database, spawn_service
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
 DIM = 384
@@ -44,17 +46,6 @@ MiB = 1024 * 1024
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-async def create_database(admin_url: str) -> str:
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base, sep, query = admin_url.partition("?")
-    return f"{base.rpartition('/')[0]}/{name}{sep}{query}"
 
 
 def start_storage(database_url: str, blob_dir: Path) -> ServiceProcess:
@@ -74,8 +65,6 @@ def start_storage(database_url: str, blob_dir: Path) -> ServiceProcess:
 async def bench_upload(
     stub: storage_pb2_grpc.StorageServiceAsyncStub, user: str, files: int, size: int, tmp: Path
 ) -> None:
-    payloads = [b"%PDF-1.7\n" + os.urandom(size - 9) for _ in range(files)]
-
     async def requests(data: bytes, name: str) -> AsyncIterator[storage_pb2.UploadFileRequest]:
         yield storage_pb2.UploadFileRequest(metadata=storage_pb2.UploadMetadata(file_name=name))
         view = memoryview(data)
@@ -85,31 +74,48 @@ async def bench_upload(
     # Warm-up (connection, first blob directory).
     await stub.UploadFile(requests(b"%PDF-1.7\n" + os.urandom(MiB), "warm.pdf"), metadata=user_metadata(user))
 
-    started = time.perf_counter()
-    for i, data in enumerate(payloads):
-        file = await stub.UploadFile(requests(data, f"f{i}.pdf"), metadata=user_metadata(user))
-        assert file.sha256 == hashlib.sha256(data).hexdigest()
-    sequential_s = time.perf_counter() - started
-
-    fresh = [b"%PDF-1.7\n" + os.urandom(size - 9) for _ in range(files)]
-    started = time.perf_counter()
-    await asyncio.gather(
-        *(stub.UploadFile(requests(d, f"c{i}.pdf"), metadata=user_metadata(user)) for i, d in enumerate(fresh))
-    )
-    concurrent_s = time.perf_counter() - started
-
-    # Baseline: the same bytes written to a plain file and fsynced, in this process, on the same disk.
-    started = time.perf_counter()
-    for i, data in enumerate(payloads):
-        write_plain(tmp / f"plain{i}", data)
-    plain_s = time.perf_counter() - started
-
-    total_mb = files * size / 1e6
     print(f"## Upload throughput ({files} files x {size / 1e6:.0f} MB, 1 MiB gRPC chunks)")
-    print(f"storage UploadFile, one at a time : {total_mb / sequential_s:8.1f} MB/s")
-    print(f"storage UploadFile, {files} concurrent   : {total_mb / concurrent_s:8.1f} MB/s")
-    print(f"baseline plain write+fsync        : {total_mb / plain_s:8.1f} MB/s")
+    # Two content paths: a PDF is checked by its magic bytes only; text is validated as UTF-8 as it
+    # streams (chunks cut through multi-byte characters), so it costs the server more per byte.
+    for label, suffix, make in (("PDF", "pdf", pdf_payload), ("UTF-8 text", "txt", text_payload)):
+        payloads = [make(size) for _ in range(files)]
+        total_mb = sum(len(data) for data in payloads) / 1e6
+        started = time.perf_counter()
+        for i, data in enumerate(payloads):
+            file = await stub.UploadFile(requests(data, f"f{i}.{suffix}"), metadata=user_metadata(user))
+            assert file.sha256 == hashlib.sha256(data).hexdigest()
+        sequential_s = time.perf_counter() - started
+
+        fresh = [make(size) for _ in range(files)]
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(stub.UploadFile(requests(d, f"c{i}.{suffix}"), metadata=user_metadata(user)) for i, d in enumerate(fresh))
+        )
+        concurrent_s = time.perf_counter() - started
+
+        # Baseline: the same bytes written to a plain file and fsynced, in this process, on the same disk.
+        started = time.perf_counter()
+        for i, data in enumerate(payloads):
+            write_plain(tmp / f"plain{i}", data)
+        plain_s = time.perf_counter() - started
+        for i in range(files):
+            (tmp / f"plain{i}").unlink()
+
+        print(f"{label:10s} storage UploadFile, one at a time : {total_mb / sequential_s:8.1f} MB/s")
+        print(f"{label:10s} storage UploadFile, {files} concurrent   : {total_mb / concurrent_s:8.1f} MB/s")
+        print(f"{label:10s} baseline plain write+fsync        : {total_mb / plain_s:8.1f} MB/s")
     print()
+
+
+def pdf_payload(size: int) -> bytes:
+    return b"%PDF-1.7\n" + os.urandom(size - 9)
+
+
+def text_payload(size: int) -> bytes:
+    """About ``size`` bytes of Vietnamese and English lecture text, different every call."""
+    block = "".join(line.format(n=i) + "\n" for i, line in enumerate(SENTENCES * 50)).encode()
+    data = f"{uuid.uuid4()}\n".encode() + block * (size // len(block) + 1)
+    return data[:size].decode("utf-8", "ignore").encode()  # whole characters only
 
 
 def write_plain(path: Path, data: bytes) -> None:
@@ -294,7 +300,7 @@ def lecture(number: int, paragraphs: int) -> bytes:
 
 
 async def bench_ingestion(admin_url: str, tmp: Path, documents: int, paragraphs: int) -> None:
-    database_url = await create_database(admin_url)
+    database_url = await create_database(admin_url, f"bench_{uuid.uuid4().hex[:8]}")
     embedding = spawn_service("embedding", {"EMBEDDING_PORT": "0", "REDIS_URL": ""})
     storage = spawn_service(
         "storage",
@@ -359,7 +365,7 @@ async def main_async(args: argparse.Namespace) -> None:
         tmp = Path(tmp_name)
         server = pgserver.get_server(tmp / "pg", cleanup_mode="stop")
         try:
-            database_url = await create_database(server.get_uri())
+            database_url = await create_database(server.get_uri(), f"bench_{uuid.uuid4().hex[:8]}")
             storage = start_storage(database_url, tmp / "blobs")
             try:
                 channel = create_channel(storage.address, default_timeout=120)
@@ -370,12 +376,14 @@ async def main_async(args: argparse.Namespace) -> None:
                 print(f"storage_bench ({'quick' if args.quick else 'full'}), machine cores: {os.cpu_count()}\n")
                 files, size = (4, 20_000_000) if args.quick else (8, 40_000_000)
                 await bench_upload(stub, user, files, size, tmp)
-                count = args.chunks or (30_000 if args.quick else 200_000)
-                await bench_search(stub, database_url, user, count, 100 if args.quick else 300)
+                if not args.upload_only:
+                    count = args.chunks or (30_000 if args.quick else 200_000)
+                    await bench_search(stub, database_url, user, count, 100 if args.quick else 300)
                 await channel.close(None)
             finally:
                 storage.stop()
-            await bench_ingestion(server.get_uri(), tmp, *((8, 30) if args.quick else (32, 60)))
+            if not args.upload_only:
+                await bench_ingestion(server.get_uri(), tmp, *((8, 30) if args.quick else (32, 60)))
         finally:
             server.cleanup()
 
@@ -384,6 +392,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: small uploads, 30k chunks")
     parser.add_argument("--chunks", type=int, default=0, help="number of chunks for the search benchmark")
+    parser.add_argument("--upload-only", action="store_true", help="only the upload throughput figures")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -25,13 +25,12 @@ import grpc
 import uvloop
 from opentelemetry import metrics, trace
 from studyassist.core.channels import create_channel
-from studyassist.core.server import ServiceSpec, create_server
 from studyassist.core.telemetry import Telemetry, setup_telemetry
-from studyassist.core.testing import spawn_service
+from studyassist.core.testing import StandInServicer, spawn_service, stand_in_server
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
 
-class Echo(embedding_pb2_grpc.EmbeddingServiceServicer):
+class Echo(StandInServicer):
     """Answers at once: the server and its interceptor are all that is measured."""
 
     async def Embed(
@@ -39,28 +38,12 @@ class Echo(embedding_pb2_grpc.EmbeddingServiceServicer):
     ) -> embedding_pb2.EmbedResponse:
         return embedding_pb2.EmbedResponse(model_id="echo", dimension=len(request.texts))
 
-    async def Info(
-        self, request: embedding_pb2.InfoRequest, context: grpc.aio.ServicerContext
-    ) -> embedding_pb2.InfoResponse:
-        return embedding_pb2.InfoResponse()
-
-    async def Stats(
-        self, request: embedding_pb2.StatsRequest, context: grpc.aio.ServicerContext
-    ) -> embedding_pb2.StatsResponse:
-        return embedding_pb2.StatsResponse()
-
 
 async def throughput(
     meter: metrics.Meter, tracer: trace.Tracer, seconds: float, concurrency: int
 ) -> tuple[float, float]:
     """(calls per second, CPU microseconds of this process per call: clients, server, exporter threads)."""
-    name = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
-    server, port = create_server(
-        "127.0.0.1:0",
-        [ServiceSpec(name, Echo(), embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server)],
-        meter=meter,
-        tracer=tracer,
-    )
+    server, port = stand_in_server(Echo(), meter=meter, tracer=tracer)
     await server.start()
     try:
         async with create_channel(f"127.0.0.1:{port}") as channel:

@@ -22,19 +22,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from studyassist.core.testing import spawn_service
+from studyassist.core.testing import CHROMIUM, CHROMIUM_ARGS, spawn_service
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB_DIR = ROOT / "services" / "gateway" / "web"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 BUDGET_KB = 200.0
 BASELINE_PAGE = (
     "<!doctype html><html><head><meta charset=utf-8><title>baseline</title></head><body><p>baseline</p></body></html>"

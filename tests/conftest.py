@@ -10,9 +10,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
-from studyassist.core.testing import ServiceProcess, spawn_service
+from studyassist.core.testing import ServiceProcess, create_database, spawn_service
 
 pytest_plugins = ["studyassist.core.testing"]
 
@@ -21,23 +20,64 @@ NO_LLM = "http://127.0.0.1:9/v1"
 
 
 def _create_database(postgres_url: str) -> str:
-    name = f"svc_{uuid.uuid4().hex[:12]}"
+    return asyncio.run(create_database(postgres_url, f"svc_{uuid.uuid4().hex[:12]}"))
 
-    async def create() -> None:
-        admin = await asyncpg.connect(postgres_url)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
 
-    asyncio.run(create())
-    base, sep, query = postgres_url.partition("?")
-    return f"{base.rpartition('/')[0]}/{name}{sep}{query}"
+def spawn_embedding(extra: dict[str, str] | None = None) -> ServiceProcess:
+    return spawn_service("embedding", {"EMBEDDING_PORT": "0", "REDIS_URL": "", **(extra or {})})
+
+
+def spawn_storage(
+    postgres_url: str, embedding_addr: str, blob_dir: Path, extra: dict[str, str] | None = None
+) -> ServiceProcess:
+    """Storage with a database of its own."""
+    return spawn_service(
+        "storage",
+        {
+            "STORAGE_PORT": "0",
+            "DATABASE_URL": _create_database(postgres_url),
+            "EMBEDDING_ADDR": embedding_addr,
+            "BLOB_DIR": str(blob_dir),
+            "REDIS_URL": "",
+            **(extra or {}),
+        },
+    )
+
+
+def spawn_chat(storage_addr: str, embedding_addr: str, extra: dict[str, str] | None = None) -> ServiceProcess:
+    return spawn_service(
+        "chat",
+        {
+            "CHAT_PORT": "0",
+            "STORAGE_ADDR": storage_addr,
+            "EMBEDDING_ADDR": embedding_addr,
+            "LLM_BASE_URL": NO_LLM,
+            "REDIS_URL": "",
+            **(extra or {}),
+        },
+    )
+
+
+def spawn_gateway(
+    chat_addr: str, storage_addr: str, data_dir: Path, extra: dict[str, str] | None = None
+) -> ServiceProcess:
+    return spawn_service(
+        "gateway",
+        {
+            "GATEWAY_PORT": "0",
+            "CHAT_ADDR": chat_addr,
+            "STORAGE_ADDR": storage_addr,
+            "METRICS_ADDR": "127.0.0.1:9",
+            "DATA_DIR": str(data_dir),
+            "REDIS_URL": "",
+            **(extra or {}),
+        },
+    )
 
 
 @pytest.fixture(scope="session")
 def embedding_service() -> Iterator[ServiceProcess]:
-    service = spawn_service("embedding", {"EMBEDDING_PORT": "0", "REDIS_URL": ""})
+    service = spawn_embedding()
     yield service
     service.stop()
 
@@ -46,32 +86,14 @@ def embedding_service() -> Iterator[ServiceProcess]:
 def storage_service(
     postgres_url: str, embedding_service: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
-    service = spawn_service(
-        "storage",
-        {
-            "STORAGE_PORT": "0",
-            "DATABASE_URL": _create_database(postgres_url),
-            "EMBEDDING_ADDR": embedding_service.address,
-            "BLOB_DIR": str(tmp_path_factory.mktemp("blobs")),
-            "REDIS_URL": "",
-        },
-    )
+    service = spawn_storage(postgres_url, embedding_service.address, tmp_path_factory.mktemp("blobs"))
     yield service
     service.stop()
 
 
 @pytest.fixture(scope="session")
 def chat_service(storage_service: ServiceProcess, embedding_service: ServiceProcess) -> Iterator[ServiceProcess]:
-    service = spawn_service(
-        "chat",
-        {
-            "CHAT_PORT": "0",
-            "STORAGE_ADDR": storage_service.address,
-            "EMBEDDING_ADDR": embedding_service.address,
-            "LLM_BASE_URL": NO_LLM,
-            "REDIS_URL": "",
-        },
-    )
+    service = spawn_chat(storage_service.address, embedding_service.address)
     yield service
     service.stop()
 
@@ -80,17 +102,6 @@ def chat_service(storage_service: ServiceProcess, embedding_service: ServiceProc
 def gateway_service(
     chat_service: ServiceProcess, storage_service: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
-    data_dir: Path = tmp_path_factory.mktemp("gateway-data")
-    service = spawn_service(
-        "gateway",
-        {
-            "GATEWAY_PORT": "0",
-            "CHAT_ADDR": chat_service.address,
-            "STORAGE_ADDR": storage_service.address,
-            "METRICS_ADDR": "127.0.0.1:9",
-            "DATA_DIR": str(data_dir),
-            "REDIS_URL": "",
-        },
-    )
+    service = spawn_gateway(chat_service.address, storage_service.address, tmp_path_factory.mktemp("gateway-data"))
     yield service
     service.stop()

@@ -28,7 +28,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from studyassist.core.config import CommonSettings, ConfigError, env_port, env_str
+from studyassist.core.config import CommonSettings, ConfigError, env_service_port, env_str
 from studyassist.core.logs import setup_logging
 
 log = logging.getLogger("launcher")
@@ -42,18 +42,20 @@ _PR_SET_PDEATHSIG = 1
 @dataclass(frozen=True, slots=True)
 class ServiceDef:
     name: str
-    port_var: str
-    default_port: int
     # gRPC services are checked with grpc.health.v1; the gateway over HTTP /readyz.
     http: bool = False
 
+    @property
+    def port_var(self) -> str:
+        return f"{self.name.upper()}_PORT"
+
 
 SERVICES = (
-    ServiceDef("metrics", "METRICS_PORT", 50054),
-    ServiceDef("embedding", "EMBEDDING_PORT", 50053),
-    ServiceDef("storage", "STORAGE_PORT", 50052),
-    ServiceDef("chat", "CHAT_PORT", 50051),
-    ServiceDef("gateway", "GATEWAY_PORT", 8080, http=True),
+    ServiceDef("metrics"),
+    ServiceDef("embedding"),
+    ServiceDef("storage"),
+    ServiceDef("chat"),
+    ServiceDef("gateway", http=True),
 )
 
 
@@ -184,7 +186,7 @@ def summary(host: str, port: int, found_redis: bool, redis_url: str, found_llm: 
 def main() -> int:
     try:
         common = CommonSettings.from_env()
-        ports = {s.name: env_port(os.environ, s.port_var, s.default_port) for s in SERVICES}
+        ports = {s.name: env_service_port(os.environ, s.name) for s in SERVICES}
         redis_url = env_str(os.environ, "REDIS_URL", DEFAULT_REDIS_URL)
         llm_base_url = env_str(os.environ, "LLM_BASE_URL", DEFAULT_LLM_BASE_URL)
     except ConfigError as exc:

@@ -7,7 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from studyassist.core.config import ConfigError, env_address, env_float, env_int, env_port, env_str, env_url
+from studyassist.core.config import (
+    ConfigError,
+    env_float,
+    env_int,
+    env_peer_address,
+    env_service_port,
+    env_str,
+    env_url,
+)
 
 DEFAULT_AGENTS_FILE = Path(__file__).with_name("agents.toml")
 
@@ -42,9 +50,9 @@ class Settings:
         if not agents_file.is_file():
             raise ConfigError(f"CHAT_AGENTS_FILE={str(agents_file)!r} is not a file")
         return cls(
-            port=env_port(env, "CHAT_PORT", 50051),
-            storage_addr=env_address(env, "STORAGE_ADDR", "127.0.0.1:50052"),
-            embedding_addr=env_address(env, "EMBEDDING_ADDR", "127.0.0.1:50053"),
+            port=env_service_port(env, "chat"),
+            storage_addr=env_peer_address(env, "storage"),
+            embedding_addr=env_peer_address(env, "embedding"),
             llm_base_url=env_url(env, "LLM_BASE_URL", "http://localhost:1234/v1", schemes=("http", "https")),
             llm_model=env_str(env, "LLM_MODEL", ""),
             # Local servers ignore the key, but the SDK refuses an empty one.
@@ -56,5 +64,5 @@ class Settings:
             cache_entries=env_int(env, "CHAT_CACHE_ENTRIES", 10_000),
             agents_file=agents_file,
             max_tasks=env_int(env, "CHAT_MAX_TASKS", 1000, minimum=1),
-            metrics_addr=env_address(env, "METRICS_ADDR", "127.0.0.1:50054"),
+            metrics_addr=env_peer_address(env, "metrics"),
         )

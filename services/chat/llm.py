@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import openai
@@ -108,6 +108,17 @@ class LlmBackend:
                 await self._probe_task
         await self.client.close()
 
+    @contextlib.contextmanager
+    def _reaching_server(self) -> Iterator[None]:
+        """Turns the SDK's errors into LlmUnavailable; an unreachable server also switches to extractive mode."""
+        try:
+            yield
+        except (openai.APIConnectionError, openai.APITimeoutError, openai.NotFoundError) as exc:
+            self.mark_failed(f"{type(exc).__name__}: {exc}")
+            raise LlmUnavailable(str(exc)) from exc
+        except openai.APIStatusError as exc:
+            raise LlmUnavailable(f"LLM server answered {exc.status_code}: {exc.message}") from exc
+
     async def open_stream(
         self, messages: list[ChatCompletionMessageParam], sampling: Sampling, timeout_s: float
     ) -> LlmStream:
@@ -115,7 +126,7 @@ class LlmBackend:
 
         Raises LlmUnavailable when the server cannot be reached or refuses the request.
         """
-        try:
+        with self._reaching_server():
             stream = await self.client.chat.completions.create(
                 model=self.model,
                 messages=messages,
@@ -126,18 +137,13 @@ class LlmBackend:
                 stream_options={"include_usage": True},
                 timeout=timeout_s,
             )
-        except (openai.APIConnectionError, openai.APITimeoutError, openai.NotFoundError) as exc:
-            self.mark_failed(f"{type(exc).__name__}: {exc}")
-            raise LlmUnavailable(str(exc)) from exc
-        except openai.APIStatusError as exc:
-            raise LlmUnavailable(f"LLM server answered {exc.status_code}: {exc.message}") from exc
         return LlmStream(stream)
 
     async def complete(
         self, messages: list[ChatCompletionMessageParam], sampling: Sampling, timeout_s: float
     ) -> tuple[str, StreamUsage]:
         """One whole (non-streamed) completion: the unary Chat RPC uses it."""
-        try:
+        with self._reaching_server():
             result = await self.client.chat.completions.create(
                 model=self.model,
                 messages=messages,
@@ -146,11 +152,6 @@ class LlmBackend:
                 max_tokens=sampling.max_tokens,
                 timeout=timeout_s,
             )
-        except (openai.APIConnectionError, openai.APITimeoutError, openai.NotFoundError) as exc:
-            self.mark_failed(f"{type(exc).__name__}: {exc}")
-            raise LlmUnavailable(str(exc)) from exc
-        except openai.APIStatusError as exc:
-            raise LlmUnavailable(f"LLM server answered {exc.status_code}: {exc.message}") from exc
         usage = StreamUsage()
         if result.usage is not None:
             usage = StreamUsage(result.usage.prompt_tokens or 0, result.usage.completion_tokens or 0)

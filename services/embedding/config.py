@@ -6,7 +6,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from studyassist.core.config import env_address, env_choice, env_float, env_int, env_port, env_str
+from studyassist.core.config import (
+    env_choice,
+    env_float,
+    env_int,
+    env_peer_address,
+    env_service_port,
+    env_str,
+)
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "fp32", "fp16", "bf16", "int8")
@@ -36,7 +43,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         return cls(
-            port=env_port(env, "EMBEDDING_PORT", 50053),
+            port=env_service_port(env, "embedding"),
             model_dir=env_str(env, "EMBEDDING_MODEL", ""),
             device=env_choice(env, "EMBEDDING_DEVICE", "auto", DEVICES),
             dtype=env_choice(env, "EMBEDDING_DTYPE", "auto", DTYPES),
@@ -48,5 +55,5 @@ class Settings:
             cache_entries=env_int(env, "EMBEDDING_CACHE_ENTRIES", 50_000),
             cache_ttl_s=env_float(env, "EMBEDDING_CACHE_TTL_S", 86_400.0),
             torch_threads=env_int(env, "EMBEDDING_TORCH_THREADS", 0, maximum=1024),
-            metrics_addr=env_address(env, "METRICS_ADDR", "127.0.0.1:50054"),
+            metrics_addr=env_peer_address(env, "metrics"),
         )

@@ -70,7 +70,12 @@ def main() -> None:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging("gateway", common.log_level)
-    telemetry = setup_telemetry("gateway", resolve_endpoint(common.otlp_endpoint, settings.metrics_addr))
+    telemetry = setup_telemetry(
+        "gateway",
+        resolve_endpoint(common.otlp_endpoint, settings.metrics_addr),
+        export_interval_s=common.metric_export_interval_s,
+        span_delay_s=common.span_export_delay_s,
+    )
 
     async def serve() -> None:
         sock = bind(common.bind_host, settings.port)

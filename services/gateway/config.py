@@ -11,10 +11,10 @@ from pathlib import Path
 from studyassist.core.config import (
     CommonSettings,
     ConfigError,
-    env_address,
     env_float,
     env_int,
-    env_port,
+    env_peer_address,
+    env_service_port,
     env_str,
 )
 
@@ -52,10 +52,10 @@ class Settings:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ConfigError(f"CORS_ORIGINS entry {origin!r} must start with http:// or https://")
         return cls(
-            port=env_port(env, "GATEWAY_PORT", 8080),
-            chat_addr=env_address(env, "CHAT_ADDR", "127.0.0.1:50051"),
-            storage_addr=env_address(env, "STORAGE_ADDR", "127.0.0.1:50052"),
-            metrics_addr=env_address(env, "METRICS_ADDR", "127.0.0.1:50054"),
+            port=env_service_port(env, "gateway"),
+            chat_addr=env_peer_address(env, "chat"),
+            storage_addr=env_peer_address(env, "storage"),
+            metrics_addr=env_peer_address(env, "metrics"),
             jwt_secret=env.get("JWT_SECRET", "").strip(),
             jwt_issuer=env_str(env, "JWT_ISSUER", "studyassist"),
             jwt_audience=env_str(env, "JWT_AUDIENCE", "studyassist-web"),

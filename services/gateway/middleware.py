@@ -1,4 +1,9 @@
-"""The outermost layer of every response: request id, timing, security headers, per-IP limits.
+"""The outermost layer of every response: request id, trace, timing, security headers, per-IP limits.
+
+Each request runs inside a SERVER span (continuing the caller's W3C ``traceparent`` when it sends
+one), so every gRPC call made while serving it carries the trace on to the backends; the trace id
+goes back in ``X-Trace-Id`` and into the JSON logs. ``http.server.duration`` is labelled with the
+route template (``/v1/files/{file_id}``), never the raw path, so its series stay bounded.
 
 Pure ASGI (not BaseHTTPMiddleware) so streamed responses (SSE, uploads) pass through untouched.
 """
@@ -13,7 +18,7 @@ import time
 from typing import Any
 
 import grpc
-from opentelemetry import metrics
+from opentelemetry import metrics, propagate, trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from studyassist.core.logs import new_request_id, request_id_var
 
@@ -31,6 +36,9 @@ def csp_allowing_style(style: str) -> str:
     return f"{CSP}; style-src 'self' 'sha256-{digest}'"
 
 
+# W3C trace context headers a caller may send to continue its trace.
+_TRACE_HEADERS = (b"traceparent", b"tracestate")
+
 SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
@@ -39,12 +47,27 @@ SECURITY_HEADERS = [
 ]
 # A client's id is echoed back and logged: keep it short and printable.
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Where the transcoder leaves the template of the API route it matched (Starlette's own routes
+# put their Route in scope["route"]).
+ROUTE_TEMPLATE_KEY = "studyassist.route_template"
+UNMATCHED_ROUTE = "unmatched"
+
+
+def route_template(scope: Scope) -> str:
+    """The route a request matched, as a template; never the raw path (unbounded label values)."""
+    template = scope.get(ROUTE_TEMPLATE_KEY)
+    if isinstance(template, str):
+        return template
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
 
 
 class FrontDoor:
-    def __init__(self, app: ASGIApp, limiter: RateLimiter, meter: metrics.Meter) -> None:
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, meter: metrics.Meter, tracer: trace.Tracer) -> None:
         self.app = app
         self.limiter = limiter
+        self.tracer = tracer
         self._duration = meter.create_histogram(
             "http.server.duration", unit="ms", description="Gateway time to response headers"
         )
@@ -64,6 +87,15 @@ class FrontDoor:
         request_id = request_id or new_request_id()
         token = request_id_var.set(request_id)
         status_seen: list[int] = []
+        method: str = scope["method"]
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _TRACE_HEADERS}
+        span = self.tracer.start_span(
+            method,
+            context=propagate.extract(carrier),
+            kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": scope["path"]},
+        )
+        trace_id = format(span.get_span_context().trace_id, "032x").encode()
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -71,35 +103,54 @@ class FrontDoor:
                 headers: list[Any] = [
                     (k, v)
                     for k, v in message.get("headers", [])
-                    if k.lower() not in (b"x-request-id", b"x-response-time")
+                    if k.lower() not in (b"x-request-id", b"x-response-time", b"x-trace-id")
                 ]
                 headers.append((b"x-request-id", request_id.encode()))
+                headers.append((b"x-trace-id", trace_id))
                 headers.append((b"x-response-time", f"{elapsed_ms:.2f}ms".encode()))
                 present = {k.lower() for k, _ in headers}
                 headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
                 message = {**message, "headers": headers}
-                status_seen.append(message["status"])
+                status: int = message["status"]
+                status_seen.append(status)
+                route = route_template(scope)
                 self._duration.record(
-                    elapsed_ms, {"http.method": scope["method"], "http.status_code": message["status"]}
+                    elapsed_ms,
+                    {"http.route": route, "http.request.method": method, "http.response.status_code": status},
                 )
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(trace.StatusCode.ERROR)
+                    # One line per failed request, carrying request and trace id (the span is current).
+                    log.warning(
+                        "request failed",
+                        extra={
+                            "fields": {"method": method, "route": route, "status": status, "ms": round(elapsed_ms, 2)}
+                        },
+                    )
             await send(message)
 
         try:
-            path: str = scope["path"]
-            if path.startswith("/v1/") and scope.get("client"):
+            # The span ends when the response does (an SSE stream included); the histogram above
+            # stays time to headers, so a long answer stream does not read as a slow API.
+            with trace.use_span(span, end_on_exit=True):
+                path: str = scope["path"]
+                if path.startswith("/v1/") and scope.get("client"):
+                    try:
+                        await self.limiter.check_ip(scope["client"][0])
+                    except HttpError as exc:
+                        await error_response(exc)(scope, receive, send_with_headers)
+                        return
                 try:
-                    await self.limiter.check_ip(scope["client"][0])
-                except HttpError as exc:
-                    await error_response(exc)(scope, receive, send_with_headers)
-                    return
-            try:
-                await self.app(scope, receive, send_with_headers)
-            except Exception:
-                # A bug, not bad input: log it whole, answer without internals.
-                log.exception("unhandled error", extra={"fields": {"path": scope["path"]}})
-                if status_seen:
-                    raise
-                error = HttpError(grpc.StatusCode.INTERNAL, "internal error")
-                await error_response(error)(scope, receive, send_with_headers)
+                    await self.app(scope, receive, send_with_headers)
+                except Exception:
+                    # A bug, not bad input: log it whole, answer without internals.
+                    log.exception("unhandled error", extra={"fields": {"path": scope["path"]}})
+                    if status_seen:
+                        raise
+                    error = HttpError(grpc.StatusCode.INTERNAL, "internal error")
+                    await error_response(error)(scope, receive, send_with_headers)
         finally:
             request_id_var.reset(token)

@@ -96,6 +96,7 @@ class Gateway:
         )
         self.web = WebApp(settings.web_dist_dir)
         self.meter = telemetry.meter
+        self.tracer = telemetry.tracer
         self._openapi: tuple[int, bytes, str] | None = None
 
     @contextlib.asynccontextmanager
@@ -174,15 +175,15 @@ class Gateway:
             Route("/v1/{rest:path}", self.transcoder.handle, methods=API_METHODS),
             Route("/{rest:path}", self.web.serve, methods=["GET", "HEAD"]),
         ]
-        middleware = [Middleware(FrontDoor, limiter=self.limiter, meter=self.meter)]
+        middleware = [Middleware(FrontDoor, limiter=self.limiter, meter=self.meter, tracer=self.tracer)]
         if self.settings.cors_origins:
             middleware.append(
                 Middleware(
                     CORSMiddleware,
                     allow_origins=list(self.settings.cors_origins),
                     allow_methods=API_METHODS,
-                    allow_headers=["authorization", "content-type", "x-request-id"],
-                    expose_headers=["x-request-id", "x-response-time", "retry-after"],
+                    allow_headers=["authorization", "content-type", "x-request-id", "traceparent", "tracestate"],
+                    expose_headers=["x-request-id", "x-trace-id", "x-response-time", "retry-after"],
                     max_age=600,
                 )
             )

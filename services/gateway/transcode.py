@@ -28,6 +28,7 @@ from starlette.responses import Response, StreamingResponse
 from studyassist.core.channels import user_metadata
 
 from gateway.auth import Authenticator
+from gateway.middleware import ROUTE_TEMPLATE_KEY
 from gateway.ratelimit import RateLimiter
 from gateway.responses import (
     HttpError,
@@ -51,6 +52,8 @@ USER_ID_FIELDS = frozenset({"user_id"})
 STREAM_TIMEOUT_S = 3600.0
 UPLOAD_TIMEOUT_S = 3600.0
 MISS_REFRESH_INTERVAL_S = 5.0
+# Seconds a client is told to wait when a route's backend may simply not be up yet.
+UNREACHED_RETRY_AFTER_S = 2
 REFLECTION_TIMEOUT_S = 10.0
 # What a stream's read() returns at its end (grpc-stubs does not declare it).
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
@@ -259,14 +262,26 @@ async def _multipart_file(request: Request, boundary: bytes) -> UploadPart:
 
 
 async def rechunk(pieces: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
-    buffer = bytearray()
+    """The body regrouped into pieces of exactly ``size`` bytes (the last may be shorter).
+
+    Each byte is copied once, by the join: the held parts are views, never a growing buffer that
+    is sliced and shifted for every piece sent.
+    """
+    held: list[memoryview] = []
+    held_bytes = 0
     async for piece in pieces:
-        buffer += piece
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
+        view = memoryview(piece)
+        while held_bytes + len(view) >= size:
+            cut = size - held_bytes
+            held.append(view[:cut])
+            yield b"".join(held)
+            view = view[cut:]
+            held, held_bytes = [], 0
+        if view:
+            held.append(view)
+            held_bytes += len(view)
+    if held:
+        yield b"".join(held)
 
 
 class Transcoder:
@@ -353,7 +368,16 @@ class Transcoder:
                 headers={"Allow": ", ".join(exc.allowed)},
             ) from None
         if found is None:
+            unreached = sorted(name for name, ok in self.loaded.items() if not ok)
+            if unreached:
+                # The route may belong to a backend we have not reached yet: "try again", not "no such thing".
+                raise HttpError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"no route for {request.method} {request.url.path} while {', '.join(unreached)} cannot be reached",
+                    headers={"Retry-After": str(UNREACHED_RETRY_AFTER_S)},
+                )
             raise HttpError(grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {request.url.path}")
+        request.scope[ROUTE_TEMPLATE_KEY] = found[0].template.template
         return found
 
     async def handle(self, request: Request) -> Response:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from studyassist.core.config import ConfigError, env_float, env_int, env_port
+from studyassist.core.config import ConfigError, env_float, env_int, env_port, env_service_port
 
 # Calls whose duration is the LLM's or the client's, not the API's: the p95 rule leaves them out.
 DEFAULT_P95_EXCLUDE = "StreamChat,Chat,WatchFile,UploadFile"
@@ -50,7 +50,7 @@ class Settings:
             raise ConfigError(f"ALERT_EVAL_INTERVAL_S={interval} must be > 0")
         exclude = env.get("ALERT_P95_EXCLUDE", DEFAULT_P95_EXCLUDE)
         return cls(
-            port=env_port(env, "METRICS_PORT", 50054),
+            port=env_service_port(env, "metrics"),
             http_port=env_port(env, "METRICS_HTTP_PORT", 9464),
             window_s=window_s,
             max_series=env_int(env, "METRICS_MAX_SERIES", 2000, minimum=1),

@@ -21,6 +21,7 @@ from metrics.config import Settings
 from metrics.prometheus import start_exposition
 from metrics.servicer import DEFAULT_WINDOW_S, MetricsServicer, OtlpMetricsReceiver, OtlpTraceReceiver
 from metrics.store import MetricStore
+from metrics.traces import TraceIndex
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class MetricsApp:
     http_port: int
     store: MetricStore
     alerts: AlertEvaluator
+    traces: TraceIndex
 
 
 async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry) -> tuple[Server, int]:
@@ -45,10 +47,11 @@ async def assemble(
     """Build the server and start the Prometheus endpoint and the alert loop (stopped by server.stop)."""
     store = MetricStore(settings.window_s, settings.max_series, clock)
     alerts = AlertEvaluator(store, settings, clock)
+    traces = TraceIndex()
     specs = [
         ServiceSpec(
             metrics_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
-            MetricsServicer(store, alerts, settings.alert_pool_utilisation),
+            MetricsServicer(store, alerts, traces, settings.alert_pool_utilisation),
             metrics_pb2_grpc.add_MetricsServiceServicer_to_server,
         ),
         ServiceSpec(
@@ -58,7 +61,7 @@ async def assemble(
         ),
         ServiceSpec(
             trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name,
-            OtlpTraceReceiver(store),
+            OtlpTraceReceiver(store, traces),
             trace_service_pb2_grpc.add_TraceServiceServicer_to_server,
         ),
     ]
@@ -79,4 +82,4 @@ async def assemble(
         http_server.server_close()
 
     server.on_stop.append(stop)
-    return MetricsApp(server, port, http_port, store, alerts)
+    return MetricsApp(server, port, http_port, store, alerts, traces)

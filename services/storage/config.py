@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from studyassist.core.config import ConfigError, env_address, env_float, env_int, env_port, env_str
+from studyassist.core.config import (
+    ConfigError,
+    env_float,
+    env_int,
+    env_peer_address,
+    env_service_port,
+    env_str,
+)
 
 
 def _default_tokenizer_dir() -> str:
@@ -62,13 +69,13 @@ class Settings:
         if not tokenizer_dir or not (Path(tokenizer_dir) / "tokenizer.json").is_file():
             raise ConfigError(f"CHUNK_TOKENIZER_DIR={tokenizer_dir!r} has no tokenizer.json")
         return cls(
-            port=env_port(env, "STORAGE_PORT", 50052),
+            port=env_service_port(env, "storage"),
             database_url=database_url,
             db_pool_min=pool_min,
             db_pool_max=pool_max,
             db_acquire_timeout_s=env_float(env, "DB_ACQUIRE_TIMEOUT_S", 2.0, minimum=0.01),
             blob_dir=Path(blob_dir).resolve() if blob_dir else None,
-            embedding_addr=env_address(env, "EMBEDDING_ADDR", "127.0.0.1:50053"),
+            embedding_addr=env_peer_address(env, "embedding"),
             embedding_dim=env_int(env, "EMBEDDING_DIM", 384, minimum=1, maximum=16000),
             upload_max_bytes=env_int(env, "UPLOAD_MAX_BYTES", 50_000_000, minimum=1),
             parse_memory_limit_mb=env_int(env, "PARSE_MEMORY_LIMIT_MB", 1024, minimum=64),
@@ -79,5 +86,5 @@ class Settings:
             ingest_workers=env_int(env, "INGEST_WORKERS", 2, minimum=0, maximum=64),
             ingest_max_attempts=env_int(env, "INGEST_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
             ingest_lease_s=env_float(env, "INGEST_LEASE_S", 60.0, minimum=0.5),
-            metrics_addr=env_address(env, "METRICS_ADDR", "127.0.0.1:50054"),
+            metrics_addr=env_peer_address(env, "metrics"),
         )

@@ -22,8 +22,9 @@ from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from storage.blobs import BlobStore
 from storage.db import Connection, Database
-from storage.ids import caller, decode_token, encode_token, page_size, parse_id
+from storage.ids import caller, decode_token, page_size, parse_id
 from storage.ingest import Ingestor
+from storage.paging import newest_first, split_page
 from storage.textfold import fold, highlight, or_tsquery, query_terms
 from storage.uploads import receive, store
 
@@ -198,30 +199,15 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     async def ListFiles(
         self, request: storage_pb2.ListFilesRequest, context: grpc.aio.ServicerContext
     ) -> storage_pb2.ListFilesResponse:
-        user_id = caller(context)
-        size = page_size(request.page_size)
-        after = decode_token(request.page_token, 2)
-        async with self.db.connection() as conn:
-            if after is None:
-                rows = await conn.fetch(
-                    FILE_SELECT + " WHERE f.user_id = $1 AND f.deleted_at IS NULL "
-                    "ORDER BY f.created_at DESC, f.id DESC LIMIT $2",
-                    user_id,
-                    size + 1,
-                )
-            else:
-                rows = await conn.fetch(
-                    FILE_SELECT + " WHERE f.user_id = $1 AND f.deleted_at IS NULL AND (f.created_at, f.id) < ($3, $4) "
-                    "ORDER BY f.created_at DESC, f.id DESC LIMIT $2",
-                    user_id,
-                    size + 1,
-                    _token_time(after[0]),
-                    parse_id(after[1], "page_token"),
-                )
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = encode_token([rows[-1]["created_at"].isoformat(), str(rows[-1]["id"])])
+        rows, token = await newest_first(
+            self.db,
+            FILE_SELECT + " WHERE f.user_id = $1 AND f.deleted_at IS NULL",
+            caller(context),
+            time_column="f.created_at",
+            id_column="f.id",
+            requested_size=request.page_size,
+            page_token=request.page_token,
+        )
         return storage_pb2.ListFilesResponse(files=[_file(r) for r in rows], next_page_token=token)
 
     async def DeleteFile(
@@ -385,30 +371,15 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     async def ListSessions(
         self, request: storage_pb2.ListSessionsRequest, context: grpc.aio.ServicerContext
     ) -> storage_pb2.ListSessionsResponse:
-        user_id = caller(context)
-        size = page_size(request.page_size)
-        after = decode_token(request.page_token, 2)
-        async with self.db.connection() as conn:
-            if after is None:
-                rows = await conn.fetch(
-                    f"SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE user_id = $1 "
-                    "ORDER BY updated_at DESC, id DESC LIMIT $2",
-                    user_id,
-                    size + 1,
-                )
-            else:
-                rows = await conn.fetch(
-                    f"SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE user_id = $1 AND (updated_at, id) < ($3, $4) "
-                    "ORDER BY updated_at DESC, id DESC LIMIT $2",
-                    user_id,
-                    size + 1,
-                    _token_time(after[0]),
-                    parse_id(after[1], "page_token"),
-                )
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = encode_token([rows[-1]["updated_at"].isoformat(), str(rows[-1]["id"])])
+        rows, token = await newest_first(
+            self.db,
+            f"SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE user_id = $1",
+            caller(context),
+            time_column="updated_at",
+            id_column="id",
+            requested_size=request.page_size,
+            page_token=request.page_token,
+        )
         return storage_pb2.ListSessionsResponse(sessions=[_session(r) for r in rows], next_page_token=token)
 
     async def GetSession(
@@ -480,11 +451,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 after_seq,
                 size + 1,
             )
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = encode_token([rows[-1]["seq"]])
-        return storage_pb2.ListMessagesResponse(messages=[_message(r) for r in rows], next_page_token=token)
+        page, token = split_page(rows, size, lambda last: [last["seq"]])
+        return storage_pb2.ListMessagesResponse(messages=[_message(r) for r in page], next_page_token=token)
 
     async def AppendMessages(
         self, request: storage_pb2.AppendMessagesRequest, context: grpc.aio.ServicerContext
@@ -576,13 +544,6 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 for r in rows
             ]
         )
-
-
-def _token_time(value: Any) -> datetime:
-    try:
-        return datetime.fromisoformat(str(value))
-    except ValueError:
-        raise InvalidArgument("page_token is not valid") from None
 
 
 async def _vector_search(

@@ -13,6 +13,8 @@ PDF_MAGIC = b"%PDF-"
 ZIP_MAGIC = b"PK\x03\x04"
 UNSUPPORTED = "unsupported file type: the content is not PDF, DOCX, PPTX, or UTF-8 text/Markdown"
 MARKDOWN_SUFFIXES = (".md", ".markdown")
+# C0 control bytes other than the whitespace ones text files use.
+CONTROL_BYTES = bytes(b for b in range(32) if chr(b) not in "\t\n\r\f\v")
 
 
 class TextValidator:
@@ -30,10 +32,13 @@ class TextValidator:
         except UnicodeDecodeError:
             self.ok = False
             return False
-        if "\x00" in text:
+        # Control characters are ASCII, and no byte of a multi-byte UTF-8 sequence is below 0x80, so the
+        # control characters in `text` are exactly the control bytes in `data`: count them in C (a
+        # per-character Python loop here held uploads to ~30 MB/s).
+        if b"\x00" in data:
             self.ok = False
             return False
-        controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\v")
+        controls = len(data) - len(data.translate(None, CONTROL_BYTES))
         if controls > len(text) // 100 + 1:
             self.ok = False
         return self.ok

@@ -10,8 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from studyassist.core.channels import create_channel
 from studyassist.core.errors import InvalidArgument, NotFound
-from studyassist.core.server import ServiceSpec, create_server
-from studyassist.core.testing import serving
+from studyassist.core.testing import serving, stand_in_server
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
 
@@ -48,10 +47,7 @@ class ProbeServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
 
 def build(servicer: ProbeServicer):  # type: ignore[no-untyped-def]
     async def _build():  # type: ignore[no-untyped-def]
-        name = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
-        return create_server(
-            "127.0.0.1:0", [ServiceSpec(name, servicer, embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server)]
-        )
+        return stand_in_server(servicer)
 
     return _build
 

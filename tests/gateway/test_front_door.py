@@ -83,7 +83,8 @@ async def test_backend_that_starts_later_is_picked_up(make_stack: MakeStack) -> 
     stack = await make_stack(METRICS_ADDR=f"127.0.0.1:{metrics_port}")
     user = await stack.register()
     before = await stack.client.get("/v1/metrics/alerts", headers=bearer(user["access"]))
-    assert before.status_code == 404
+    assert before.status_code == 503 and before.json()["code"] == "UNAVAILABLE"
+    assert before.headers["retry-after"] == "2"
     server, _ = create_server(
         f"127.0.0.1:{metrics_port}",
         [
@@ -99,7 +100,7 @@ async def test_backend_that_starts_later_is_picked_up(make_stack: MakeStack) -> 
         # Backends not yet seen are looked for every 2 s in the background (and on a route miss).
         for _ in range(40):
             after = await stack.client.get("/v1/metrics/alerts", headers=bearer(user["access"]))
-            if after.status_code != 404:
+            if after.status_code != 503:
                 break
             await asyncio.sleep(0.25)
         assert after.status_code == 200, after.text
@@ -108,6 +109,57 @@ async def test_backend_that_starts_later_is_picked_up(make_stack: MakeStack) -> 
         assert "/v1/metrics/alerts" in paths
     finally:
         await server.stop(0)
+
+
+async def test_unknown_route_is_404_only_when_every_backend_is_known(tmp_path: Path) -> None:
+    storage, _, storage_addr = await start_storage()
+    # Backends with no HTTP routes at all: reachable, so a missing route is truly missing.
+    chat, chat_port = create_server("127.0.0.1:0", [])
+    metrics, metrics_port = create_server("127.0.0.1:0", [])
+    await chat.start()
+    await metrics.start()
+    env = {"STORAGE_ADDR": storage_addr, "CHAT_ADDR": f"127.0.0.1:{chat_port}"}
+    try:
+        async with (
+            serve_gateway({**env, "METRICS_ADDR": f"127.0.0.1:{metrics_port}"}, tmp_path) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            missing = await client.get("/v1/nothing/here")
+            assert missing.status_code == 404, missing.text
+            assert missing.json()["code"] == "NOT_FOUND" and missing.json()["message"].startswith("no route")
+            assert (await client.get("/v1/sessions")).status_code == 401  # known routes still answer
+        # The same gateway with the metrics service never reached: the route may be the metrics service's.
+        async with (
+            serve_gateway({**env, "METRICS_ADDR": f"127.0.0.1:{free_port()}"}, tmp_path) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            unavailable = await client.post("/v1/nothing/here", json={})
+            assert unavailable.status_code == 503, unavailable.text
+            body = unavailable.json()
+            assert body["code"] == "UNAVAILABLE" and "metrics" in body["message"]
+            assert body["request_id"] == unavailable.headers["x-request-id"]
+            # Outside the API prefix the web app still answers.
+            assert (await client.get("/chat/x")).status_code == 200
+    finally:
+        await chat.stop(0)
+        await metrics.stop(0)
+        await storage.stop(0)
+
+
+async def test_trace_id_header_continues_the_callers_trace(stack: Stack) -> None:
+    first = await stack.client.get("/healthz")
+    second = await stack.client.get("/healthz")
+    fresh = first.headers["x-trace-id"]
+    assert len(fresh) == 32 and int(fresh, 16) != 0
+    assert second.headers["x-trace-id"] != fresh  # a new trace per request
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    continued = await stack.client.get("/v1/sessions", headers=parent)
+    assert continued.status_code == 401 and continued.headers["x-trace-id"] == trace_id
+    # A malformed traceparent is ignored, not an error.
+    broken = await stack.client.get("/healthz", headers={"traceparent": "00-zz-xx-01"})
+    assert broken.status_code == 200 and len(broken.headers["x-trace-id"]) == 32
+    assert broken.headers["x-trace-id"] != trace_id
 
 
 async def test_response_headers(make_stack: MakeStack) -> None:
@@ -177,4 +229,4 @@ async def test_static_web_app(make_stack: MakeStack, tmp_path: Path) -> None:
     escape = await stack.client.get("/..%2fsecret.txt")
     assert escape.text != "no"
     api_miss = await stack.client.get("/v1/nothing")
-    assert api_miss.status_code in (401, 404) and api_miss.headers["content-type"] == "application/json"
+    assert api_miss.status_code == 503 and api_miss.headers["content-type"] == "application/json"  # chat is away

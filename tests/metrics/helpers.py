@@ -11,9 +11,10 @@ from metrics.config import Settings
 from metrics.server import MetricsApp, assemble
 from studyassist.core.config import CommonSettings
 from studyassist.core.errors import InvalidArgument
-from studyassist.core.server import Server, ServiceSpec, create_server
+from studyassist.core.server import Server
 from studyassist.core.telemetry import Telemetry, setup_telemetry
-from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from studyassist.core.testing import StandInServicer, stand_in_server
+from studyassist.embedding.v1 import embedding_pb2
 
 
 @asynccontextmanager
@@ -32,7 +33,7 @@ async def metrics_service(
         telemetry.shutdown()
 
 
-class ProbeServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
+class ProbeServicer(StandInServicer):
     """A user-facing service stand-in: "bad" fails with INVALID_ARGUMENT, anything else answers."""
 
     async def Embed(
@@ -44,25 +45,9 @@ class ProbeServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         await asyncio.sleep(0)
         return embedding_pb2.EmbedResponse(model_id=text, dimension=len(text))
 
-    async def Info(
-        self, request: embedding_pb2.InfoRequest, context: grpc.aio.ServicerContext
-    ) -> embedding_pb2.InfoResponse:
-        return embedding_pb2.InfoResponse()
-
-    async def Stats(
-        self, request: embedding_pb2.StatsRequest, context: grpc.aio.ServicerContext
-    ) -> embedding_pb2.StatsResponse:
-        return embedding_pb2.StatsResponse()
-
 
 def build_probe(telemetry: Telemetry) -> tuple[Server, int]:
-    name = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
-    return create_server(
-        "127.0.0.1:0",
-        [ServiceSpec(name, ProbeServicer(), embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server)],
-        meter=telemetry.meter,
-        tracer=telemetry.tracer,
-    )
+    return stand_in_server(ProbeServicer(), meter=telemetry.meter, tracer=telemetry.tracer)
 
 
 async def flush(telemetry: Telemetry) -> None:

@@ -270,6 +270,26 @@ async def test_document_set_version_tracks_ready_files(storage: StorageClient) -
     assert gone == empty
 
 
+async def test_files_page_newest_first_without_deleted(storage: StorageClient) -> None:
+    user = await storage.new_user()
+    me = user_metadata(user)
+    uploaded = [(await storage.upload(user, f"f{i}.txt", f"{i} {LECTURE}".encode())).file_id for i in range(4)]
+    await storage.stub.DeleteFile(storage_pb2.DeleteFileRequest(file_id=uploaded[1]), metadata=me)
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await storage.stub.ListFiles(storage_pb2.ListFilesRequest(page_size=2, page_token=token), metadata=me)
+        assert len(page.files) <= 2
+        seen += [f.file_id for f in page.files]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [uploaded[3], uploaded[2], uploaded[0]]
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await storage.stub.ListFiles(storage_pb2.ListFilesRequest(page_token="garbage!"), metadata=me)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_embedding_outage_retries_with_backoff_then_fails_with_reason(storage_factory: object) -> None:
     # Nothing listens on port 9: every attempt fails as UNAVAILABLE; two attempts, then failed.
     async with storage_factory(EMBEDDING_ADDR="127.0.0.1:9", INGEST_MAX_ATTEMPTS="2") as storage:  # type: ignore[operator]

@@ -9,19 +9,10 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
-from studyassist.core.testing import ServiceProcess, in_ci
+from studyassist.core.testing import CHROMIUM, CHROMIUM_ARGS, ServiceProcess, in_ci
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB_DIR = ROOT / "services" / "gateway" / "web"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def require_chromium() -> None:

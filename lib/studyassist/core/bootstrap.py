@@ -41,7 +41,12 @@ def run_service(
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging(name, common.log_level)
-    telemetry = setup_telemetry(name, resolve_endpoint(common.otlp_endpoint, metrics_addr(settings)))
+    telemetry = setup_telemetry(
+        name,
+        resolve_endpoint(common.otlp_endpoint, metrics_addr(settings)),
+        export_interval_s=common.metric_export_interval_s,
+        span_delay_s=common.span_export_delay_s,
+    )
 
     async def main() -> None:
         server, port = await build(settings, common, telemetry)

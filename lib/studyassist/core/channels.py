@@ -33,24 +33,29 @@ def _with_context(details: grpc.aio.ClientCallDetails, default_timeout: float) -
     return grpc.aio.ClientCallDetails(details.method, timeout, metadata, details.credentials, details.wait_for_ready)
 
 
-class _ContextInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+# grpc.aio files an interceptor under the first of the four call shapes it implements (an elif
+# chain), so one class implementing all four would only ever see unary-unary calls: one per shape.
+class _ContextInterceptor:
     def __init__(self, default_timeout: float) -> None:
         self.default_timeout = default_timeout
 
+
+class _UnaryUnaryContext(_ContextInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(_with_context(details, self.default_timeout), request)
 
+
+class _UnaryStreamContext(_ContextInterceptor, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(_with_context(details, self.default_timeout), request)
 
+
+class _StreamUnaryContext(_ContextInterceptor, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         return await continuation(_with_context(details, self.default_timeout), request_iterator)
 
+
+class _StreamStreamContext(_ContextInterceptor, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         return await continuation(_with_context(details, self.default_timeout), request_iterator)
 
@@ -91,7 +96,10 @@ def create_channel(
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
-    interceptors: list[Any] = [_ContextInterceptor(default_timeout)]
+    interceptors: list[Any] = [
+        kind(default_timeout)
+        for kind in (_UnaryUnaryContext, _UnaryStreamContext, _StreamUnaryContext, _StreamStreamContext)
+    ]
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from urllib.parse import urlparse
 
 
@@ -93,6 +94,23 @@ def env_url(env: Environ, name: str, default: str, *, schemes: tuple[str, ...]) 
     return value
 
 
+# Where each service listens by default. Its own port is <NAME>_PORT and its callers dial <NAME>_ADDR,
+# both defaulting to the number here, so the mesh's port plan is written once.
+DEFAULT_PORTS: Mapping[str, int] = MappingProxyType(
+    {"gateway": 8080, "chat": 50051, "storage": 50052, "embedding": 50053, "metrics": 50054}
+)
+
+
+def env_service_port(env: Environ, service: str) -> int:
+    """``<SERVICE>_PORT``: the port ``service`` listens on (``CHAT_PORT`` for "chat")."""
+    return env_port(env, f"{service.upper()}_PORT", DEFAULT_PORTS[service])
+
+
+def env_peer_address(env: Environ, service: str) -> str:
+    """``<SERVICE>_ADDR``: where to reach ``service`` (``STORAGE_ADDR`` for "storage"), by default on this host."""
+    return env_address(env, f"{service.upper()}_ADDR", f"127.0.0.1:{DEFAULT_PORTS[service]}")
+
+
 @dataclass(frozen=True, slots=True)
 class CommonSettings:
     """Settings every service shares."""
@@ -104,6 +122,10 @@ class CommonSettings:
     otlp_endpoint: str
     shutdown_grace_seconds: float
     data_dir: Path
+    # How often metrics are exported and how long finished spans wait before a batch is sent
+    # (the OpenTelemetry variables, in milliseconds; tests shorten them).
+    metric_export_interval_s: float = 10.0
+    span_export_delay_s: float = 1.0
 
     @property
     def production(self) -> bool:
@@ -121,4 +143,6 @@ class CommonSettings:
             otlp_endpoint=env_str(env, "OTEL_EXPORTER_OTLP_ENDPOINT", ""),
             shutdown_grace_seconds=env_float(env, "SHUTDOWN_GRACE_SECONDS", 10.0),
             data_dir=Path(env_str(env, "DATA_DIR", ".data")).resolve(),
+            metric_export_interval_s=env_int(env, "OTEL_METRIC_EXPORT_INTERVAL", 10_000, minimum=10) / 1000,
+            span_export_delay_s=env_int(env, "OTEL_BSP_SCHEDULE_DELAY", 1000, minimum=10) / 1000,
         )

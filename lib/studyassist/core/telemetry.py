@@ -3,7 +3,7 @@
 Exporting runs on background threads with short timeouts, so a slow or absent collector never
 slows a user request; data that cannot be sent is dropped:
 - spans: ending a span only appends to a bounded queue (``SPAN_QUEUE_SIZE``; when it is full new
-  spans are dropped, never waited for); a worker thread sends batches every second;
+  spans are dropped, never waited for); a worker thread sends batches every ``span_delay_s`` (1 s);
 - metrics: instruments aggregate in memory; a reader thread exports every ``export_interval_s``;
 - each export attempt, retries included, gives up after ``EXPORT_TIMEOUT_S`` (the exporter's
   default is 10 s with retries), so a hung collector costs a thread a few seconds, not a request.
@@ -95,6 +95,7 @@ def setup_telemetry(
     endpoint: str | None,
     *,
     export_interval_s: float = 10.0,
+    span_delay_s: float = 1.0,
     extra_readers: Iterable[MetricReader] = (),
     trace_sample_ratio: float | None = None,
 ) -> Telemetry:
@@ -136,7 +137,7 @@ def setup_telemetry(
                 ),
                 max_queue_size=SPAN_QUEUE_SIZE,
                 max_export_batch_size=SPAN_BATCH_SIZE,
-                schedule_delay_millis=1000,
+                schedule_delay_millis=span_delay_s * 1000,
                 export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
             )
         )

@@ -21,12 +21,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import grpc
 import pytest
 import redis
+from opentelemetry import metrics, trace
 
-from studyassist.core.server import Server
+from studyassist.core.server import Server, ServiceSpec, create_server
+from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# Debian's Chromium, never a downloaded build, with the flags the browser tests and the web benchmark share.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @asynccontextmanager
@@ -38,6 +51,37 @@ async def serving(build: Callable[[], Awaitable[tuple[Server, int]]]) -> AsyncIt
         yield f"127.0.0.1:{port}"
     finally:
         await server.stop(grace=1.0)
+
+
+class StandInServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
+    """An EmbeddingService stand-in for exercising the shared server itself: a subclass answers Embed
+    as its test needs; Info and Stats answer empty."""
+
+    async def Info(
+        self, request: embedding_pb2.InfoRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.InfoResponse:
+        return embedding_pb2.InfoResponse()
+
+    async def Stats(
+        self, request: embedding_pb2.StatsRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.StatsResponse:
+        return embedding_pb2.StatsResponse()
+
+
+def stand_in_server(
+    servicer: embedding_pb2_grpc.EmbeddingServiceServicer,
+    *,
+    meter: metrics.Meter | None = None,
+    tracer: trace.Tracer | None = None,
+) -> tuple[Server, int]:
+    """Build (not start) a server on 127.0.0.1:0 serving ``servicer`` as the EmbeddingService."""
+    name = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+    return create_server(
+        "127.0.0.1:0",
+        [ServiceSpec(name, servicer, embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server)],
+        meter=meter,
+        tracer=tracer,
+    )
 
 
 @dataclass
@@ -127,18 +171,22 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def database_url(postgres_url: str) -> AsyncIterator[str]:
     """A fresh, empty database for one test, dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = _with_database(postgres_url, name)
-    yield url
+    yield await create_database(postgres_url, name)
     admin = await asyncpg.connect(postgres_url)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+async def create_database(admin_url: str, name: str) -> str:
+    """Create the empty database ``name`` on the server of ``admin_url``; return its URL."""
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return _with_database(admin_url, name)
 
 
 def _with_database(url: str, name: str) -> str:

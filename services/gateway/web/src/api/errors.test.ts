@@ -32,5 +32,13 @@ describe('errors', () => {
     const noRoute = errorFromResponse(404, '{"code":"NOT_FOUND","message":"no route for GET /v1/agents"}', headers({}));
     expect(describeError(noRoute, t)).toMatch(/temporarily unavailable/);
     expect(describeError(errorFromResponse(404, '{"message":"file not found"}', headers({})), t)).toBe('Not found.');
+    const unreached = errorFromResponse(
+      503,
+      '{"code":"UNAVAILABLE","message":"no route for GET /v1/agents while chat cannot be reached","request_id":"r9"}',
+      headers({ 'retry-after': '2' }),
+    );
+    expect(describeError(unreached, t)).toBe('The server is temporarily unavailable. Please try again later. (request id: r9)');
+    // The code decides even when a proxy in between changed the status.
+    expect(describeError(errorFromResponse(500, '{"code":"UNAVAILABLE","message":"x"}', headers({})), t)).toMatch(/temporarily unavailable/);
   });
 });

@@ -64,6 +64,8 @@ export function describeError(error: unknown, t: Translate): string {
     if (error.kind === 'network') return t('err.network');
     if (error.kind === 'stream') return t('err.stream', { message: error.message });
     const withId = (text: string) => (error.requestId ? `${text} (${t('err.requestId')}: ${error.requestId})` : text);
+    // The gateway answers 503 UNAVAILABLE while a backend service is down or not yet reached.
+    if (error.code === 'UNAVAILABLE') return withId(t('err.unavailable'));
     switch (error.status) {
       case 400:
         return withId(t('err.badRequest', { message: error.message }));
@@ -72,7 +74,7 @@ export function describeError(error: unknown, t: Translate): string {
       case 403:
         return t('err.forbidden');
       case 404:
-        // The gateway has no route while the backend service that owns it is down or not deployed.
+        // Older gateways answered 404 "no route" while the backend that owns the route was down.
         return /^no route\b/i.test(error.message) ? withId(t('err.unavailable')) : t('err.notFound');
       case 409:
         return withId(t('err.conflict', { message: error.message }));
