@@ -1,7 +1,8 @@
 """``make run``: the whole mesh on one machine with nothing to configure.
 
 Starts an embedded PostgreSQL (pgserver, data in DATA_DIR/pg) unless DATABASE_URL is set, uses
-Redis at REDIS_URL and the LLM at LLM_BASE_URL when they answer, starts the five services in
+Redis at REDIS_URL and the LLM at LLM_BASE_URL when they answer (or serves the local transformers
+model directory LLM_MODEL_DIR with `transformers serve`), starts the five services in
 dependency order, waits for each one's health, prints the address and what it found. Ctrl-C or
 SIGTERM stops the services in reverse order, then PostgreSQL; children also die with the launcher
 (PR_SET_PDEATHSIG), so nothing is left behind.
@@ -127,42 +128,67 @@ def http_ready(url: str) -> bool:
 
 
 class Mesh:
+    """The processes the launcher started, in start order."""
+
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
-        self.processes: list[tuple[ServiceDef, subprocess.Popen[bytes]]] = []
+        self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, service: ServiceDef, ready: Callable[[], bool]) -> None:
-        process = subprocess.Popen([sys.executable, "-m", service.name], env=self.env, preexec_fn=_die_with_parent)
-        self.processes.append((service, process))
+    def start(self, name: str, command: list[str], ready: Callable[[], bool]) -> None:
+        process = subprocess.Popen(command, env=self.env, preexec_fn=_die_with_parent)
+        self.processes.append((name, process))
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ready():
             if process.poll() is not None:
-                raise RuntimeError(f"{service.name} exited with code {process.returncode} during start")
+                raise RuntimeError(f"{name} exited with code {process.returncode} during start")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{service.name} was not healthy within {START_TIMEOUT_S:.0f}s")
+                raise RuntimeError(f"{name} was not healthy within {START_TIMEOUT_S:.0f}s")
             time.sleep(0.2)
-        log.info("service ready", extra={"fields": {"service": service.name}})
+        log.info("service ready", extra={"fields": {"service": name}})
 
-    def exited(self) -> tuple[ServiceDef, int] | None:
-        for service, process in self.processes:
+    def exited(self) -> tuple[str, int] | None:
+        for name, process in self.processes:
             if process.poll() is not None:
-                return service, process.returncode
+                return name, process.returncode
         return None
 
     def stop(self, timeout: float = 20.0) -> None:
         # One at a time, callers first: each service drains while the services it calls (and
         # the metrics service receiving its last telemetry) are still up.
-        for service, process in reversed(self.processes):
+        for name, process in reversed(self.processes):
             if process.poll() is not None:
                 continue
-            log.info("stopping", extra={"fields": {"service": service.name}})
+            log.info("stopping", extra={"fields": {"service": name}})
             process.terminate()
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
-                log.warning("killing", extra={"fields": {"service": service.name}})
+                log.warning("killing", extra={"fields": {"service": name}})
                 process.kill()
                 process.wait()
+
+
+def local_model_dir(env: dict[str, str] | os._Environ[str]) -> Path | None:
+    """LLM_MODEL_DIR: a local transformers model directory to serve, or None."""
+    raw = env_str(env, "LLM_MODEL_DIR", "")
+    if not raw:
+        return None
+    path = Path(raw).expanduser().resolve()
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"LLM_MODEL_DIR={raw!r} is not a transformers model directory (no config.json)")
+    return path
+
+
+def serve_local_model(mesh: Mesh, model_dir: Path) -> str:
+    """Serve ``model_dir`` with `transformers serve` (OpenAI-compatible) on a free port; its base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    base_url = f"http://127.0.0.1:{port}/v1"
+    executable = Path(sys.executable).with_name("transformers")
+    command = [str(executable), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
+    mesh.start("llm", command, lambda: llm_answers(base_url))
+    return base_url
 
 
 def summary(host: str, port: int, found_redis: bool, redis_url: str, found_llm: bool, llm_base_url: str) -> str:
@@ -170,6 +196,8 @@ def summary(host: str, port: int, found_redis: bool, redis_url: str, found_llm: 
     database_line = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded (pgserver)"
     redis_line = redis_url if found_redis else "not found (in-process caches only)"
     llm_line = llm_base_url if found_llm else f"not found at {llm_base_url} (extractive answers until one answers)"
+    if found_llm and (model := os.environ.get("LLM_MODEL_DIR")):
+        llm_line = f"local model {model}, served by transformers serve at {llm_base_url}"
     return "\n".join(
         [
             "",
@@ -189,6 +217,7 @@ def main() -> int:
         ports = {s.name: env_service_port(os.environ, s.name) for s in SERVICES}
         redis_url = env_str(os.environ, "REDIS_URL", DEFAULT_REDIS_URL)
         llm_base_url = env_str(os.environ, "LLM_BASE_URL", DEFAULT_LLM_BASE_URL)
+        model_dir = local_model_dir(os.environ)
     except ConfigError as exc:
         print(f"launcher: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -212,7 +241,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     found_redis = redis_answers(redis_url)
-    found_llm = llm_answers(llm_base_url)
+    found_llm = model_dir is None and llm_answers(llm_base_url)
     common.data_dir.mkdir(parents=True, exist_ok=True)
     with database(common.data_dir) as database_url:
         addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
@@ -230,20 +259,26 @@ def main() -> int:
         }
         mesh = Mesh(env)
         try:
+            if model_dir is not None:
+                llm_base_url = serve_local_model(mesh, model_dir)
+                found_llm = True
+                env["LLM_BASE_URL"] = llm_base_url
+                env.setdefault("LLM_MODEL", str(model_dir))
             for service in SERVICES:
                 if stopping:
                     break
+                command = [sys.executable, "-m", service.name]
                 if service.http:
                     url = f"http://127.0.0.1:{ports[service.name]}/readyz"
-                    mesh.start(service, lambda url=url: http_ready(url))  # type: ignore[misc]
+                    mesh.start(service.name, command, lambda url=url: http_ready(url))  # type: ignore[misc]
                 else:
                     address = addresses[service.name]
-                    mesh.start(service, lambda address=address: grpc_serving(address))  # type: ignore[misc]
+                    mesh.start(service.name, command, lambda address=address: grpc_serving(address))  # type: ignore[misc]
             if not stopping:
                 print(summary(host, ports["gateway"], found_redis, redis_url, found_llm, llm_base_url), flush=True)
             while not stopping:
                 if (dead := mesh.exited()) is not None:
-                    log.error("service exited", extra={"fields": {"service": dead[0].name, "code": dead[1]}})
+                    log.error("service exited", extra={"fields": {"service": dead[0], "code": dead[1]}})
                     return 1
                 time.sleep(0.5)
         except RuntimeError as exc:

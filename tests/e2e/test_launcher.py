@@ -9,10 +9,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import psutil
+
+from tests.chat.tinyllm import build_tiny_llm
+from tests.e2e.test_slice import NOTES, sse_events
 
 
 def free_port() -> int:
@@ -21,46 +27,88 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_launcher_starts_the_mesh_and_stops_cleanly(tmp_path: Path) -> None:
+@dataclass
+class Launched:
+    process: subprocess.Popen[str]
+    ports: dict[str, int]
+    output: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.output)
+
+
+@contextmanager
+def launched(data_dir: Path, extra_env: dict[str, str]) -> Iterator[Launched]:
+    """Run the launcher on free ports until it prints its summary; Ctrl-C it afterwards."""
     ports = {name: free_port() for name in ("GATEWAY", "CHAT", "STORAGE", "EMBEDDING", "METRICS", "METRICS_HTTP")}
     env = {
         **os.environ,
         **{f"{name}_PORT": str(port) for name, port in ports.items()},
-        "DATA_DIR": str(tmp_path / "data"),
-        "LLM_BASE_URL": "http://127.0.0.1:9/v1",
+        "DATA_DIR": str(data_dir),
         "OTEL_EXPORTER_OTLP_ENDPOINT": "none",
+        **extra_env,
     }
     env.pop("DATABASE_URL", None)
-    launcher = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "studyassist.launcher"], env=env, stdout=subprocess.PIPE, text=True
     )
-    output: list[str] = []
+    run = Launched(process, ports)
     up = threading.Event()
 
     def read() -> None:
-        assert launcher.stdout is not None
-        for line in launcher.stdout:
-            output.append(line)
+        assert process.stdout is not None
+        for line in process.stdout:
+            run.output.append(line)
             if "is up:" in line:
                 up.set()
 
     threading.Thread(target=read, daemon=True).start()
     try:
-        assert up.wait(240), "".join(output)
-        text = "".join(output)
-        assert f"http://localhost:{ports['GATEWAY']}" in text
-        assert "extractive" in text  # no LLM at that address, and the launcher says so
-        base = f"http://127.0.0.1:{ports['GATEWAY']}"
+        assert up.wait(300), run.text
+        yield run
+    finally:
+        process.send_signal(signal.SIGINT)
+        run.exit_code = process.wait(120)
+
+
+def test_launcher_starts_the_mesh_and_stops_cleanly(tmp_path: Path) -> None:
+    with launched(tmp_path / "data", {"LLM_BASE_URL": "http://127.0.0.1:9/v1"}) as run:
+        assert f"http://localhost:{run.ports['GATEWAY']}" in run.text
+        assert "extractive" in run.text  # no LLM at that address, and the launcher says so
+        base = f"http://127.0.0.1:{run.ports['GATEWAY']}"
         assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
         assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
         assert httpx.get(f"{base}/", timeout=10).status_code == 200
-        children = psutil.Process(launcher.pid).children(recursive=True)
-        assert len(children) >= 5  # five services, plus PostgreSQL's processes
-    finally:
-        launcher.send_signal(signal.SIGINT)
-        code = launcher.wait(120)
-    assert code == 0
+        children = psutil.Process(run.process.pid).children(recursive=True)
+        assert len(children) >= 5  # the five services
+    assert run.exit_code == 0
     time.sleep(0.5)
     survivors = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert survivors == [], [p.cmdline() for p in survivors]
     assert not (tmp_path / "data" / "pg" / "postmaster.pid").exists()
+
+
+def test_launcher_serves_a_local_model_directory(tmp_path: Path) -> None:
+    """LLM_MODEL_DIR: the launcher serves it with `transformers serve` and chat answers with it."""
+    model_dir = tmp_path / "tiny-llm"
+    build_tiny_llm(model_dir)
+    with launched(tmp_path / "data", {"LLM_MODEL_DIR": str(model_dir)}) as run:
+        assert f"local model {model_dir}" in run.text
+        with httpx.Client(base_url=f"http://127.0.0.1:{run.ports['GATEWAY']}", timeout=120) as client:
+            account = {"email": "llm@stu.ptit.edu.vn", "password": "mat-khau-dai-1", "display_name": "SV"}
+            token = client.post("/v1/auth/register", json=account).json()["access_token"]
+            client.headers["Authorization"] = f"Bearer {token}"
+            upload = client.post("/v1/files", params={"file_name": "notes.md"}, content=NOTES.encode())
+            file_id = upload.json()["file_id"]
+            deadline = time.monotonic() + 120
+            while client.get(f"/v1/files/{file_id}").json()["status"] != "FILE_STATUS_READY":
+                assert time.monotonic() < deadline, "the file never became ready"
+                time.sleep(0.3)
+            question = {"agent_id": "explainer", "message": "What is the PTIT mascot in the queue notes?"}
+            with client.stream("POST", "/v1/chat:stream", json=question) as response:
+                events = sse_events(response)
+        assert events[0]["started"]["backend"].startswith("llm:"), events[0]
+        assert any("delta" in e and e["delta"]["text"] for e in events)
+    assert run.exit_code == 0
