@@ -63,10 +63,11 @@ def launched(data_dir: Path, extra_env: dict[str, str]) -> Iterator[Launched]:
             run.output.append(line)
             if "is up:" in line:
                 up.set()
+        up.set()  # the launcher exited: stop waiting, the assertion below reports it
 
     threading.Thread(target=read, daemon=True).start()
     try:
-        assert up.wait(300), run.text
+        assert up.wait(300) and process.poll() is None, f"launcher not up (exit {process.poll()}):\n{run.text}"
         yield run
     finally:
         process.send_signal(signal.SIGINT)
