@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,12 +98,18 @@ def database(data_dir: Path) -> Iterator[str]:
     if url := os.environ.get("DATABASE_URL"):
         yield url
         return
+    # pgserver asks platformdirs for a runtime dir it does not need; XDG_RUNTIME_DIR is often unset.
+    warnings.filterwarnings("ignore", module="platformdirs")
     import pgserver
 
     pg_dir = data_dir / "pg"
     pg_dir.mkdir(parents=True, exist_ok=True)
     log.info("starting embedded PostgreSQL", extra={"fields": {"data_dir": str(pg_dir)}})
-    server = pgserver.get_server(pg_dir, cleanup_mode="stop")
+    try:
+        server = pgserver.get_server(pg_dir, cleanup_mode="stop")
+    except (subprocess.CalledProcessError, OSError) as exc:
+        # pgserver logged PostgreSQL's own output above; this is the one line that says what failed.
+        raise RuntimeError(f"embedded PostgreSQL in {pg_dir} did not start: {exc}") from None
     try:
         yield server.get_uri()
     finally:
@@ -243,7 +250,12 @@ def main() -> int:
     found_redis = redis_answers(redis_url)
     found_llm = model_dir is None and llm_answers(llm_base_url)
     common.data_dir.mkdir(parents=True, exist_ok=True)
-    with database(common.data_dir) as database_url:
+    with contextlib.ExitStack() as stack:
+        try:
+            database_url = stack.enter_context(database(common.data_dir))
+        except RuntimeError as exc:
+            print(f"launcher: {exc}", file=sys.stderr)
+            return 1
         addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
         env = {
             **os.environ,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from tests.chat.tinyllm import build_tiny_llm
 from tests.e2e.test_slice import NOTES, sse_events
@@ -74,8 +77,17 @@ def launched(data_dir: Path, extra_env: dict[str, str]) -> Iterator[Launched]:
         run.exit_code = process.wait(120)
 
 
-def test_launcher_starts_the_mesh_and_stops_cleanly(tmp_path: Path) -> None:
-    with launched(tmp_path / "data", {"LLM_BASE_URL": "http://127.0.0.1:9/v1"}) as run:
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A DATA_DIR outside pytest's tmp tree: embedded PostgreSQL runs as another user (we are root
+    here) and needs every parent folder traversable, which pytest's private 0700 tmp root is not."""
+    path = Path(tempfile.mkdtemp(prefix="sa-launch-", dir="/tmp"))
+    yield path / "data"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_launcher_starts_the_mesh_and_stops_cleanly(data_dir: Path) -> None:
+    with launched(data_dir, {"LLM_BASE_URL": "http://127.0.0.1:9/v1"}) as run:
         assert f"http://localhost:{run.ports['GATEWAY']}" in run.text
         assert "extractive" in run.text  # no LLM at that address, and the launcher says so
         base = f"http://127.0.0.1:{run.ports['GATEWAY']}"
@@ -88,14 +100,14 @@ def test_launcher_starts_the_mesh_and_stops_cleanly(tmp_path: Path) -> None:
     time.sleep(0.5)
     survivors = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert survivors == [], [p.cmdline() for p in survivors]
-    assert not (tmp_path / "data" / "pg" / "postmaster.pid").exists()
+    assert not (data_dir / "pg" / "postmaster.pid").exists()
 
 
-def test_launcher_serves_a_local_model_directory(tmp_path: Path) -> None:
+def test_launcher_serves_a_local_model_directory(tmp_path: Path, data_dir: Path) -> None:
     """LLM_MODEL_DIR: the launcher serves it with `transformers serve` and chat answers with it."""
     model_dir = tmp_path / "tiny-llm"
     build_tiny_llm(model_dir)
-    with launched(tmp_path / "data", {"LLM_MODEL_DIR": str(model_dir)}) as run:
+    with launched(data_dir, {"LLM_MODEL_DIR": str(model_dir)}) as run:
         assert f"local model {model_dir}" in run.text
         with httpx.Client(base_url=f"http://127.0.0.1:{run.ports['GATEWAY']}", timeout=120) as client:
             account = {"email": "llm@stu.ptit.edu.vn", "password": "mat-khau-dai-1", "display_name": "SV"}
