@@ -24,6 +24,7 @@ BENCHMARKS = [
     "chat_bench",
     "gateway_bench",
     "telemetry_bench",
+    "gateway_telemetry_bench",
     "web_bench",
     "load_test",
 ]

@@ -9,7 +9,12 @@ from dataclasses import dataclass
 from studyassist.core.config import ConfigError, env_float, env_int, env_port, env_service_port
 
 # Calls whose duration is the LLM's or the client's, not the API's: the p95 rule leaves them out.
-DEFAULT_P95_EXCLUDE = "StreamChat,Chat,WatchFile,UploadFile"
+# Calls whose duration is the LLM's or the client's (streams, uploads), as gRPC methods and as
+# the gateway's HTTP routes for them.
+DEFAULT_P95_EXCLUDE = (
+    "StreamChat,Chat,WatchFile,UploadFile,"
+    "POST /v1/chat:stream,POST /v1/chat,POST /v1/files,GET /v1/files/{file_id}:watch"
+)
 
 
 @dataclass(frozen=True, slots=True)
