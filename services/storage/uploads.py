@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import asyncpg
@@ -18,6 +20,7 @@ from storage.sniff import TextValidator, early_kind, office_kind, text_kind
 
 MAX_CHUNK_BYTES = 1024 * 1024
 SNIFF_BYTES = 8192
+WRITE_AHEAD_CHUNKS = 4
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -42,11 +45,21 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
     if first is None or first.WhichOneof("part") != "metadata":
         raise InvalidArgument("the first upload message must carry the file's metadata")
     metadata = first.metadata
-    temp = await asyncio.to_thread(blobs.new_temp)
+    # One writer thread per upload: the chunks must reach the file, the hash and the text check in
+    # order, which a shared pool does not promise.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-writer")
+    loop = asyncio.get_running_loop()
+    try:
+        temp = await loop.run_in_executor(writer, blobs.new_temp)
+    except BaseException:
+        writer.shutdown(wait=False)
+        raise
     head = b""
     family = ""
     text = TextValidator()
-    writing: asyncio.Future[None] | None = None
+    # Chunks handed to the writer and not yet written: the network runs ahead of the disk and hash
+    # work by a few MiB at most (never the whole file), which evens out their uneven pace.
+    pending: deque[asyncio.Future[None]] = deque()
     received = 0
     try:
         async for message in requests:
@@ -61,25 +74,22 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
                 head += data[: SNIFF_BYTES - len(head)]
                 if len(head) >= SNIFF_BYTES:
                     family = early_kind(head)
-            # Pipelined: this piece is written and hashed on a thread while the next one arrives.
-            if writing is not None:
-                await writing
+            while len(pending) >= WRITE_AHEAD_CHUNKS:
+                await pending.popleft()
                 if family == "text" and not text.ok:
                     raise InvalidArgument("unsupported file type: the content is not UTF-8 text")
-            writing = asyncio.ensure_future(
-                asyncio.to_thread(_write, temp, data, text if family in ("", "text") else None)
-            )
+            validate = text if family in ("", "text") else None
+            pending.append(loop.run_in_executor(writer, _write, temp, data, validate))
             received += len(data)
-        if writing is not None:
-            await writing
-            writing = None
+        while pending:
+            await pending.popleft()
         if temp.size == 0:
             raise InvalidArgument("the file is empty")
         if not family:
             family = early_kind(head)
         if family == "text" and not text.feed(b"", final=True):
             raise InvalidArgument("unsupported file type: the content is not UTF-8 text")
-        sha256 = await asyncio.to_thread(temp.finish)
+        sha256 = await loop.run_in_executor(writer, temp.finish)
         if family == "pdf":
             kind = storage_pb2.FILE_KIND_PDF
         elif family == "zip":
@@ -87,10 +97,14 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
         else:
             kind = text_kind(metadata.file_name, metadata.content_type)
     except BaseException:
-        if writing is not None:
-            await asyncio.gather(writing, return_exceptions=True)
-        await asyncio.to_thread(temp.discard)
+        for write in pending:
+            write.cancel()  # those not started yet never start
+        # Queued on the writer, the discard runs after a write still running, even when this call was
+        # cancelled mid-write.
+        await asyncio.wrap_future(writer.submit(temp.discard))
         raise
+    finally:
+        writer.shutdown(wait=False)
     return Received(temp, sha256, temp.size, kind, clean_file_name(metadata.file_name))
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import hashlib
 import itertools
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -92,3 +95,30 @@ async def test_long_vietnamese_text_in_odd_chunks_is_stored_exactly(storage: Sto
     file = await storage.upload(user, "notes.txt", data, chunk_size=1024 * 1024 - 1)
     assert file.size_bytes == len(data) and file.kind == storage_pb2.FILE_KIND_TXT
     assert file.sha256 == hashlib.sha256(data).hexdigest()
+
+
+async def eventually(condition: Callable[[], bool], limit_s: float = 20.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def test_cancelled_upload_leaves_no_temp_file(storage: StorageClient, tmp_path: Path) -> None:
+    temp_dir = tmp_path / "blobs" / "tmp"
+    user = await storage.new_user()
+
+    async def stalls_midway() -> AsyncIterator[storage_pb2.UploadFileRequest]:
+        yield storage_pb2.UploadFileRequest(metadata=storage_pb2.UploadMetadata(file_name="notes.txt"))
+        for _ in range(6):  # more than the server keeps in flight: some are written before the cancel
+            yield storage_pb2.UploadFileRequest(chunk=(VIETNAMESE * 15_000)[: 1024 * 1024 - 7])
+        await asyncio.sleep(3600)
+
+    call = storage.stub.UploadFile(stalls_midway(), metadata=user_metadata(user))
+    assert await eventually(lambda: any(temp_dir.glob("*.part")))
+    call.cancel()
+    assert await eventually(lambda: not any(temp_dir.glob("*.part")))
+    files = await storage.stub.ListFiles(storage_pb2.ListFilesRequest(), metadata=user_metadata(user))
+    assert list(files.files) == []
