@@ -16,8 +16,9 @@ import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import jwt
@@ -32,6 +33,8 @@ from studyassist.core.channels import user_metadata
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from gateway.responses import HttpError, from_rpc_error, json_response, parse_json_body, read_body
+
+T = TypeVar("T")
 
 ALGORITHM = "HS256"
 # Clock skew tolerated on exp/iat between gateway replicas.
@@ -220,6 +223,38 @@ def _string(body: dict[str, Any], name: str) -> str:
     return value
 
 
+class PasswordWork:
+    """Runs argon2 hashing off the event loop, a few at a time.
+
+    Each hash costs ~0.1 s of CPU by design; a burst of sign-ins must not take every core from
+    the requests of students already signed in. Beyond ``max_waiting`` queued hashes the answer
+    is 429 with Retry-After, at once, rather than a long silent wait.
+    """
+
+    def __init__(self, hasher: PasswordHasher, concurrency: int, max_waiting: int) -> None:
+        self._hasher = hasher
+        self._slots = asyncio.Semaphore(concurrency)
+        self._max_waiting = max_waiting
+        self._waiting = 0
+
+    async def run(self, work: Callable[[], T]) -> T:
+        if self._waiting >= self._max_waiting:
+            raise HttpError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many sign-ins at once; try again in a moment",
+                headers={"Retry-After": "2"},
+            )
+        self._waiting += 1
+        try:
+            async with self._slots:
+                return await asyncio.to_thread(work)
+        finally:
+            self._waiting -= 1
+
+    async def hash(self, password: str) -> str:
+        return await self.run(lambda: self._hasher.hash(password))
+
+
 class AuthRoutes:
     """POST /v1/auth/{register,login,refresh,logout}: the only hand-written API handlers."""
 
@@ -229,6 +264,8 @@ class AuthRoutes:
         storage: storage_pb2_grpc.StorageServiceAsyncStub,
         refresh_store: RefreshStore,
         max_body_bytes: int,
+        hash_concurrency: int = 1,
+        hash_max_waiting: int = 128,
     ) -> None:
         self._auth = authenticator
         self._tokens = authenticator.tokens
@@ -237,6 +274,7 @@ class AuthRoutes:
         self._limit = max_body_bytes
         self._hasher = PasswordHasher()  # argon2id with the library's (RFC 9106 low-memory) defaults
         self._dummy_hash = self._hasher.hash("timing-equaliser")
+        self._work = PasswordWork(self._hasher, hash_concurrency, hash_max_waiting)
 
     async def _token_pair(self, user: storage_pb2.User, status: int) -> Response:
         access, _, access_ttl = self._tokens.issue(user.user_id, "access")
@@ -269,7 +307,7 @@ class AuthRoutes:
             raise HttpError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"display_name must be 1 to {MAX_DISPLAY_NAME} characters"
             )
-        password_hash = await asyncio.to_thread(self._hasher.hash, password)
+        password_hash = await self._work.hash(password)
         try:
             user = await self._storage.CreateUser(
                 storage_pb2.CreateUserRequest(email=email, display_name=display_name, password_hash=password_hash)
@@ -292,7 +330,7 @@ class AuthRoutes:
                 raise from_rpc_error(exc) from None
             # Hash anyway, so the answer takes as long whether or not the email exists.
             credentials, stored_hash = None, self._dummy_hash
-        valid = await asyncio.to_thread(self._verify, stored_hash, password)
+        valid = await self._work.run(lambda: self._verify(stored_hash, password))
         if credentials is None or not valid or not credentials.user.active:
             raise _unauthenticated("invalid email or password")
         return await self._token_pair(credentials.user, 200)

@@ -43,6 +43,8 @@ class Settings:
     descriptor_refresh_s: float
     sse_heartbeat_s: float
     user_cache_ttl_s: float
+    password_hash_concurrency: int
+    password_hash_queue: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -70,6 +72,11 @@ class Settings:
             descriptor_refresh_s=env_float(env, "DESCRIPTOR_REFRESH_S", 30.0, minimum=1.0),
             sse_heartbeat_s=env_float(env, "SSE_HEARTBEAT_S", 15.0, minimum=0.5),
             user_cache_ttl_s=env_float(env, "USER_CACHE_TTL_S", 10.0),
+            # Half the cores by default: a burst of sign-ins leaves the rest for signed-in students.
+            password_hash_concurrency=env_int(
+                env, "PASSWORD_HASH_CONCURRENCY", max(1, (os.cpu_count() or 2) // 2), minimum=1, maximum=256
+            ),
+            password_hash_queue=env_int(env, "PASSWORD_HASH_QUEUE", 256, minimum=1),
         )
 
 

@@ -84,7 +84,14 @@ class Gateway:
             RedisRefreshStore(self.redis) if self.redis is not None else MemoryRefreshStore()
         )
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_ip_per_minute, self.redis)
-        self.auth_routes = AuthRoutes(self.authenticator, storage, self.refresh_store, settings.max_body_bytes)
+        self.auth_routes = AuthRoutes(
+            self.authenticator,
+            storage,
+            self.refresh_store,
+            settings.max_body_bytes,
+            hash_concurrency=settings.password_hash_concurrency,
+            hash_max_waiting=settings.password_hash_queue,
+        )
         self.transcoder = Transcoder(
             self.backends,
             self.channels,
