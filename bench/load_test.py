@@ -71,8 +71,10 @@ def start_mesh() -> Iterator[Mesh]:
         **{f"{name}_PORT": str(port) for name, port in ports.items()},
         "DATA_DIR": data_dir,
         "LOG_LEVEL": "warning",
-        # Generous limits: the load test measures capacity, not the rate limiter.
+        # The load test measures capacity, not the rate limiter: every simulated student shares
+        # one account per ten students and one IP (127.0.0.1), which real students do not.
         "RATE_LIMIT_PER_MINUTE": "100000",
+        "RATE_LIMIT_IP_PER_MINUTE": "0",
     }
     env.setdefault("LLM_BASE_URL", "http://127.0.0.1:9/v1")
     launcher = subprocess.Popen(
