@@ -165,22 +165,28 @@ class Relay:
             while True:
                 readable, _, _ = select.select([client, upstream], [], [], 30)
                 if client in readable:
-                    data = client.recv(65536)
+                    data = _recv_or_empty(client)
                     if not data:
+                        # The chat service closed its side (a FIN, or a RST when it aborted with
+                        # unread bytes pending): close the LLM side too.
                         record.closed_by = "client"
-                        return  # the chat service closed its side: close the LLM side too
+                        return
                     if b"/chat/completions" in data:
                         record.completion_at = time.monotonic()
                     upstream.sendall(data)
                     if self.record:
                         requests = _take_bodies(requests + data, record.request_bodies)
                 if upstream in readable:
-                    data = upstream.recv(65536)
+                    data = _recv_or_empty(upstream)
                     now = time.monotonic()
                     if not data:
                         record.closed_by = "server"
                         return
-                    client.sendall(data)
+                    try:
+                        client.sendall(data)
+                    except OSError:
+                        record.closed_by = "client"  # the chat service went away mid-answer
+                        return
                     if self.record:
                         events = _take_tokens(events + data, now, record.token_times)
         except OSError:
@@ -194,6 +200,14 @@ class Relay:
     def stop(self) -> None:
         if self._listener is not None:
             self._listener.close()
+
+
+def _recv_or_empty(sock: socket.socket) -> bytes:
+    """What the peer sent; b"" once it has closed, whether by FIN or by reset."""
+    try:
+        return sock.recv(65536)
+    except ConnectionResetError:
+        return b""
 
 
 def _take_bodies(buffer: bytes, bodies: list[bytes]) -> bytes:
