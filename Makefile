@@ -57,7 +57,7 @@ pytest: install web chromium
 
 test: lint typecheck webtest pytest
 
-bench: install
+bench: install web chromium
 	$(PY) -m bench
 
 images:

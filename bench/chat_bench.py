@@ -36,6 +36,7 @@ from studyassist.core.channels import create_channel, user_metadata
 from studyassist.core.testing import ServiceProcess, spawn_service
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
+from bench.report import record
 from tests.chat.tinyllm import LlmServer, Relay, build_tiny_llm, start_llm_server
 
 NOTES = (
@@ -154,12 +155,14 @@ async def run(
     added_overhead: list[float] = []
     token_chat: list[float] = []
     token_direct: list[float] = []
+    answer_chat: list[float] = []
     backend = ""
     for i in range(pairs):
         # A different question each time: the response cache must not answer.
         question = f"How does quicksort partition the array? ({i})"
         asked = time.monotonic()
         chat_ttft, chat_arrivals, backend = await chat_stream(chat, user, question)
+        answer_chat.append((time.monotonic() - asked) * 1000)
         [upstream] = [c for c in chat_relay.completions_since(asked) if c.request_bodies]
         body = json.loads(upstream.request_bodies[-1])
         chat_tokens = upstream.token_times[-len(chat_arrivals) :]
@@ -193,6 +196,31 @@ async def run(
     print("Per-token relay overhead (client arrival - token left the LLM server):")
     print(line("direct SDK stream (baseline)", token_direct))
     print(line("through chat (gRPC stream)", token_chat))
+    token_overhead = {q: pct(token_chat, q) - pct(token_direct, q) for q in (50, 95, 99)}
+    print(
+        "  overhead (chat - direct, same percentile)"
+        + "".join(f"  p{q} {value:6.2f}" for q, value in token_overhead.items())
+        + " ms"
+    )
+    print(line("streamed answer complete, through chat", answer_chat))
+    record(
+        "ttft_overhead",
+        pct(added_overhead, 95),
+        f"p95 {pct(added_overhead, 95):.1f} ms (chat {pct(added_chat, 95):.1f} ms beyond the LLM's own first token)",
+        f"direct SDK call {pct(added_direct, 95):.1f} ms",
+    )
+    record(
+        "token_overhead",
+        token_overhead[99],
+        f"p99 {token_overhead[99]:.2f} ms (through chat p99 {pct(token_chat, 99):.2f} ms, n={len(token_chat)})",
+        f"direct SDK stream p99 {pct(token_direct, 99):.2f} ms",
+    )
+    record(
+        "chat_complex",
+        pct(answer_chat, 95),
+        f"p95 {pct(answer_chat, 95):.0f} ms (embedding, hybrid search, tiny LLM on CPU)",
+        f"same prompt straight to the LLM: first token p95 {pct(ttft_direct, 95):.0f} ms",
+    )
 
     # N concurrent streams.
     async def one_chat(i: int) -> float:
@@ -209,10 +237,11 @@ async def run(
             raise RuntimeError("no tokens")
         return (time.monotonic() - started) * 1000
 
+    walls: dict[str, float] = {}
     for name, fn in (("direct to LLM server (baseline)", one_direct), ("through chat", one_chat)):
         started = time.monotonic()
         results = await asyncio.gather(*(fn(i) for i in range(streams)), return_exceptions=True)
-        wall = time.monotonic() - started
+        wall = walls[name] = time.monotonic() - started
         ok = [r for r in results if isinstance(r, float)]
         errors = [r for r in results if not isinstance(r, float)]
         print(f"{streams} concurrent streams, {name}: {len(errors)} errors, wall {wall:.1f} s")
@@ -220,6 +249,12 @@ async def run(
             print(line("  stream duration", ok))
         if errors:
             print(f"    first error: {errors[0]!r}")
+    record(
+        "chat_streams",
+        streams - len(errors),
+        f"{streams} at once, {len(errors)} errors, all done in {walls['through chat']:.1f} s",
+        f"direct to the LLM server: {walls['direct to LLM server (baseline)']:.1f} s",
+    )
 
     # Response cache: the same question again (new session each time).
     misses: list[float] = []
@@ -235,6 +270,13 @@ async def run(
     print("Chat (unary), whole answer:")
     print(line("first ask, LLM answers (baseline)", misses))
     print(line("same question again, cache hit", hits))
+    record(
+        "chat_simple",
+        pct(misses, 95),
+        f"p95 {pct(misses, 95):.0f} ms (LLM answers, max_tokens set by the agent)",
+        "",
+    )
+    record("cache_hit", pct(hits, 95), f"p95 {pct(hits, 95):.1f} ms", f"first ask p95 {pct(misses, 95):.0f} ms")
 
     await direct.close()
     await chat_channel.close(None)

@@ -34,6 +34,8 @@ import psutil
 from studyassist.core.testing import ServiceProcess, spawn_service
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
+from bench.report import record
+
 VIETNAMESE = [
     "Học viện Công nghệ Bưu chính Viễn thông đào tạo kỹ sư công nghệ thông tin, điện tử và viễn thông.",
     "Mạng máy tính là tập hợp các thiết bị được kết nối để trao đổi dữ liệu và chia sẻ tài nguyên.",
@@ -296,6 +298,18 @@ def main() -> None:
         report.add(f"{label} service idle RSS", service_rss / 2**20, "MiB", "bare python+torch+model RSS", bare / 2**20)
         report.add(f"{label} service peak RSS", service_peak / 2**20, "MiB", "bare peak RSS", bare_peak / 2**20)
     report.print()
+    for metric, name in (
+        ("embedding_speedup", f"{label} service, 32 texts/request"),
+        ("embedding_int8", "int8 service, 32 texts/request"),
+    ):
+        if name in report.data:
+            value, baseline = report.data[name], report.data[f"{name} (baseline)"]
+            record(
+                metric,
+                value / baseline,
+                f"{value / baseline:.2f}x ({value:.2f} texts/s, {args.device}, {count} texts x {rounds} rounds)",
+                f"SentenceTransformer.encode(batch_size=32) {baseline:.2f} texts/s",
+            )
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report.data, out, indent=2)

@@ -33,6 +33,8 @@ import httpx
 import uvloop
 from studyassist.core.testing import ServiceProcess, create_database, spawn_service
 
+from bench.report import record
+
 DEAD = "127.0.0.1:9"
 CONCURRENCY = 100
 
@@ -219,8 +221,10 @@ async def upload(url: str, headers: dict[str, str], total: int) -> tuple[float, 
     return total / elapsed / 1e6, reply
 
 
-async def sse_streams(port: int, path: str, headers: dict[str, str], count: int, hold_s: float, pid: int) -> str:
-    """Open ``count`` SSE streams at once, hold them, report errors and the gateway's extra RSS."""
+async def sse_streams(
+    port: int, path: str, headers: dict[str, str], count: int, hold_s: float, pid: int
+) -> tuple[str, int]:
+    """Open ``count`` SSE streams at once, hold them; the report and how many stayed open."""
     import psutil
 
     gateway = psutil.Process(pid)
@@ -256,11 +260,13 @@ async def sse_streams(port: int, path: str, headers: dict[str, str], count: int,
     closed_early = sum(1 for reader, _ in streams if reader.at_eof())
     for _, writer in streams:
         writer.close()
+    held = len(streams) - closed_early if errors == 0 else 0
     return (
         f"SSE: {count} concurrent streams (WatchFile), held {hold_s:.0f} s: {len(streams)} open in {opened_in:.1f} s, "
         f"errors {errors}, closed early {closed_early}\n"
         f"  gateway RSS {before / 2**20:.0f} MiB -> {during / 2**20:.0f} MiB "
-        f"(+{(during - before) / 2**20:.0f} MiB, {(during - before) / max(1, len(streams)) / 1024:.0f} KiB per stream)"
+        f"(+{(during - before) / 2**20:.0f} MiB, {(during - before) / max(1, len(streams)) / 1024:.0f} KiB per stream)",
+        held,
     )
 
 
@@ -333,8 +339,8 @@ def start_stack(tmp: Path) -> tuple[list[ServiceProcess], object]:
     return [storage, gateway], pg
 
 
-async def run(quick: bool, tmp: Path, storage: ServiceProcess, gateway: ServiceProcess) -> str:
-    seconds, warmup = (3.0, 1.0) if quick else (15.0, 3.0)
+async def run(quick: bool, seconds: float, tmp: Path, storage: ServiceProcess, gateway: ServiceProcess) -> str:
+    warmup = 1.0 if quick else 3.0
     uploads, upload_mb = (2, 10) if quick else (5, 40)
     sse_count = 100 if quick else 1000
     base = f"http://{gateway.address}"
@@ -381,6 +387,17 @@ async def run(quick: bool, tmp: Path, storage: ServiceProcess, gateway: ServiceP
             f"  gateway throughput / baseline: {gw_stats['rps'] / bare_stats['rps']:.2f}x (with PostgreSQL), "
             f"{memory_stats['rps'] / bare_stats['rps']:.2f}x (gateway alone, in-memory backend)"
         )
+        read = f"p95 {gw_stats['p95']:.1f} ms, {gw_stats['rps']:.0f} req/s, {gw_stats['errors']:.0f} errors"
+        bare_read = f"bare Starlette JSON p95 {bare_stats['p95']:.1f} ms, {bare_stats['rps']:.0f} req/s"
+        record("api_read_p95", gw_stats["p95"], read, bare_read)
+        record("api_read_p95_strict", gw_stats["p95"], read, bare_read)
+        ratio = gw_stats["rps"] / bare_stats["rps"]
+        record(
+            "api_read_ratio",
+            ratio,
+            f"{ratio:.2f}x ({gw_stats['rps']:.0f} req/s)",
+            f"{bare_stats['rps']:.0f} req/s bare; direct gRPC to storage {direct_stats['rps']:.0f} req/s",
+        )
 
         total = upload_mb * 1_000_000
         bare_rates, gw_rates, direct_rates, plain_rates = [], [], [], []
@@ -408,15 +425,24 @@ async def run(quick: bool, tmp: Path, storage: ServiceProcess, gateway: ServiceP
         lines.append(f"  gateway -> storage (blob on disk)    {statistics.median(gw_rates):8.1f} MB/s")
         lines.append(f"  plain write+fsync, same bytes (base) {statistics.median(plain_rates):8.1f} MB/s")
         lines.append(f"  direct gRPC -> storage (no gateway)  {statistics.median(direct_rates):8.1f} MB/s")
+        through = statistics.median(gw_rates)
+        upload_text = f"{through:.1f} MB/s ({upload_mb} MB text files, median of {uploads})"
+        upload_base = (
+            f"bare discard endpoint {statistics.median(bare_rates):.0f} MB/s; "
+            f"direct gRPC {statistics.median(direct_rates):.0f} MB/s"
+        )
+        record("upload", through, upload_text, upload_base)
+        record("upload_strict", through, upload_text, upload_base)
 
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             queued = await http.post("/v1/files?file_name=watch.txt", content=_text_piece()[:4096], headers=auth)
         file_id = queued.json()["file_id"]
-        lines.append(
-            await sse_streams(
-                gateway.port, f"/v1/files/{file_id}:watch", auth, sse_count, 5.0 if quick else 15.0, gateway.process.pid
-            )
+        hold_s = 5.0 if quick else 15.0
+        report, held = await sse_streams(
+            gateway.port, f"/v1/files/{file_id}:watch", auth, sse_count, hold_s, gateway.process.pid
         )
+        lines.append(report)
+        record("sse_streams", held, f"{held} of {sse_count} held {hold_s:.0f} s", "")
         return "\n".join(lines)
     finally:
         bare.stop()
@@ -431,12 +457,14 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seconds", type=float, default=0, help="seconds per load phase (default 15, quick 3)")
     args = parser.parse_args()
+    seconds = args.seconds or (3.0 if args.quick else 15.0)
     with tempfile.TemporaryDirectory(prefix="gwbench-") as tmp_name:
         tmp = Path(tmp_name)
         services, pg = start_stack(tmp)
         try:
-            print(uvloop.run(run(args.quick, tmp, services[0], services[1])))
+            print(uvloop.run(run(args.quick, seconds, tmp, services[0], services[1])))
         finally:
             for service in reversed(services):
                 service.stop()

@@ -27,6 +27,7 @@ import uvloop
 from studyassist.core.testing import ServiceProcess, spawn_service
 
 from bench.gateway_bench import DEAD, load
+from bench.report import record
 
 
 def start_gateway(storage: ServiceProcess, data_dir: Path, otlp: str, **extra: str) -> ServiceProcess:
@@ -97,6 +98,13 @@ async def run(rounds: int, seconds: float) -> None:
         for mode in ("exporting", "sampled"):
             cost = 1 - summary[mode]["rps"] / summary["off"]["rps"]
             print(f"  throughput cost of telemetry {mode}: {cost * 100:.1f} % (aim <= 10 %)")
+        cost = 1 - summary["exporting"]["rps"] / summary["off"]["rps"]
+        record(
+            "telemetry_cost",
+            cost * 100,
+            f"{cost * 100:.1f} % ({summary['exporting']['rps']:.0f} req/s exporting every span and metric)",
+            f"telemetry not exported: {summary['off']['rps']:.0f} req/s",
+        )
     finally:
         for service in reversed(services):
             service.stop()

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import httpx
 import psutil
 
+from bench.report import record
+
 SERVICES = ("gateway", "chat", "storage", "embedding", "metrics")
 NOTE = "Giải thuật Dijkstra tìm đường đi ngắn nhất từ một đỉnh nguồn trong đồ thị có trọng số không âm. " * 20
 LOGIN = "POST /v1/auth/login"
@@ -225,9 +227,22 @@ async def register_users(base: str, count: int) -> list[tuple[str, str]]:
     return users
 
 
+@dataclass
+class LevelResult:
+    concurrency: int
+    signed_in: int
+    errors: int
+    # The worst p95 (ms) over the request/response endpoints (not sign-in, not long-lived streams).
+    worst_p95_ms: float
+    worst_endpoint: str
+    peak_rss_mb: dict[str, float]
+    cpu_percent: dict[str, float]
+    report: str
+
+
 async def run_level(
     mesh: Mesh, users: list[tuple[str, str]], concurrency: int, warmup_s: float, measure_s: float, think_s: float
-) -> str:
+) -> LevelResult:
     recorder = Recorder()
     stop = asyncio.Event()
     signed_in: asyncio.Queue[bool] = asyncio.Queue()
@@ -285,7 +300,51 @@ async def run_level(
     for name in SERVICES:
         if name in processes:
             lines.append(f"| {name} | {peak_rss[name] / 2**20:.0f} | {cpu[name]:.0f} |")
-    return "\n".join(lines)
+    p95s = {
+        endpoint: percentile(values, 0.95) * 1000
+        for endpoint, values in recorder.latencies.items()
+        if endpoint != LOGIN and not endpoint.endswith(":watch")
+    }
+    worst = max(p95s, key=lambda endpoint: p95s[endpoint], default="")
+    return LevelResult(
+        concurrency=concurrency,
+        signed_in=active,
+        errors=sum(recorder.errors.values()),
+        worst_p95_ms=p95s.get(worst, 0.0),
+        worst_endpoint=worst,
+        peak_rss_mb={name: peak_rss[name] / 1e6 for name in processes},
+        cpu_percent=cpu,
+        report="\n".join(lines),
+    )
+
+
+def record_figures(results: list[LevelResult]) -> None:
+    """The seed table's rows this test measures (see bench/report.py)."""
+    first = results[0]
+    record(
+        "api_p95",
+        first.worst_p95_ms,
+        f"{first.concurrency} students: worst p95 {first.worst_p95_ms:.1f} ms ({first.worst_endpoint}), "
+        f"{first.errors} errors",
+    )
+    busiest = max(first.cpu_percent, key=lambda name: first.cpu_percent[name])
+    record(
+        "cpu",
+        first.cpu_percent[busiest],
+        f"{first.concurrency} students: busiest {busiest} {first.cpu_percent[busiest]:.0f} % of one core",
+    )
+    peaks = {name: max(r.peak_rss_mb.get(name, 0.0) for r in results) for name in first.peak_rss_mb}
+    biggest = max(peaks, key=lambda name: peaks[name])
+    record(
+        "memory",
+        peaks[biggest],
+        f"largest {biggest} {peaks[biggest]:.0f} MB at up to {results[-1].concurrency} students; "
+        + ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(peaks.items()) if name != biggest),
+    )
+    clean = [r.concurrency for r in results if r.errors == 0 and r.signed_in == r.concurrency]
+    served = max(clean, default=0)
+    where = ", ".join(f"{r.concurrency}: {r.signed_in} signed in, {r.errors} errors" for r in results)
+    record("users", served, f"{served} with every student signed in and 0 errors ({where})")
 
 
 async def main_async(levels: list[int], warmup_s: float, measure_s: float, think_s: float, user_count: int) -> None:
@@ -304,19 +363,24 @@ async def main_async(levels: list[int], warmup_s: float, measure_s: float, think
                     headers={"Authorization": f"Bearer {token['access_token']}"},
                 )
         print(f"mesh up at {mesh.base_url}; {len(users)} registered students; seed fixed per student\n")
+        results = []
         for level in levels:
-            print(await run_level(mesh, users, level, warmup_s, measure_s, think_s), "\n", flush=True)
+            result = await run_level(mesh, users, level, warmup_s, measure_s, think_s)
+            print(result.report, "\n", flush=True)
+            results.append(result)
+        record_figures(results)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--levels", type=int, nargs="*", default=[100, 500, 1000])
+    parser.add_argument("--measure", type=float, default=45, help="seconds measured per level")
     args = parser.parse_args()
     if args.quick:
         asyncio.run(main_async([10], warmup_s=1, measure_s=4, think_s=0.5, user_count=5))
     else:
-        asyncio.run(main_async(args.levels, warmup_s=10, measure_s=45, think_s=5.0, user_count=100))
+        asyncio.run(main_async(args.levels, warmup_s=10, measure_s=args.measure, think_s=5.0, user_count=100))
     return 0
 
 
