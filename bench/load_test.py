@@ -252,7 +252,7 @@ async def run_level(
         for i in range(concurrency)
     ]
     processes = mesh.service_processes()
-    # The ramp: every student signs in (argon2 is ~0.1 s of CPU each, bounded by the gateway),
+    # The ramp: every student signs in (argon2id is ~20 ms of CPU each, bounded by the gateway),
     # then a warm-up at full concurrency; neither is in the figures except the sign-in row.
     active = sum([await signed_in.get() for _ in range(concurrency)])
     ramp_s = time.monotonic() - ramp_started

@@ -226,7 +226,7 @@ def _string(body: dict[str, Any], name: str) -> str:
 class PasswordWork:
     """Runs argon2 hashing off the event loop, a few at a time.
 
-    Each hash costs ~0.1 s of CPU by design; a burst of sign-ins must not take every core from
+    Each hash costs tens of milliseconds of CPU by design; a burst of sign-ins must not take every core from
     the requests of students already signed in. Beyond ``max_waiting`` queued hashes the answer
     is 429 with Retry-After, at once, rather than a long silent wait.
     """
@@ -264,6 +264,7 @@ class AuthRoutes:
         storage: storage_pb2_grpc.StorageServiceAsyncStub,
         refresh_store: RefreshStore,
         max_body_bytes: int,
+        hasher: PasswordHasher,
         hash_concurrency: int = 1,
         hash_max_waiting: int = 128,
     ) -> None:
@@ -272,7 +273,7 @@ class AuthRoutes:
         self._storage = storage
         self._refresh = refresh_store
         self._limit = max_body_bytes
-        self._hasher = PasswordHasher()  # argon2id with the library's (RFC 9106 low-memory) defaults
+        self._hasher = hasher
         self._dummy_hash = self._hasher.hash("timing-equaliser")
         self._work = PasswordWork(self._hasher, hash_concurrency, hash_max_waiting)
 

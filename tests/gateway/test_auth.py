@@ -6,6 +6,7 @@ import re
 import time
 
 import jwt
+from argon2 import PasswordHasher
 
 from tests.gateway.conftest import SECRET, MakeStack, Stack, bearer
 
@@ -23,6 +24,18 @@ def _claims(user_id: str, **override: object) -> dict[str, object]:
     }
     claims.update(override)
     return claims
+
+
+async def test_hashes_use_the_configured_cost_and_older_hashes_still_sign_in(stack: Stack) -> None:
+    user = await stack.register()
+    # The default cost is OWASP's argon2id minimum: 19 MiB, 2 passes, 1 lane.
+    assert "$m=19456,t=2,p=1$" in stack.storage.hashes[user["user_id"]]
+    # A hash stored with other parameters (the library's heavier defaults) carries them, so it verifies.
+    stack.storage.hashes[user["user_id"]] = PasswordHasher().hash("correct horse")
+    login = await stack.client.post("/v1/auth/login", json={"email": user["email"], "password": "correct horse"})
+    assert login.status_code == 200, login.text
+    wrong = await stack.client.post("/v1/auth/login", json={"email": user["email"], "password": "wrong horse!"})
+    assert wrong.status_code == 401
 
 
 async def test_register_login_refresh_logout(stack: Stack) -> None:
