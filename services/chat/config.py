@@ -18,6 +18,7 @@ from studyassist.core.config import (
 )
 
 DEFAULT_AGENTS_FILE = Path(__file__).with_name("agents.toml")
+MAX_TASK_TTL_S = 30 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,10 @@ class Settings:
     agents_file: Path
     # Tasks (async mode) kept in memory at most; the oldest finished ones are dropped first.
     max_tasks: int
+    # How long a task's state and result stay readable (in Redis, and in this replica's memory).
+    task_ttl_s: float
+    # Prefix of every Redis key this service writes (answers under "answer:", tasks under "task:").
+    redis_prefix: str
     metrics_addr: str
 
     @classmethod
@@ -49,6 +54,12 @@ class Settings:
         agents_file = Path(env_str(env, "CHAT_AGENTS_FILE", str(DEFAULT_AGENTS_FILE)))
         if not agents_file.is_file():
             raise ConfigError(f"CHAT_AGENTS_FILE={str(agents_file)!r} is not a file")
+        redis_prefix = env_str(env, "CHAT_REDIS_PREFIX", "chat:")
+        if len(redis_prefix) > 100 or any(c.isspace() for c in redis_prefix):
+            raise ConfigError(f"CHAT_REDIS_PREFIX={redis_prefix!r} must be at most 100 characters without spaces")
+        task_ttl_s = env_float(env, "CHAT_TASK_TTL_S", 3600.0, minimum=1.0)
+        if not task_ttl_s <= MAX_TASK_TTL_S:
+            raise ConfigError(f"CHAT_TASK_TTL_S={task_ttl_s} must be at most {MAX_TASK_TTL_S:g} (30 days)")
         return cls(
             port=env_service_port(env, "chat"),
             storage_addr=env_peer_address(env, "storage"),
@@ -64,5 +75,7 @@ class Settings:
             cache_entries=env_int(env, "CHAT_CACHE_ENTRIES", 10_000),
             agents_file=agents_file,
             max_tasks=env_int(env, "CHAT_MAX_TASKS", 1000, minimum=1),
+            task_ttl_s=task_ttl_s,
+            redis_prefix=redis_prefix,
             metrics_addr=env_peer_address(env, "metrics"),
         )

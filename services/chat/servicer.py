@@ -164,14 +164,20 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         # The task outlives this call, so it gets its own (generous) deadline, not the caller's.
         copied = chat_pb2.ChatRequest()
         copied.CopyFrom(request)
-        task = self.tasks.submit(user_id, lambda: self._whole(user_id, copied, self.llm.timeout_s + 30))
-        return task.message()
+        return await self.tasks.submit(user_id, lambda: self._whole(user_id, copied, self.llm.timeout_s + 30))
 
     async def GetChatTask(
         self, request: chat_pb2.GetChatTaskRequest, context: grpc.aio.ServicerContext
     ) -> chat_pb2.ChatTask:
         user_id = caller_user_id(context)
-        return self.tasks.get(user_id, request.task_id).message()
+        return (await self.tasks.get(user_id, request.task_id)).message()
+
+    async def WatchChatTask(
+        self, request: chat_pb2.GetChatTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[chat_pb2.ChatTask]:
+        user_id = caller_user_id(context)
+        async for task in self.tasks.watch(user_id, request.task_id, context.time_remaining()):
+            yield task
 
     async def GetChatStatus(
         self, request: chat_pb2.GetChatStatusRequest, context: grpc.aio.ServicerContext

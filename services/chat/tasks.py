@@ -1,26 +1,62 @@
-"""Async mode: a submitted request runs in the background; the caller polls its task.
+"""Async mode: a submitted request runs in the background; the caller polls or watches its task.
 
-Tasks live in this process's memory (bounded; the oldest finished ones are dropped first) and
-belong to the user who submitted them: another user's task id is NOT_FOUND. A task survives
-neither a restart nor a hop to another replica: route polls with session affinity.
+The replica that accepts a task runs it and keeps it in memory: bounded (the oldest finished
+tasks are dropped first, finished ones also after the TTL), and at most ``max_tasks`` may be
+running in one replica at once (beyond that, RESOURCE_EXHAUSTED).
+
+When Redis is configured, every change of a task (owner, state, estimate, error, the serialized
+``ChatResponse``) is also written to one Redis hash, ``<prefix><task id>``, that expires after
+the TTL. Replicas behind client-side round robin share it, so a poll or watch that lands on
+another replica finds the task; a watch there re-reads the hash every ``poll_interval_s``.
+Redis down or slow is never an error: writes are skipped, reads fall back to this replica's
+memory (a warning is logged, and Redis is left alone for a short back-off, as the answer cache
+does); only the replica that runs a task then knows it. The final state is written with a few
+retries, so a short Redis outage does not leave other replicas seeing RUNNING.
+
+A task must end within ``run_limit_s`` (it is failed otherwise); a task that another replica
+still reports running after that, because that replica stopped, is reported FAILED.
+
+A task belongs to the user who submitted it: another user's task id is NOT_FOUND, as is an
+unknown or expired one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
+import redis.asyncio as aioredis
+from google.protobuf.message import DecodeError
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 from studyassist.chat.v1 import chat_pb2
-from studyassist.core.errors import InvalidArgument, NotFound, ResourceExhausted, StudyAssistError
+from studyassist.core.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StudyAssistError,
+)
 
 log = logging.getLogger(__name__)
 
 State = chat_pb2.ChatTaskState
+ACTIVE = (State.CHAT_TASK_STATE_PENDING, State.CHAT_TASK_STATE_RUNNING)
+TERMINAL = (State.CHAT_TASK_STATE_SUCCEEDED, State.CHAT_TASK_STATE_FAILED)
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+MAX_TASK_ID_CHARS = 64
+# Attempts at writing a task's final state to Redis (a back-off apart), so a short outage heals.
+FINAL_WRITE_ATTEMPTS = 3
+# A watch of a task running in this replica is woken by its changes; this only bounds each wait.
+LOCAL_WAIT_S = 5.0
+GONE = "the chat service replica running this task stopped before it finished"
 
 
 @dataclass(slots=True)
@@ -28,10 +64,20 @@ class Task:
     task_id: str
     user_id: str
     estimated_seconds: float
+    # Wall-clock time (epoch seconds) by which the task has ended, one way or the other.
+    run_until: float
     state: chat_pb2.ChatTaskState = State.CHAT_TASK_STATE_PENDING
     result: chat_pb2.ChatResponse | None = None
     error: str = ""
+    # Set only in the replica that runs the task.
     runner: asyncio.Task[None] | None = field(default=None, repr=False)
+    finished_at: float = 0.0  # time.monotonic(), in the replica that ran it
+    # Set (and replaced) on every change, so a watch in this replica wakes at once.
+    changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
 
     def message(self) -> chat_pb2.ChatTask:
         task = chat_pb2.ChatTask(
@@ -41,62 +87,274 @@ class Task:
             task.result.CopyFrom(self.result)
         return task
 
+    def _notify(self) -> None:
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+    def fields(self) -> dict[FieldT, EncodableT]:
+        """The task as a Redis hash."""
+        return {
+            "user": self.user_id,
+            "state": int(self.state),
+            "estimate": repr(self.estimated_seconds),
+            "run_until": repr(self.run_until),
+            "error": self.error,
+            "result": self.result.SerializeToString() if self.result is not None else b"",
+        }
+
+    @classmethod
+    def from_fields(cls, task_id: str, fields: Mapping[bytes | str, bytes | str]) -> Task | None:
+        """A task read back from its Redis hash; None when it is not one (missing or malformed)."""
+        raw = {_as_bytes(k): _as_bytes(v) for k, v in fields.items()}
+        try:
+            state = int(raw[b"state"])
+            if state not in State.values():
+                raise ValueError(f"unknown state {state}")
+            task = cls(
+                task_id,
+                raw[b"user"].decode(),
+                float(raw[b"estimate"]),
+                float(raw[b"run_until"]),
+                cast(chat_pb2.ChatTaskState, state),
+                error=raw.get(b"error", b"").decode(),
+            )
+            if result := raw.get(b"result", b""):
+                task.result = chat_pb2.ChatResponse.FromString(result)
+        except (KeyError, ValueError, UnicodeDecodeError, DecodeError) as exc:
+            log.warning("unreadable chat task in redis", extra={"fields": {"task_id": task_id, "error": str(exc)}})
+            return None
+        return task
+
+
+def _honour_cancellation() -> None:
+    """Raise CancelledError when this task was cancelled during a Redis call that swallowed it.
+
+    redis-py bounds each socket operation with ``asyncio.wait_for``, which on Python 3.11 drops a
+    cancellation that arrives as the operation completes; the task's ``cancelling()`` count still
+    says it was asked to stop (a stopping service, a caller that went away from a watch).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    # The client is created without decode_responses, so Redis hands back bytes.
+    return value if isinstance(value, bytes) else value.encode()
+
 
 class TaskStore:
-    def __init__(self, max_tasks: int, initial_estimate_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        max_tasks: int,
+        *,
+        redis: aioredis.Redis | None = None,
+        prefix: str = "chat:task:",
+        ttl_s: float = 3600.0,
+        run_limit_s: float = 300.0,
+        poll_interval_s: float = 0.2,
+        initial_estimate_s: float = 5.0,
+        backoff_s: float = 5.0,
+    ) -> None:
         self.max_tasks = max_tasks
+        self.redis = redis
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self.run_limit_s = run_limit_s
+        self.poll_interval_s = poll_interval_s
+        self.backoff_s = backoff_s
+        self.redis_errors = 0
+        self._redis_down_until = 0.0
         self._tasks: OrderedDict[str, Task] = OrderedDict()
+        self._running = 0
         # Exponentially weighted mean of recent answer durations: the estimate for the next one.
         self._mean_seconds = initial_estimate_s
 
-    def _running(self) -> int:
-        return sum(
-            1 for t in self._tasks.values() if t.state in (State.CHAT_TASK_STATE_PENDING, State.CHAT_TASK_STATE_RUNNING)
-        )
+    @property
+    def backend(self) -> str:
+        return "redis" if self.redis is not None else "memory"
 
-    def submit(self, user_id: str, work: Callable[[], Awaitable[chat_pb2.ChatResponse]]) -> Task:
-        if self._running() >= self.max_tasks:
-            raise ResourceExhausted("too many chat tasks are running; try again shortly")
-        while len(self._tasks) >= self.max_tasks:
-            oldest = next(
-                (
-                    k
-                    for k, t in self._tasks.items()
-                    if t.state in (State.CHAT_TASK_STATE_SUCCEEDED, State.CHAT_TASK_STATE_FAILED)
-                ),
-                None,
+    # --- Redis, best effort -------------------------------------------------------------------
+
+    def _redis_usable(self) -> bool:
+        return self.redis is not None and time.monotonic() >= self._redis_down_until
+
+    def _redis_failed(self, exc: Exception) -> None:
+        self.redis_errors += 1
+        if self._redis_down_until < time.monotonic():
+            log.warning(
+                "redis unavailable, chat tasks kept in this replica only", extra={"fields": {"error": str(exc)}}
             )
-            if oldest is None:
-                break
-            del self._tasks[oldest]
-        task = Task(uuid.uuid4().hex, user_id, round(self._mean_seconds, 2))
-        self._tasks[task.task_id] = task
-        task.runner = asyncio.create_task(self._run(task, work), name=f"chat-task-{task.task_id}")
+        self._redis_down_until = time.monotonic() + self.backoff_s
+
+    async def _write(self, task: Task, *, retry: bool = False) -> bool:
+        """Store the whole task in its hash (with the TTL); False when Redis could not take it."""
+        if self.redis is None or (not retry and not self._redis_usable()):
+            return False
+        key = self.prefix + task.task_id
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=task.fields())
+                pipe.expire(key, max(1, round(self.ttl_s)))
+                await pipe.execute()
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc)
+            return False
+        finally:
+            _honour_cancellation()
+        return True
+
+    async def _read(self, task_id: str) -> Task | None:
+        """The task from Redis; None when it is not there or Redis cannot say."""
+        if not self._redis_usable():
+            return None
+        assert self.redis is not None
+        try:
+            fields = await self.redis.hgetall(self.prefix + task_id)
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc)
+            return None
+        finally:
+            _honour_cancellation()
+        if not fields:
+            return None
+        task = Task.from_fields(task_id, fields)
+        if task is not None:
+            self._expire_stale(task)
         return task
 
-    async def _run(self, task: Task, work: Callable[[], Awaitable[chat_pb2.ChatResponse]]) -> None:
-        task.state = State.CHAT_TASK_STATE_RUNNING
+    def _expire_stale(self, task: Task) -> None:
+        # Read from another replica's writes: past its run limit it is not running anywhere.
+        if not task.done and time.time() > task.run_until:
+            task.state, task.error = State.CHAT_TASK_STATE_FAILED, GONE
+
+    # --- tasks --------------------------------------------------------------------------------
+
+    def _local(self, task_id: str) -> Task | None:
+        task = self._tasks.get(task_id)
+        if task is not None and task.done and time.monotonic() - task.finished_at > self.ttl_s:
+            del self._tasks[task_id]
+            return None
+        return task
+
+    def _make_room(self) -> None:
+        while len(self._tasks) >= self.max_tasks:
+            oldest = next((k for k, t in self._tasks.items() if t.done), None)
+            if oldest is None:
+                return
+            del self._tasks[oldest]
+
+    async def submit(self, user_id: str, work: Callable[[], Awaitable[chat_pb2.ChatResponse]]) -> chat_pb2.ChatTask:
+        """Start ``work`` as a task of ``user_id``; returns once the task can be read from any replica."""
+        if self._running >= self.max_tasks:
+            raise ResourceExhausted("too many chat tasks are running; try again shortly")
+        self._make_room()
+        task = Task(uuid.uuid4().hex, user_id, round(self._mean_seconds, 2), time.time() + self.run_limit_s)
+        self._tasks[task.task_id] = task
+        self._running += 1
+        submitted = task.message()
+        stored = asyncio.Event()
+        task.runner = asyncio.create_task(self._run(task, work, stored), name=f"chat-task-{task.task_id}")
+        # The runner writes the task first; a caller that goes away now leaves the task running.
+        await stored.wait()
+        return submitted
+
+    async def _run(
+        self, task: Task, work: Callable[[], Awaitable[chat_pb2.ChatResponse]], stored: asyncio.Event
+    ) -> None:
+        # Writes happen here, one after another, so Redis never sees an older state after a newer one.
         started = time.perf_counter()
         try:
-            task.result = await work()
-            task.state = State.CHAT_TASK_STATE_SUCCEEDED
-        except StudyAssistError as exc:
-            task.error, task.state = exc.message, State.CHAT_TASK_STATE_FAILED
-        except Exception:
-            log.exception("chat task failed")
-            task.error, task.state = "internal error", State.CHAT_TASK_STATE_FAILED
+            try:
+                await self._write(task)
+            finally:
+                stored.set()
+            task.state = State.CHAT_TASK_STATE_RUNNING
+            task._notify()
+            await self._write(task)
+            try:
+                async with asyncio.timeout(max(0.0, task.run_until - time.time())):
+                    task.result = await work()
+                task.state = State.CHAT_TASK_STATE_SUCCEEDED
+            except StudyAssistError as exc:
+                task.error, task.state = exc.message, State.CHAT_TASK_STATE_FAILED
+            except TimeoutError:
+                task.error, task.state = "the chat task ran out of time", State.CHAT_TASK_STATE_FAILED
+            except Exception:
+                log.exception("chat task failed")
+                task.error, task.state = "internal error", State.CHAT_TASK_STATE_FAILED
+        except asyncio.CancelledError:
+            # The service is stopping: say so to whoever polls another replica, then stop.
+            task.error = "the chat service stopped before the answer was ready"
+            task.state = State.CHAT_TASK_STATE_FAILED
+            self._finished(task, started)
+            await self._write(task, retry=True)
+            raise
+        self._finished(task, started)
+        for attempt in range(FINAL_WRITE_ATTEMPTS):
+            if await self._write(task, retry=attempt > 0) or self.redis is None:
+                return
+            await asyncio.sleep(self.backoff_s * (attempt + 1) / FINAL_WRITE_ATTEMPTS)
+        log.warning("chat task result not shared through redis", extra={"fields": {"task_id": task.task_id}})
+
+    def _finished(self, task: Task, started: float) -> None:
+        self._running -= 1
+        task.finished_at = time.monotonic()
+        task._notify()
         elapsed = time.perf_counter() - started
         self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * elapsed
 
-    def get(self, user_id: str, task_id: str) -> Task:
-        if not task_id or len(task_id) > 64:
-            raise InvalidArgument("task_id is required (at most 64 characters)")
-        task = self._tasks.get(task_id)
+    async def get(self, user_id: str, task_id: str) -> Task:
+        """The task as it is now, from this replica's memory or else from Redis."""
+        if not task_id or len(task_id) > MAX_TASK_ID_CHARS:
+            raise InvalidArgument(f"task_id is required (at most {MAX_TASK_ID_CHARS} characters)")
+        task = self._local(task_id) or await self._read(task_id)
         if task is None or task.user_id != user_id:
             raise NotFound(f"no chat task {task_id!r}")
         return task
 
+    async def watch(
+        self, user_id: str, task_id: str, deadline_s: float | None = None
+    ) -> AsyncIterator[chat_pb2.ChatTask]:
+        """The task now, then on every change of state; ends after a terminal state.
+
+        A task run here wakes the watch at once; one run by another replica is re-read from
+        Redis every ``poll_interval_s``. ``deadline_s`` (the call's remaining time) bounds it.
+        """
+        deadline_at = None if deadline_s is None else time.monotonic() + deadline_s
+        task = await self.get(user_id, task_id)
+        last: tuple[int, str] | None = None
+        while True:
+            changed = task.changed
+            if (task.state, task.error) != last:
+                last = (task.state, task.error)
+                yield task.message()
+            if task.done:
+                return
+            wait = LOCAL_WAIT_S if task.runner is not None else self.poll_interval_s
+            if deadline_at is not None:
+                left = deadline_at - time.monotonic()
+                if left <= 0:
+                    raise DeadlineExceeded("the watch ran out of time before the task ended")
+                wait = min(wait, left)
+            if task.runner is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):  # not wait_for: on 3.11 it can swallow a cancellation
+                        await changed.wait()
+                continue
+            await asyncio.sleep(wait)
+            if self._redis_usable():
+                fresh = await self._read(task_id)
+                if fresh is None and self._redis_usable():
+                    raise NotFound(f"no chat task {task_id!r}")  # expired while watched
+                task = fresh or task
+            else:
+                self._expire_stale(task)
+
     async def close(self) -> None:
-        for task in self._tasks.values():
-            if task.runner is not None and not task.runner.done():
-                task.runner.cancel()
+        """Cancel the tasks still running (each records that it was stopped) and wait for them briefly."""
+        runners = [t.runner for t in self._tasks.values() if t.runner is not None and not t.runner.done()]
+        for runner in runners:
+            runner.cancel()
+        if runners:
+            await asyncio.wait(runners, timeout=2.0)

@@ -18,6 +18,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
+from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
 from studyassist.core.cache import connect_redis
 from studyassist.core.channels import create_channel
 from studyassist.core.config import CommonSettings
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 # Readiness needs these; the metrics service is optional (telemetry is dropped when it is away).
 REQUIRED_BACKENDS = ("chat", "storage")
 API_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+# Each readiness question to a backend (its health, chat's backend) is bounded by this.
+READY_TIMEOUT_S = 1.0
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -89,6 +92,7 @@ class Gateway:
             storage,
             self.refresh_store,
             settings.max_body_bytes,
+            settings.password_hasher(),
             hash_concurrency=settings.password_hash_concurrency,
             hash_max_waiting=settings.password_hash_queue,
         )
@@ -139,18 +143,30 @@ class Gateway:
     async def _serving(self, name: str) -> bool:
         try:
             reply = await health_pb2_grpc.HealthStub(self.channels[name]).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=1.0
+                health_pb2.HealthCheckRequest(service=""), timeout=READY_TIMEOUT_S
             )
         except grpc.aio.AioRpcError:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
+    async def _chat_backend(self) -> dict[str, Any]:
+        """Which backend chat answers with ("llm:<model>" or "extractive"); "unknown" when chat cannot say."""
+        try:
+            status = await chat_pb2_grpc.ChatServiceStub(self.channels["chat"]).GetChatStatus(
+                chat_pb2.GetChatStatusRequest(), timeout=READY_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            return {"backend": "unknown", "llm_available": False, "error": exc.code().name}
+        return {"backend": status.backend, "llm_available": status.llm_available}
+
     async def readyz(self, request: Request) -> Response:
         names = list(self.backends)
-        results = await asyncio.gather(*(self._serving(name) for name in names))
+        chat, results = await asyncio.gather(
+            self._chat_backend(), asyncio.gather(*(self._serving(name) for name in names))
+        )
         backends = {name: "SERVING" if ok else "NOT_SERVING" for name, ok in zip(names, results, strict=True)}
         ready = all(backends[name] == "SERVING" for name in REQUIRED_BACKENDS)
-        return json_response({"ready": ready, "backends": backends}, 200 if ready else 503)
+        return json_response({"ready": ready, "backends": backends, "chat": chat}, 200 if ready else 503)
 
     def _document(self) -> tuple[bytes, str]:
         generation = self.transcoder.table.generation

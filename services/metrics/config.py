@@ -12,8 +12,9 @@ from studyassist.core.config import ConfigError, env_float, env_int, env_port, e
 # Calls whose duration is the LLM's or the client's (streams, uploads), as gRPC methods and as
 # the gateway's HTTP routes for them.
 DEFAULT_P95_EXCLUDE = (
-    "StreamChat,Chat,WatchFile,UploadFile,"
-    "POST /v1/chat:stream,POST /v1/chat,POST /v1/files,GET /v1/files/{file_id}:watch"
+    "StreamChat,Chat,WatchFile,WatchChatTask,UploadFile,"
+    "POST /v1/chat:stream,POST /v1/chat,POST /v1/files,GET /v1/files/{file_id}:watch,"
+    "GET /v1/chat/tasks/{task_id}:watch"
 )
 
 
