@@ -10,6 +10,7 @@ per message type, a flat plan of (field, converter) and reuses it. Output is ide
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -46,7 +47,13 @@ def _timestamp(msg: Any) -> str:
     seconds, nanos = msg.seconds, msg.nanos
     if not 0 <= seconds <= _MAX_TIMESTAMP_S or not 0 <= nanos < 1_000_000_000:
         return str(msg.ToJsonString())
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    # The date from a small cache (a page of sessions spans few days), the time by arithmetic:
+    # strftime(gmtime()) per timestamp was most of the cost of a page of 20 sessions.
+    days, in_day = divmod(seconds, 86_400)
+    date = _date(days)
+    hours, rest = divmod(in_day, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{date}T{hours:02d}:{minutes:02d}:{secs:02d}"
     if nanos == 0:
         return text + "Z"
     if nanos % 1_000_000 == 0:
@@ -54,6 +61,11 @@ def _timestamp(msg: Any) -> str:
     if nanos % 1000 == 0:
         return f"{text}.{nanos // 1000:06d}Z"
     return f"{text}.{nanos:09d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _date(days_since_1970: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(days_since_1970 * 86_400))
 
 
 def _wkt_via_json_format(msg: message.Message) -> Any:

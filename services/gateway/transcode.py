@@ -353,13 +353,14 @@ class Transcoder:
                 log.exception("route refresh failed")
 
     async def _match(self, request: Request) -> tuple[Route, dict[str, str]]:
+        path = request.scope["path"]  # not request.url: building a URL object costs more than the match
         try:
-            found = self.table.match(request.method, request.url.path)
+            found = self.table.match(request.method, path)
             if found is None and time.monotonic() - self._last_miss_refresh > MISS_REFRESH_INTERVAL_S:
                 # Maybe a backend gained an RPC since we last looked.
                 self._last_miss_refresh = time.monotonic()
                 await self.refresh()
-                found = self.table.match(request.method, request.url.path)
+                found = self.table.match(request.method, path)
         except MethodNotAllowed as exc:
             raise HttpError(
                 grpc.StatusCode.UNIMPLEMENTED,
@@ -373,10 +374,10 @@ class Transcoder:
                 # The route may belong to a backend we have not reached yet: "try again", not "no such thing".
                 raise HttpError(
                     grpc.StatusCode.UNAVAILABLE,
-                    f"no route for {request.method} {request.url.path} while {', '.join(unreached)} cannot be reached",
+                    f"no route for {request.method} {path} while {', '.join(unreached)} cannot be reached",
                     headers={"Retry-After": str(UNREACHED_RETRY_AFTER_S)},
                 )
-            raise HttpError(grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {request.url.path}")
+            raise HttpError(grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {path}")
         request.scope[ROUTE_TEMPLATE_KEY] = found[0].template.template
         return found
 

@@ -90,6 +90,16 @@ class Database:
             self.pool.terminate()
 
 
+async def _keep_session_state(conn: asyncpg.Connection) -> None:
+    """Release a connection without asyncpg's default reset query.
+
+    The pool still rolls back a transaction left open. Nothing here keeps session state on a pooled
+    connection (settings are SET LOCAL; the migration lock is released in a finally), so the default
+    "RESET ALL; UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()" would only be one more round trip
+    per release: half the queries of a simple read.
+    """
+
+
 async def connect(url: str, *, min_size: int, max_size: int, acquire_timeout_s: float) -> Database:
     """Open the pool, failing start-up with one clear line when PostgreSQL is not there."""
     try:
@@ -101,7 +111,10 @@ async def connect(url: str, *, min_size: int, max_size: int, acquire_timeout_s: 
         finally:
             await conn.close()
         pool = await asyncio.wait_for(
-            asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection), timeout=15
+            asyncpg.create_pool(
+                url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session_state
+            ),
+            timeout=15,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise StartupError(f"PostgreSQL at DATABASE_URL is not reachable: {exc or type(exc).__name__}") from None
