@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from studyassist.core.config import (
+    ConfigError,
     env_choice,
     env_float,
     env_int,
@@ -42,12 +43,16 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        max_batch_tokens = env_int(env, "EMBEDDING_MAX_BATCH_TOKENS", 0, minimum=0)
+        if 0 < max_batch_tokens < 16:
+            raise ConfigError("EMBEDDING_MAX_BATCH_TOKENS must be 0 (chosen by device) or at least 16")
         return cls(
             port=env_service_port(env, "embedding"),
             model_dir=env_str(env, "EMBEDDING_MODEL", ""),
             device=env_choice(env, "EMBEDDING_DEVICE", "auto", DEVICES),
             dtype=env_choice(env, "EMBEDDING_DTYPE", "auto", DTYPES),
-            max_batch_tokens=env_int(env, "EMBEDDING_MAX_BATCH_TOKENS", 8192, minimum=16),
+            # 0: chosen by device once the model is loaded (see batch_token_budget).
+            max_batch_tokens=max_batch_tokens,
             max_wait_ms=env_float(env, "EMBEDDING_MAX_WAIT_MS", 2.0),
             max_queue=env_int(env, "EMBEDDING_MAX_QUEUE", 4096, minimum=1),
             max_texts=env_int(env, "EMBEDDING_MAX_TEXTS", 256, minimum=1),
@@ -57,3 +62,16 @@ class Settings:
             torch_threads=env_int(env, "EMBEDDING_TORCH_THREADS", 0, maximum=1024),
             metrics_addr=env_peer_address(env, "metrics"),
         )
+
+
+# Padded tokens per forward pass when EMBEDDING_MAX_BATCH_TOKENS is unset. On CPU, 4096 tokens
+# (16 texts of 256) encode as fast per text as 8192 while peak activation memory is ~180 MB lower,
+# which keeps the service under the 512 MB per-process budget; a GPU wants bigger batches.
+CPU_BATCH_TOKENS = 4096
+CUDA_BATCH_TOKENS = 16384
+
+
+def batch_token_budget(configured: int, device: str) -> int:
+    if configured:
+        return configured
+    return CUDA_BATCH_TOKENS if device == "cuda" else CPU_BATCH_TOKENS

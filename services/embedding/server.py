@@ -14,7 +14,7 @@ from studyassist.core.telemetry import Telemetry
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
 from embedding.batcher import Batcher
-from embedding.config import Settings
+from embedding.config import Settings, batch_token_budget
 from embedding.model import SentenceEncoder
 from embedding.servicer import EmbeddingServicer
 
@@ -66,7 +66,7 @@ def assemble(
     """The server around an already loaded encoder (tests share one encoder between servers)."""
     batcher = Batcher(
         encoder.embed,
-        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_tokens=batch_token_budget(settings.max_batch_tokens, encoder.device),
         max_wait_s=settings.max_wait_ms / 1000,
         max_queue=settings.max_queue,
         meter=meter,

@@ -116,3 +116,18 @@ async def test_full_queue_answers_resource_exhausted_at_once(encoder: SentenceEn
     assert "queue is full" in (raised.value.details() or "")
     assert [len(r.embeddings) for r in done] == [1, 2]
     assert stats.rejected_overload == 1 and stats.texts_embedded == 3
+
+
+def test_batch_token_budget_follows_the_device_unless_set() -> None:
+    from embedding.config import Settings, batch_token_budget
+    from studyassist.core.config import ConfigError
+
+    unset = Settings.from_env({})
+    assert unset.max_batch_tokens == 0
+    assert batch_token_budget(unset.max_batch_tokens, "cpu") == 4096
+    assert batch_token_budget(unset.max_batch_tokens, "cuda") == 16384
+    assert (
+        batch_token_budget(Settings.from_env({"EMBEDDING_MAX_BATCH_TOKENS": "2048"}).max_batch_tokens, "cuda") == 2048
+    )
+    with pytest.raises(ConfigError, match="EMBEDDING_MAX_BATCH_TOKENS"):
+        Settings.from_env({"EMBEDDING_MAX_BATCH_TOKENS": "8"})
