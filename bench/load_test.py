@@ -50,6 +50,7 @@ def free_port() -> int:
 class Mesh:
     base_url: str
     launcher: subprocess.Popen[str]
+    metrics_address: str
 
     def service_processes(self) -> dict[str, psutil.Process]:
         found = {}
@@ -94,7 +95,7 @@ def start_mesh() -> Iterator[Mesh]:
     try:
         if not up.wait(300):
             raise RuntimeError("the mesh did not come up in 300 s")
-        yield Mesh(f"http://127.0.0.1:{ports['GATEWAY']}", launcher)
+        yield Mesh(f"http://127.0.0.1:{ports['GATEWAY']}", launcher, f"127.0.0.1:{ports['METRICS']}")
     finally:
         launcher.send_signal(signal.SIGINT)
         try:
@@ -107,15 +108,31 @@ def start_mesh() -> Iterator[Mesh]:
 class Recorder:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # What each failure was: an HTTP status, or the client-side exception's name.
+    error_kinds: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    # Sign-ins refused with 429 + Retry-After while the gateway's hashing queue was full: the
+    # student waits and retries (as the web app does), so they are back-pressure, not failures.
+    throttled: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     recording: bool = False
 
-    def record(self, endpoint: str, seconds: float, ok: bool) -> None:
+    def record(self, endpoint: str, seconds: float, ok: bool, kind: str = "") -> None:
         # Sign-ins happen during the ramp, before measuring starts; they are always recorded.
         if not self.recording and endpoint != LOGIN:
             return
         self.latencies[endpoint].append(seconds)
-        if not ok:
-            self.errors[endpoint] += 1
+        if ok:
+            return
+        if endpoint == LOGIN and kind == "429":
+            self.throttled[endpoint] += 1
+            return
+        self.errors[endpoint] += 1
+        self.error_kinds[endpoint][kind or "error"] += 1
+
+    def describe_errors(self, endpoint: str) -> str:
+        count = self.errors.get(endpoint, 0)
+        kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(self.error_kinds[endpoint].items()))
+        throttled = self.throttled.get(endpoint, 0)
+        return f"{count}" + (f" ({kinds})" if kinds else "") + (f"; {throttled} 429 retried" if throttled else "")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -132,10 +149,11 @@ async def timed(
     try:
         response = await client.send(request)
         await response.aread()
-    except httpx.HTTPError:
-        recorder.record(endpoint, time.perf_counter() - started, False)
+    except httpx.HTTPError as exc:
+        recorder.record(endpoint, time.perf_counter() - started, False, type(exc).__name__)
         return None
-    recorder.record(endpoint, time.perf_counter() - started, response.status_code < 400)
+    ok = response.status_code < 400
+    recorder.record(endpoint, time.perf_counter() - started, ok, "" if ok else str(response.status_code))
     return response
 
 
@@ -186,8 +204,10 @@ async def student(
                             async for _ in stream.aiter_lines():
                                 pass
                         recorder.record("GET /v1/files/{id}:watch", time.perf_counter() - started, True)
-                    except httpx.HTTPError:
-                        recorder.record("GET /v1/files/{id}:watch", time.perf_counter() - started, False)
+                    except httpx.HTTPError as exc:
+                        recorder.record(
+                            "GET /v1/files/{id}:watch", time.perf_counter() - started, False, type(exc).__name__
+                        )
             elif action < 0.45:
                 await timed(recorder, "GET /v1/sessions", client.build_request("GET", "/v1/sessions"), client)
             elif action < 0.6:
@@ -286,7 +306,7 @@ async def run_level(
         # Sign-ins all happen in the ramp: their row shows latency; req/s there is not a rate.
         total += 0 if endpoint == LOGIN else len(values)
         lines.append(
-            f"| {endpoint} | {len(values)} | {recorder.errors.get(endpoint, 0)} | {len(values) / elapsed:.1f} | "
+            f"| {endpoint} | {len(values)} | {recorder.describe_errors(endpoint)} | {len(values) / elapsed:.1f} | "
             f"{percentile(values, 0.5) * 1000:.1f} | {percentile(values, 0.95) * 1000:.1f} | "
             f"{percentile(values, 0.99) * 1000:.1f} |"
         )
@@ -316,6 +336,36 @@ async def run_level(
         cpu_percent=cpu,
         report="\n".join(lines),
     )
+
+
+async def slowest_methods(metrics_address: str, window_s: float, count: int = 12) -> str:
+    """The backends' own view (the metrics service's dashboard): where the time goes inside the mesh."""
+    from studyassist.core.channels import create_channel
+    from studyassist.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+
+    channel = create_channel(metrics_address)
+    try:
+        dashboard = await metrics_pb2_grpc.MetricsServiceStub(channel).GetDashboard(
+            metrics_pb2.GetDashboardRequest(window_seconds=max(1, round(window_s)))
+        )
+    except Exception as exc:  # the report goes on without this table
+        return f"(metrics service dashboard unavailable: {exc!r})"
+    finally:
+        await channel.close(None)
+    rows = sorted(
+        (e for e in dashboard.endpoints if e.count),
+        key=lambda e: e.p95_ms * e.count,
+        reverse=True,
+    )[:count]
+    lines = [
+        "Inside the mesh (server-side durations from the metrics service: gateway routes and gRPC methods, "
+        "busiest first by p95 x calls):",
+        "",
+        "| service | method | calls | p50 ms | p95 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {e.service} | {e.method} | {e.count} | {e.p50_ms:.1f} | {e.p95_ms:.1f} | {e.errors} |" for e in rows]
+    return "\n".join(lines)
 
 
 def record_figures(results: list[LevelResult]) -> None:
@@ -367,6 +417,7 @@ async def main_async(levels: list[int], warmup_s: float, measure_s: float, think
         for level in levels:
             result = await run_level(mesh, users, level, warmup_s, measure_s, think_s)
             print(result.report, "\n", flush=True)
+            print(await slowest_methods(mesh.metrics_address, measure_s + warmup_s), "\n", flush=True)
             results.append(result)
         record_figures(results)
 
