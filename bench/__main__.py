@@ -45,13 +45,13 @@ class Benchmark:
 
 
 BENCHMARKS = [
-    Benchmark("embedding_bench", ("--rounds", "1", "--texts", "32")),
+    Benchmark("embedding_bench", ("--rounds", "3", "--texts", "32")),
     Benchmark("storage_bench", ("--chunks", "50000")),
     Benchmark("chat_bench"),
     Benchmark("gateway_bench", ("--seconds", "8")),
     Benchmark("telemetry_bench", ("--quick",)),
-    Benchmark("gateway_telemetry_bench", ("--quick",)),
-    Benchmark("web_bench", ("--quick",)),
+    Benchmark("gateway_telemetry_bench"),
+    Benchmark("web_bench"),
     Benchmark("load_test", ("--measure", "30")),
 ]
 
