@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import openai
@@ -49,6 +49,11 @@ class LlmBackend:
         self.last_probe_at = 0.0
         self.last_error = "not probed yet"
         self._probe_task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[bool], None]] = []
+
+    def on_availability_change(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(available)`` each time the LLM comes up or goes away."""
+        self._listeners.append(listener)
 
     @property
     def model_backend_name(self) -> str:
@@ -84,9 +89,13 @@ class LlmBackend:
                 "llm %s", "available" if available else "unavailable",
                 extra={"fields": {"base_url": self.base_url, "model": self.model, "error": error}},
             )  # fmt: skip
+        changed = available != self.available
         self.available = available
         self.last_error = error
         self.last_probe_at = time.time()
+        if changed:
+            for listener in self._listeners:
+                listener(available)
 
     def mark_failed(self, error: str) -> None:
         """A request could not reach the LLM: use extractive mode until the next probe succeeds."""

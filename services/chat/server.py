@@ -8,7 +8,6 @@ SERVING while the LLM answers and NOT_SERVING in extractive mode, following the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from grpc_health.v1 import health_pb2
@@ -36,44 +35,26 @@ EMBEDDING = "studyassist.embedding.v1.EmbeddingService"
 CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 # Health entry saying whether the LLM answers (NOT_SERVING: extractive mode).
 LLM_HEALTH_SERVICE = f"{CHAT_SERVICE}/llm"
-# The LLM's availability changes with the probe and with failed requests; health follows within this.
-LLM_HEALTH_INTERVAL_S = 0.5
 # A task must end within the LLM's limit plus this (retrieval, saving, the extractive fallback).
 TASK_RUN_SLACK_S = 60.0
 
 
-class LlmHealth:
-    """Mirrors ``llm.available`` into the health servicer's ``LLM_HEALTH_SERVICE`` entry."""
+def _health_status(available: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+    return health_pb2.HealthCheckResponse.SERVING if available else health_pb2.HealthCheckResponse.NOT_SERVING
 
-    def __init__(self, llm: LlmBackend, health: HealthServicer, interval_s: float) -> None:
-        self.llm = llm
-        self.health = health
-        self.interval_s = interval_s
-        self._last: int | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def sync(self) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if self.llm.available else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        if status != self._last:
-            self._last = status
-            await self.health.set(LLM_HEALTH_SERVICE, status)
+async def mirror_llm_health(llm: LlmBackend, health: HealthServicer) -> None:
+    """Keep the ``LLM_HEALTH_SERVICE`` entry equal to ``llm.available``, from now on."""
+    updates: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        await self.sync()
-        self._task = asyncio.create_task(self._loop(), name="llm-health")
+    def publish(available: bool) -> None:
+        # HealthServicer.set is a coroutine (it wakes Watch callers); the loop runs it next, in order.
+        update = asyncio.get_running_loop().create_task(health.set(LLM_HEALTH_SERVICE, _health_status(available)))
+        updates.add(update)
+        update.add_done_callback(updates.discard)
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            await self.sync()
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    await health.set(LLM_HEALTH_SERVICE, _health_status(llm.available))
+    llm.on_availability_change(publish)
 
 
 async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry) -> tuple[Server, int]:
@@ -137,11 +118,9 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
         meter=telemetry.meter,
         tracer=telemetry.tracer,
     )
-    llm_health = LlmHealth(llm, server.health, min(LLM_HEALTH_INTERVAL_S, settings.llm_probe_interval_s))
-    await llm_health.start()
+    await mirror_llm_health(llm, server.health)
 
     async def close() -> None:
-        await llm_health.close()
         await tasks.close()
         await llm.close()
         await storage_channel.close(None)
