@@ -34,9 +34,9 @@ from typing import cast
 
 import redis.asyncio as aioredis
 from google.protobuf.message import DecodeError
-from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 from studyassist.chat.v1 import chat_pb2
+from studyassist.core.cache import REDIS_ERRORS, RedisBackoff
 from studyassist.core.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 State = chat_pb2.ChatTaskState
 ACTIVE = (State.CHAT_TASK_STATE_PENDING, State.CHAT_TASK_STATE_RUNNING)
 TERMINAL = (State.CHAT_TASK_STATE_SUCCEEDED, State.CHAT_TASK_STATE_FAILED)
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 MAX_TASK_ID_CHARS = 64
 # Attempts at writing a task's final state to Redis (a back-off apart), so a short outage heals.
 FINAL_WRITE_ATTEMPTS = 3
@@ -162,9 +161,7 @@ class TaskStore:
         self.ttl_s = ttl_s
         self.run_limit_s = run_limit_s
         self.poll_interval_s = poll_interval_s
-        self.backoff_s = backoff_s
-        self.redis_errors = 0
-        self._redis_down_until = 0.0
+        self.backoff = RedisBackoff("chat tasks kept in this replica only", backoff_s)
         self._tasks: OrderedDict[str, Task] = OrderedDict()
         self._running = 0
         # Exponentially weighted mean of recent answer durations: the estimate for the next one.
@@ -177,15 +174,7 @@ class TaskStore:
     # --- Redis, best effort -------------------------------------------------------------------
 
     def _redis_usable(self) -> bool:
-        return self.redis is not None and time.monotonic() >= self._redis_down_until
-
-    def _redis_failed(self, exc: Exception) -> None:
-        self.redis_errors += 1
-        if self._redis_down_until < time.monotonic():
-            log.warning(
-                "redis unavailable, chat tasks kept in this replica only", extra={"fields": {"error": str(exc)}}
-            )
-        self._redis_down_until = time.monotonic() + self.backoff_s
+        return self.redis is not None and self.backoff.ready()
 
     async def _write(self, task: Task, *, retry: bool = False) -> bool:
         """Store the whole task in its hash (with the TTL); False when Redis could not take it."""
@@ -198,7 +187,7 @@ class TaskStore:
                 pipe.expire(key, max(1, round(self.ttl_s)))
                 await pipe.execute()
         except REDIS_ERRORS as exc:
-            self._redis_failed(exc)
+            self.backoff.failed(exc)
             return False
         finally:
             _honour_cancellation()
@@ -212,7 +201,7 @@ class TaskStore:
         try:
             fields = await self.redis.hgetall(self.prefix + task_id)
         except REDIS_ERRORS as exc:
-            self._redis_failed(exc)
+            self.backoff.failed(exc)
             return None
         finally:
             _honour_cancellation()
@@ -294,7 +283,7 @@ class TaskStore:
         for attempt in range(FINAL_WRITE_ATTEMPTS):
             if await self._write(task, retry=attempt > 0) or self.redis is None:
                 return
-            await asyncio.sleep(self.backoff_s * (attempt + 1) / FINAL_WRITE_ATTEMPTS)
+            await asyncio.sleep(self.backoff.backoff_s * (attempt + 1) / FINAL_WRITE_ATTEMPTS)
         log.warning("chat task result not shared through redis", extra={"fields": {"task_id": task.task_id}})
 
     def _finished(self, task: Task, started: float) -> None:

@@ -7,7 +7,6 @@ per replica rather than missing. An empty bucket answers 429 with ``Retry-After`
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections import OrderedDict
@@ -15,11 +14,9 @@ from typing import Any
 
 import grpc
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from studyassist.core.cache import REDIS_ERRORS, RedisBackoff
 
 from gateway.responses import HttpError
-
-log = logging.getLogger(__name__)
 
 _TOKEN_BUCKET_LUA = """
 local capacity = tonumber(ARGV[1])
@@ -76,7 +73,7 @@ class RateLimiter:
         self._prefix = prefix
         self._script: Any = redis.register_script(_TOKEN_BUCKET_LUA) if redis is not None else None
         self._local = LocalBuckets()
-        self._redis_down_until = 0.0
+        self._backoff = RedisBackoff("rate limits fall back to local buckets")
 
     @property
     def backend(self) -> str:
@@ -84,13 +81,12 @@ class RateLimiter:
 
     async def _take(self, key: str, per_minute: int) -> float:
         capacity, rate = float(per_minute), per_minute / 60.0
-        if self._script is not None and time.monotonic() >= self._redis_down_until:
+        if self._script is not None and self._backoff.ready():
             try:
                 allowed, retry = await self._script(keys=[self._prefix + key], args=[capacity, rate])
                 return 0.0 if int(allowed) else float(retry)
-            except (RedisError, OSError) as exc:
-                log.warning("rate limits fall back to local buckets", extra={"fields": {"error": str(exc)}})
-                self._redis_down_until = time.monotonic() + 5.0
+            except REDIS_ERRORS as exc:
+                self._backoff.failed(exc)
         return self._local.take(key, capacity, rate)
 
     async def _check(self, key: str, per_minute: int) -> None:

@@ -61,6 +61,30 @@ class LruTtlCache:
             del self._data[key]
 
 
+# What a Redis call raises when Redis is down, slow or gone away.
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+@dataclass(slots=True)
+class RedisBackoff:
+    """When to try Redis: after a failure it is left alone for ``backoff_s``, so a dead Redis costs
+    nothing on the hot path. Logs once per outage, saying what its user falls back to."""
+
+    fallback: str
+    backoff_s: float = 5.0
+    errors: int = 0
+    _down_until: float = 0.0
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        if self._down_until < time.monotonic():
+            log.warning(f"redis unavailable, {self.fallback}", extra={"fields": {"error": str(exc)}})
+        self._down_until = time.monotonic() + self.backoff_s
+
+
 @dataclass(slots=True)
 class TwoLayerCache:
     """Local LRU in front of Redis. Values are bytes; callers choose the encoding."""
@@ -70,17 +94,14 @@ class TwoLayerCache:
     redis: aioredis.Redis | None = None
     ttl_s: float = 3600.0
     redis_stats: LayerStats = field(default_factory=LayerStats)
-    backoff_s: float = 5.0
-    _redis_down_until: float = 0.0
+    backoff: RedisBackoff = field(default_factory=lambda: RedisBackoff("caching locally only"))
 
     def _redis_usable(self) -> bool:
-        return self.redis is not None and time.monotonic() >= self._redis_down_until
+        return self.redis is not None and self.backoff.ready()
 
     def _redis_failed(self, exc: Exception) -> None:
         self.redis_stats.errors += 1
-        if self._redis_down_until < time.monotonic():
-            log.warning("redis unavailable, caching locally only", extra={"fields": {"error": str(exc)}})
-        self._redis_down_until = time.monotonic() + self.backoff_s
+        self.backoff.failed(exc)
 
     async def get(self, key: str) -> bytes | None:
         value = self.local.get(key)
@@ -91,7 +112,7 @@ class TwoLayerCache:
         assert self.redis is not None
         try:
             stored = await self.redis.get(self.prefix + key)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             self._redis_failed(exc)
             return None
         if stored is None:
@@ -110,7 +131,7 @@ class TwoLayerCache:
         assert self.redis is not None
         try:
             values = await self.redis.mget([self.prefix + keys[i] for i in missing])
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             self._redis_failed(exc)
             return found
         for i, value in zip(missing, values, strict=True):
@@ -133,7 +154,7 @@ class TwoLayerCache:
                 for key, value in items.items():
                     pipe.set(self.prefix + key, value, ex=max(1, int(self.ttl_s)))
                 await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             self._redis_failed(exc)
 
     async def set(self, key: str, value: bytes) -> None:
