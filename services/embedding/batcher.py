@@ -153,6 +153,8 @@ class Batcher:
         if self._task is None:
             raise Unavailable("the embedding batcher is not running")
         if len(self._queue) + len(token_ids) > self._max_queue:
+            self._drop_gone_callers()
+        if len(self._queue) + len(token_ids) > self._max_queue:
             self.stats.rejected_overload += 1
             self._rejected.add(1)
             raise ResourceExhausted(
@@ -167,6 +169,12 @@ class Batcher:
         self._arrived.set()
         # If this caller is cancelled, gather cancels every future; the batcher then skips them.
         return list(await asyncio.gather(*futures))
+
+    def _drop_gone_callers(self) -> None:
+        """Forget queued texts whose caller has left, so they do not count against the queue limit."""
+        live = deque(pending for pending in self._queue if not pending.future.done())
+        self._count_dropped(len(self._queue) - len(live))
+        self._queue = live
 
     async def _next_batch(self) -> list[_Pending]:
         loop = asyncio.get_running_loop()

@@ -131,3 +131,32 @@ def test_batch_token_budget_follows_the_device_unless_set() -> None:
     )
     with pytest.raises(ConfigError, match="EMBEDDING_MAX_BATCH_TOKENS"):
         Settings.from_env({"EMBEDDING_MAX_BATCH_TOKENS": "8"})
+
+
+async def test_texts_of_callers_who_left_do_not_fill_the_queue(encoder: SentenceEncoder) -> None:
+    async with gated_service(encoder, max_queue=3) as (stub, model):
+        running = asyncio.ensure_future(stub.Embed(request("a")))
+        assert await asyncio.to_thread(model.entered.wait, 20)
+        leaving = stub.Embed(request("một", "hai", "ba"))
+        await stats_when(stub, lambda s: s.queue_depth == 3)
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        # The queue is at its limit with texts nobody waits for; a live caller still gets in
+        # (once the cancellation has reached the server), while the model is still held.
+        deadline = asyncio.get_running_loop().time() + 10.0
+        for refused in range(1000):
+            live = asyncio.ensure_future(stub.Embed(request("c1", "c2"), timeout=20))
+            stats = await stats_when(stub, lambda s, r=refused: s.queue_depth == 2 or s.rejected_overload > r)
+            if stats.queue_depth == 2:
+                break
+            with pytest.raises(grpc.aio.AioRpcError):
+                await live
+            assert asyncio.get_running_loop().time() < deadline, "the gone caller's texts kept the queue full"
+            await asyncio.sleep(0.05)
+        assert not model.release.is_set()
+        model.release.set()
+        done = await asyncio.gather(running, live)
+        stats = await stub.Stats(embedding_pb2.StatsRequest())
+    assert [len(r.embeddings) for r in done] == [1, 2]
+    assert stats.dropped_cancelled == 3 and stats.texts_embedded == 3
