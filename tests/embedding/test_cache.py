@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from urllib.parse import urlsplit, urlunsplit
+
 import grpc
 import numpy as np
 import redis.asyncio as aioredis
 from embedding.model import SentenceEncoder
-from studyassist.core.testing import serving
+from studyassist.core.testing import TcpProxy, serving
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
 from tests.embedding.conftest import TEXTS, builder
@@ -59,3 +62,43 @@ async def test_unreachable_redis_is_a_miss_and_service_answers(encoder: Sentence
     np.testing.assert_array_equal(computed, again)
     assert first.texts_embedded == 3 and second.texts_embedded == 3
     assert layers(second)["local"] == (3, 3) and layers(second)["redis"][0] == 0
+
+
+async def test_redis_that_stops_mid_run_is_a_miss_and_is_used_again_when_back(
+    encoder: SentenceEncoder, redis_url: str, key_prefix: str
+) -> None:
+    url = urlsplit(redis_url)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 6379)
+    await proxy.start()
+    proxied = urlunsplit(url._replace(netloc=f"127.0.0.1:{proxy.port}"))
+    # No local layer: every lookup goes to Redis, so what Redis does is all that is measured.
+    build = builder(encoder, redis_url=proxied, cache_prefix=key_prefix, cache_entries=0)
+    try:
+        async with serving(build) as address:
+            computed, stored = await embed_and_stats(address)
+            proxy.cut()
+            during, outage = await embed_and_stats(address)
+            proxy.restore()
+            # After its back-off (5 s) the service tries Redis again and finds the stored vectors.
+            deadline = asyncio.get_running_loop().time() + 20.0
+            while True:
+                after, back = await embed_and_stats(address)
+                if layers(back)["redis"][0] > 0:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, f"Redis never used again: {back}"
+                await asyncio.sleep(0.5)
+    finally:
+        await proxy.close()
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            keys = [k async for k in client.scan_iter(match=f"{key_prefix}*")]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+    assert layers(stored)["redis"] == (0, 3) and stored.texts_embedded == 3
+    # Redis gone: no error reached the caller, the texts were embedded again, nothing hit.
+    assert layers(outage)["redis"][0] == 0 and outage.texts_embedded == 6
+    np.testing.assert_allclose(during, computed, atol=1e-6)
+    assert layers(back)["redis"][0] == 3
+    np.testing.assert_array_equal(after, computed)

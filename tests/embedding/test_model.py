@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
 import torch
 from embedding.config import Settings
-from embedding.model import SentenceEncoder, resolve_device
+from embedding.model import SentenceEncoder, packaged_model_dir, resolve_device
 from embedding.server import assemble
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from studyassist.core.bootstrap import StartupError
@@ -106,3 +108,31 @@ async def test_metrics_report_batches_queue_and_cache(encoder: SentenceEncoder) 
     assert {p.attributes["layer"]: p.value for p in points["embedding.cache.hits"]} == {"local": 3}  # type: ignore[attr-defined,index]
     assert {p.attributes["layer"]: p.value for p in points["embedding.cache.misses"]} == {"local": 3}  # type: ignore[attr-defined,index]
     assert [p.value for p in points["embedding.texts"]] == [3]  # type: ignore[attr-defined]
+
+
+def test_another_local_model_directory_is_served_as_it_is(tmp_path: Path) -> None:
+    """EMBEDDING_MODEL names any local directory: here a small random BERT with its own size."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    directory = tmp_path / "tiny-bert-vi"
+    tokenizer = AutoTokenizer.from_pretrained(str(packaged_model_dir()), local_files_only=True)
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(3)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(directory)
+
+    encoder = SentenceEncoder(str(directory), device="cpu", dtype="fp32")
+    vectors = encoder.encode(TEXTS)
+    reference = SentenceTransformer(str(directory), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    assert (encoder.model_id, encoder.dimension, encoder.max_tokens) == ("tiny-bert-vi", 48, 64)
+    assert vectors.shape == (len(TEXTS), 48)
+    cosines = (vectors * reference).sum(axis=1)
+    assert cosines.min() >= 0.9999, cosines

@@ -10,6 +10,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import grpc
 import numpy as np
@@ -133,6 +134,11 @@ def test_batch_token_budget_follows_the_device_unless_set() -> None:
         Settings.from_env({"EMBEDDING_MAX_BATCH_TOKENS": "8"})
 
 
+def queued_or_refused(stats: embedding_pb2.StatsResponse, *, refused: int) -> bool:
+    """The two texts of the newest request are queued, or it was refused (one more refusal)."""
+    return stats.queue_depth == 2 or stats.rejected_overload > refused
+
+
 async def test_texts_of_callers_who_left_do_not_fill_the_queue(encoder: SentenceEncoder) -> None:
     async with gated_service(encoder, max_queue=3) as (stub, model):
         running = asyncio.ensure_future(stub.Embed(request("a")))
@@ -147,7 +153,7 @@ async def test_texts_of_callers_who_left_do_not_fill_the_queue(encoder: Sentence
         deadline = asyncio.get_running_loop().time() + 10.0
         for refused in range(1000):
             live = asyncio.ensure_future(stub.Embed(request("c1", "c2"), timeout=20))
-            stats = await stats_when(stub, lambda s, r=refused: s.queue_depth == 2 or s.rejected_overload > r)
+            stats = await stats_when(stub, partial(queued_or_refused, refused=refused))
             if stats.queue_depth == 2:
                 break
             with pytest.raises(grpc.aio.AioRpcError):

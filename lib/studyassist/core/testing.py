@@ -8,6 +8,8 @@ We use this port-0 fixture rather than pytest-grpc: pytest-grpc drives the synch
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -213,3 +215,53 @@ def redis_url() -> str:
 def key_prefix() -> str:
     """A unique Redis key prefix so tests never see each other's keys."""
     return f"test:{uuid.uuid4().hex[:10]}:"
+
+
+class TcpProxy:
+    """A TCP relay on the running event loop that a test can cut and restore: a peer (Redis, say)
+    that goes away mid-run and comes back, without stopping the real server behind it."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.up = True
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def cut(self) -> None:
+        """Drop every open connection; new ones are refused until :meth:`restore`."""
+        self.up = False
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    def restore(self) -> None:
+        self.up = True
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            client_writer.transport.abort()
+            return
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        self._writers |= {client_writer, upstream_writer}
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.transport.abort()
+
+        try:
+            await asyncio.gather(pump(client_reader, upstream_writer), pump(upstream_reader, client_writer))
+        finally:
+            self._writers -= {client_writer, upstream_writer}
