@@ -69,7 +69,7 @@ class AlertEvaluator:
             "error_rate": AlertStatus(
                 "error_rate",
                 settings.alert_error_rate,
-                "calls with a status other than OK / all calls over the alert window",
+                "calls the server failed (gRPC INTERNAL, UNAVAILABLE, ...; HTTP 5xx) / all calls over the alert window",
                 since=started,
             ),
         }

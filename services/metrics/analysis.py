@@ -2,15 +2,22 @@
 
 Names read here (the conventions every service's instruments follow):
 - ``rpc.server.duration`` (the core server interceptor; attributes rpc.service, rpc.method,
-  rpc.grpc.status), ``http.server.duration`` / ``http.server.request.duration`` (http.route,
-  http.request.method, http.response.status_code; 5xx counts as an error).
-- Pools: ``db.client.connection.count`` (attribute db.client.connection.state = used|idle),
-  ``db.client.connection.max``, ``db.client.connection.pending_requests`` (OTel semantic
-  conventions; the older ``db.client.connections.*`` names with ``state`` also work), or
-  ``db.pool.in_use`` / ``db.pool.max`` / ``db.pool.waiting``. The pool name comes from
-  db.client.connection.pool.name, pool.name or pool.
+  rpc.grpc.status as a name, or rpc.grpc.status_code as a number), ``http.server.duration`` /
+  ``http.server.request.duration`` (http.route, http.request.method, http.response.status_code).
+- Errors are server faults only (``studyassist.core.errors.SERVER_FAULTS``; HTTP 5xx): a student pressing Stop
+  (CANCELLED), a missing file (NOT_FOUND), bad input or a rate limit (HTTP 4xx) is not an error.
+- Pools: storage's ``db.pool.in_use`` / ``db.pool.max`` / ``db.pool.waiting`` (``db.pool.size``,
+  connections open, and ``db.pool.idle`` are shown as gauges but not needed here), or the OTel
+  semantic conventions ``db.client.connection.count`` (attribute db.client.connection.state =
+  used|idle), ``db.client.connection.max``, ``db.client.connection.pending_requests`` (the older
+  ``db.client.connections.*`` names with ``state`` also work). The pool name comes from
+  db.client.connection.pool.name, pool.name or pool ("default" without one).
 - Cache hit ratios: counters ``<x>.hits`` and ``<x>.misses`` with the same attributes, or one
-  counter with attribute ``result`` (or cache.result) = hit|miss, become ``<x>.hit_ratio``.
+  counter with attribute ``result`` (or cache.result) = hit|miss, become ``<x>.hit_ratio``
+  (``embedding.cache.hit_ratio``, ``chat.cache.hit_ratio``, per ``layer``).
+- Every other histogram becomes a ``HistogramStats`` (p50/p95/p99, mean, rate, in its own unit):
+  chat's ``llm.time_to_first_token`` (s) and ``llm.tokens_per_second``, storage's
+  ``db.client.operation.duration`` (s), ``embedding.batch.size``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import grpc
+from studyassist.core.errors import SERVER_FAULTS
 from studyassist.metrics.v1 import metrics_pb2
 
 from metrics.store import Histogram, MetricStore, Series, WindowView
@@ -26,6 +35,10 @@ from metrics.store import Histogram, MetricStore, Series, WindowView
 RPC_DURATION = "rpc.server.duration"
 HTTP_DURATIONS = ("http.server.duration", "http.server.request.duration")
 UNIT_TO_MS = {"ms": 1.0, "s": 1000.0, "us": 0.001, "ns": 1e-6}
+
+# Server faults by name (the duration series carry rpc.grpc.status as a name).
+SERVER_FAULT_NAMES = frozenset(code.name for code in SERVER_FAULTS)
+GRPC_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 POOL_USED = {"db.client.connection.count", "db.client.connections.usage", "db.pool.in_use"}
 POOL_MAX = {"db.client.connection.max", "db.client.connections.max", "db.pool.max"}
@@ -75,16 +88,32 @@ class Endpoint:
         )
 
 
+def grpc_status_name(series: Series) -> str:
+    """The call's status name (``OK``, ``CANCELLED``...), from rpc.grpc.status or the numeric
+    rpc.grpc.status_code the OTel grpc instrumentation records; "" when neither is there."""
+    name = series.attribute("rpc.grpc.status")
+    if name:
+        return name.upper()
+    code = series.attribute("rpc.grpc.status_code")
+    return GRPC_CODE_NAMES.get(int(code), "UNKNOWN") if code.isdigit() else ""
+
+
+def is_server_fault(series: Series) -> bool:
+    """Whether a duration series counts as failed calls: a gRPC status in ``SERVER_FAULTS`` or HTTP 5xx."""
+    if series.name == RPC_DURATION:
+        return grpc_status_name(series) in SERVER_FAULT_NAMES
+    code = series.attribute("http.response.status_code", "http.status_code")
+    return code.isdigit() and 500 <= int(code) <= 599
+
+
 def _endpoint_key(series: Series) -> tuple[str, str, str, bool] | None:
     """(service, rpc service, method, is error) for a duration histogram, None for anything else."""
     if series.name == RPC_DURATION:
-        status = series.attribute("rpc.grpc.status")
-        return series.service, series.attribute("rpc.service"), series.attribute("rpc.method"), status not in ("", "OK")
+        return series.service, series.attribute("rpc.service"), series.attribute("rpc.method"), is_server_fault(series)
     if series.name in HTTP_DURATIONS:
         verb = series.attribute("http.request.method", "http.method")
         route = series.attribute("http.route", "http.target") or "/"
-        code = series.attribute("http.response.status_code", "http.status_code")
-        return series.service, "http", f"{verb} {route}".strip(), code.isdigit() and int(code) >= 500
+        return series.service, "http", f"{verb} {route}".strip(), is_server_fault(series)
     return None
 
 
@@ -207,12 +236,17 @@ def pools(views: list[WindowView]) -> list[PoolUse]:
     return [use for _, use in sorted(found.items()) if use.max_size > 0]
 
 
+def _connections_for(demand: float) -> int:
+    """Connections that hold ``demand`` at the target utilisation (21 / 0.7 is 30, not 31: float noise rounded off)."""
+    return math.ceil(round(demand / TARGET_UTILISATION, 6))
+
+
 def recommend(use: PoolUse, high_utilisation: float) -> metrics_pb2.PoolRecommendation:
     current = int(use.max_size)
     demand = use.in_use_peak + use.waiting_peak
     if use.waiting_peak > 0 or use.mean_utilisation > high_utilisation:
         action = metrics_pb2.POOL_ACTION_INCREASE
-        recommended = max(current + 1, math.ceil(demand / TARGET_UTILISATION))
+        recommended = max(current + 1, _connections_for(demand))
         reason = (
             f"mean utilisation {use.mean_utilisation:.0%} (alert above {high_utilisation:.0%}), "
             f"peak {use.in_use_peak:g} in use and {use.waiting_peak:g} waiting of {current}: "
@@ -220,7 +254,7 @@ def recommend(use: PoolUse, high_utilisation: float) -> metrics_pb2.PoolRecommen
         )
     elif use.peak_utilisation < LOW_UTILISATION and current > MIN_POOL_SIZE:
         action = metrics_pb2.POOL_ACTION_DECREASE
-        recommended = max(MIN_POOL_SIZE, math.ceil(use.in_use_peak / TARGET_UTILISATION))
+        recommended = max(MIN_POOL_SIZE, _connections_for(use.in_use_peak))
         recommended = min(recommended, current - 1)
         reason = (
             f"peak utilisation {use.peak_utilisation:.0%} is under {LOW_UTILISATION:.0%}: "

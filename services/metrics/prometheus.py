@@ -16,11 +16,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from metrics.alerts import FIRING, AlertEvaluator
-from metrics.analysis import endpoints, other_histograms, pools
+from metrics.analysis import endpoints, grpc_status_name, other_histograms, pools
 from metrics.store import Histogram, MetricStore, Series
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 SCRAPE_TIMEOUT_S = 10.0
+# A gauge not reported for this long is left out of the scrape, so Prometheus marks it stale: the
+# last queue depth of a pod that crashed must not hold the embedding HPA up for the whole window.
+# Services report every 10 s (OTEL_METRIC_EXPORT_INTERVAL); this allows for many missed exports.
+GAUGE_FRESH_S = 120.0
 QUANTILES = (0.5, 0.95, 0.99)
 
 
@@ -40,7 +44,9 @@ def _families(store: MetricStore, alerts: AlertEvaluator, window_s: int) -> list
         labels=[*labels, "quantile"],
     )
     error_ratio = GaugeMetricFamily(
-        "studyassist_request_error_ratio", f"Calls not OK / all calls over the last {window_s} s", labels=labels
+        "studyassist_request_error_ratio",
+        f"Calls the server failed (gRPC INTERNAL, UNAVAILABLE, ...; HTTP 5xx) / all calls over the last {window_s} s",
+        labels=labels,
     )
     for endpoint in endpoints(views):
         values = [endpoint.service, endpoint.rpc_service, endpoint.method]
@@ -63,7 +69,7 @@ def _families(store: MetricStore, alerts: AlertEvaluator, window_s: int) -> list
                     series.service,
                     series.attribute("rpc.service"),
                     series.attribute("rpc.method"),
-                    series.attribute("rpc.grpc.status"),
+                    grpc_status_name(series),
                 ],
                 series.lifetime_count,
                 series.lifetime_sum,
@@ -77,7 +83,7 @@ def _families(store: MetricStore, alerts: AlertEvaluator, window_s: int) -> list
             label_values["instance_id"] = series.instance
         if series.kind == "counter":
             by_name.setdefault(series.name, []).append((label_values, series.lifetime_sum, "counter"))
-        elif series.slots and series.slots[-1].gauge is not None:
+        elif series.slots and series.slots[-1].gauge is not None and store.reported_within(series, GAUGE_FRESH_S):
             by_name.setdefault(series.name, []).append((label_values, series.slots[-1].gauge.last, "gauge"))
     families.append(duration)
     for name, histogram_rows in _group_by_name(other_histograms(views)).items():

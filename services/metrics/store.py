@@ -421,6 +421,10 @@ class MetricStore:
             del self._series[key]
         return len(stale)
 
+    def reported_within(self, series: Series, seconds: float) -> bool:
+        """Whether ``series`` received data in the last ``seconds`` (to the store's slot width)."""
+        return bool(series.slots) and series.slots[-1].index >= self._first_index(seconds)
+
     def all_series(self) -> list[Series]:
         return list(self._series.values())
 

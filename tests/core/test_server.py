@@ -8,6 +8,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from studyassist.core.channels import create_channel
 from studyassist.core.errors import InvalidArgument, NotFound
 from studyassist.core.testing import serving, stand_in_server
@@ -95,3 +99,32 @@ async def test_graceful_stop_lets_in_flight_calls_finish_and_reports_not_serving
         servicer.release.set()
         assert (await in_flight).model_id == "slow"
         await stopping
+
+
+async def test_only_server_faults_mark_the_span_as_an_error() -> None:
+    """A caller's mistake (INVALID_ARGUMENT, NOT_FOUND) is traced as such, not as the server failing."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    servicer = ProbeServicer()
+
+    async def build_traced():  # type: ignore[no-untyped-def]
+        return stand_in_server(servicer, tracer=provider.get_tracer("test"))
+
+    async with serving(build_traced) as address, create_channel(address) as channel:
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        await stub.Embed(embedding_pb2.EmbedRequest(texts=[b"ok"]))
+        for text in (b"bad", b"missing", b"bug"):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Embed(embedding_pb2.EmbedRequest(texts=[text]))
+    statuses = [
+        (span.attributes["rpc.grpc.status_code"], span.status.status_code)
+        for span in exporter.get_finished_spans()
+        if span.attributes
+    ]
+    assert statuses == [
+        (grpc.StatusCode.OK.value[0], StatusCode.UNSET),
+        (grpc.StatusCode.INVALID_ARGUMENT.value[0], StatusCode.UNSET),
+        (grpc.StatusCode.NOT_FOUND.value[0], StatusCode.UNSET),
+        (grpc.StatusCode.INTERNAL.value[0], StatusCode.ERROR),
+    ]

@@ -26,36 +26,20 @@ import pytest
 import yaml
 from studyassist.core.config import CommonSettings
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-from deploy.render import Obj, RenderError, pod_spec, render  # noqa: E402
+from deploy.render import Obj, RenderError, pod_spec, render
+from tests.deploy.conftest import OVERLAYS, REPO
 
-K8S = REPO / "deploy" / "k8s"
 K8S_VERSION: str = kubernetes_validate.latest_version()
-OVERLAYS = ("dev", "prod")
 PORTS = {"gateway": 8080, "chat": 50051, "storage": 50052, "embedding": 50053, "metrics": 50054}
 GRPC_SERVICES = ("chat", "storage", "embedding", "metrics")
 SCRAPE_PORTS = {9464, 8889}  # Prometheus may scrape these from the "monitoring" namespace
+# The embedding queue depth as Prometheus sees it (tests/deploy/test_exported_metrics.py checks it is exported).
+QUEUE_DEPTH_METRIC = "embedding_queue_depth"
 NAME = "app.kubernetes.io/name"
 Check = Callable[[list[Obj]], list[str]]
 
 
-# ---------------------------------------------------------------- rendering
-
-
-@pytest.fixture(scope="module")
-def k8s_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of deploy/k8s whose prod secrets.env is the committed example, never a real one."""
-    tree = tmp_path_factory.mktemp("deploy") / "k8s"
-    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("secrets.env"))
-    prod = tree / "overlays" / "prod"
-    shutil.copy(prod / "secrets.env.example", prod / "secrets.env")
-    return tree
-
-
-@pytest.fixture(scope="module")
-def rendered(k8s_tree: Path) -> dict[str, list[Obj]]:
-    return {overlay: render(k8s_tree / "overlays" / overlay) for overlay in OVERLAYS}
+# Rendering: the k8s_tree and rendered fixtures live in tests/deploy/conftest.py.
 
 
 # ---------------------------------------------------------------- helpers
@@ -199,11 +183,8 @@ def check_autoscaling(objects: list[Obj]) -> list[str]:
     metrics = embedding["spec"].get("metrics", []) if embedding else []
     if not any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in metrics):
         problems.append("HPA embedding: does not scale on CPU")
-    if not any(
-        m.get(m["type"].lower(), {}).get("metric", {}).get("name") == "studyassist_embedding_queue_depth"
-        for m in metrics
-    ):
-        problems.append("HPA embedding: does not scale on studyassist_embedding_queue_depth")
+    if not any(m.get(m["type"].lower(), {}).get("metric", {}).get("name") == QUEUE_DEPTH_METRIC for m in metrics):
+        problems.append(f"HPA embedding: does not scale on {QUEUE_DEPTH_METRIC}")
     return problems
 
 
@@ -469,6 +450,14 @@ def _redis_elsewhere(objects: list[Obj]) -> None:
     cm["data"]["REDIS_URL"] = "redis://redis.default.svc.cluster.local:6379/0"
 
 
+def _queue_metric_renamed(objects: list[Obj]) -> None:
+    hpa = find(objects, "HorizontalPodAutoscaler", "embedding")
+    assert hpa is not None
+    for metric in hpa["spec"]["metrics"]:
+        if metric["type"] == "External":
+            metric["external"]["metric"]["name"] = "studyassist_embedding_queue_depth"
+
+
 def _embedding_on_cpu(objects: list[Obj]) -> None:
     del container(objects, "embedding")["resources"]["limits"]["nvidia.com/gpu"]
 
@@ -483,6 +472,7 @@ BREAKAGES: list[tuple[Callable[[list[Obj]], None], Check, str]] = [
     (_typo, check_schema, "readinesProbe"),
     (_cluster_ip_address, check_config, "EMBEDDING_ADDR is"),
     (_redis_elsewhere, check_config, "redis.default is not where redis runs"),
+    (_queue_metric_renamed, check_autoscaling, f"HPA embedding: does not scale on {QUEUE_DEPTH_METRIC}"),
     (_embedding_on_cpu, lambda objects: check_gpu(objects, expected=True), "embedding lacks an nvidia.com/gpu limit"),
 ]
 

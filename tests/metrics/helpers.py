@@ -10,7 +10,7 @@ import grpc
 from metrics.config import Settings
 from metrics.server import MetricsApp, assemble
 from studyassist.core.config import CommonSettings
-from studyassist.core.errors import InvalidArgument
+from studyassist.core.errors import InvalidArgument, Unavailable
 from studyassist.core.server import Server
 from studyassist.core.telemetry import Telemetry, setup_telemetry
 from studyassist.core.testing import StandInServicer, stand_in_server
@@ -34,7 +34,8 @@ async def metrics_service(
 
 
 class ProbeServicer(StandInServicer):
-    """A user-facing service stand-in: "bad" fails with INVALID_ARGUMENT, anything else answers."""
+    """A user-facing service stand-in: "bad" fails with INVALID_ARGUMENT (the caller's mistake),
+    "broken" with UNAVAILABLE (a server fault), anything else answers."""
 
     async def Embed(
         self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
@@ -42,6 +43,8 @@ class ProbeServicer(StandInServicer):
         text = request.texts[0].decode() if request.texts else ""
         if text == "bad":
             raise InvalidArgument("text is bad")
+        if text == "broken":
+            raise Unavailable("the probe is broken")
         await asyncio.sleep(0)
         return embedding_pb2.EmbedResponse(model_id=text, dimension=len(text))
 

@@ -61,9 +61,9 @@ async def test_sdk_export_gives_dashboard_percentiles_errors_gauges_traces_and_s
                     stub = embedding_pb2_grpc.EmbeddingServiceStub(probe_channel)
                     for i in range(20):
                         await stub.Embed(embedding_pb2.EmbedRequest(texts=[f"t{i}".encode()]))
-                    for _ in range(5):
+                    for text in [b"bad", b"broken"] * 5:  # only the server faults count as errors
                         with pytest.raises(grpc.aio.AioRpcError):
-                            await stub.Embed(embedding_pb2.EmbedRequest(texts=[b"bad"]))
+                            await stub.Embed(embedding_pb2.EmbedRequest(texts=[text]))
             finally:
                 await probe.stop(grace=0.5)
 
@@ -95,9 +95,9 @@ async def test_sdk_export_gives_dashboard_percentiles_errors_gauges_traces_and_s
 
             embed = endpoint(dashboard, "probe", "Embed")
             assert embed.rpc_service == "studyassist.embedding.v1.EmbeddingService"
-            assert (embed.count, embed.errors) == (25, 5)
-            assert embed.error_rate == pytest.approx(0.2)
-            assert embed.per_second == pytest.approx(25 / 120)
+            assert (embed.count, embed.errors) == (30, 5)
+            assert embed.error_rate == pytest.approx(5 / 30)
+            assert embed.per_second == pytest.approx(30 / 120)
 
             (batches,) = [h for h in dashboard.histograms if h.name == "embedding.batch.size"]
             assert (batches.service, dict(batches.attributes), batches.unit) == ("probe", {"model": "minilm"}, "{text}")

@@ -80,3 +80,23 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 
 def http_status(code: grpc.StatusCode) -> int:
     return HTTP_STATUS.get(code, 500)
+
+
+# Statuses that mean the server failed the call: what error rates, their alert and ERROR spans
+# count. Not: CANCELLED (the caller left: a student pressed Stop) or the caller's own mistakes
+# (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, UNAUTHENTICATED,
+# FAILED_PRECONDITION, OUT_OF_RANGE, ABORTED). RESOURCE_EXHAUSTED is in: a gRPC service in this
+# mesh raises it only when it sheds load it has no capacity for (the embedding queue is full,
+# chat's task cap is reached), the shortfall SREs must see; per-user rate limits and oversized
+# bodies are the gateway's HTTP 429 and 413, and 4xx never counts.
+SERVER_FAULTS: frozenset[grpc.StatusCode] = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)

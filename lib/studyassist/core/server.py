@@ -22,7 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import metrics, propagate, trace
 
-from studyassist.core.errors import StudyAssistError
+from studyassist.core.errors import SERVER_FAULTS, StudyAssistError
 from studyassist.core.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     code = grpc.StatusCode(code) if code in grpc.StatusCode else grpc.StatusCode.UNKNOWN
             status = code.name
             span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code != grpc.StatusCode.OK:
+            # The span's status is decided here, not by use_span: a caller's mistake or departure
+            # is not the server's error.
+            if code in SERVER_FAULTS:
                 span.set_status(trace.StatusCode.ERROR, status)
+                if exc is not None and not isinstance(exc, (StudyAssistError, grpc.aio.AbortError)):
+                    span.record_exception(exc)
             span.end()
             elapsed_ms = (time.perf_counter() - started) * 1000
             interceptor._duration.record(elapsed_ms, {**attributes, "rpc.grpc.status": status})
@@ -139,7 +143,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 span, started = begin(context)
                 error: BaseException | None = None
                 try:
-                    with trace.use_span(span, end_on_exit=False):
+                    with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
                         return await inner_unary(request, context)
                 except grpc.aio.AbortError:
                     raise
@@ -166,7 +170,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             span, started = begin(context)
             error: BaseException | None = None
             try:
-                with trace.use_span(span, end_on_exit=False):
+                with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
                     async for response in inner_stream(request, context):
                         yield response
             except grpc.aio.AbortError:
