@@ -7,12 +7,15 @@ a few seconds, so deactivating a user ends their access within that time, open s
 Refresh tokens are single use: their ``jti`` is kept in an allow-list (Redis when REDIS_URL is set,
 else this process) until it is used, logged out or expires; using one removes it and issues a
 new pair, so a stolen refresh token works at most once.
+
+Administrators: routes of an admin-only backend (the metrics service) answer 403 to anyone else.
+Who is one is decided per request from the user's current email (the same cached GetUser), never
+from a token claim, so removing someone from ADMIN_EMAILS takes effect on the gateway's restart.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 from collections import OrderedDict
@@ -32,6 +35,7 @@ from studyassist.core.cache import LruTtlCache
 from studyassist.core.channels import user_metadata
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
+from gateway.config import EMAIL_RE
 from gateway.responses import HttpError, from_rpc_error, json_response, parse_json_body, read_body
 
 T = TypeVar("T")
@@ -39,7 +43,6 @@ T = TypeVar("T")
 ALGORITHM = "HS256"
 # Clock skew tolerated on exp/iat between gateway replicas.
 LEEWAY_S = 5
-EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}")
 MIN_PASSWORD = 8
 # argon2 hashes any length, but an unbounded password is free CPU for an attacker.
 MAX_PASSWORD = 256
@@ -167,35 +170,72 @@ class Tokens:
         return claims
 
 
+@dataclass(frozen=True, slots=True)
+class AdminPolicy:
+    """Who is an administrator: the users whose email is in ``emails`` (ADMIN_EMAILS); with
+    ``everyone`` (development mode with ADMIN_EMAILS empty), every signed-in user."""
+
+    emails: frozenset[str] = frozenset()
+    everyone: bool = False
+
+    @classmethod
+    def from_settings(cls, emails: frozenset[str], *, production: bool) -> AdminPolicy:
+        return cls(frozenset(e.lower() for e in emails), everyone=not emails and not production)
+
+    def allows(self, email: str) -> bool:
+        return self.everyone or email.strip().lower() in self.emails
+
+
+def _forbidden(message: str = "this needs an administrator account") -> HttpError:
+    return HttpError(grpc.StatusCode.PERMISSION_DENIED, message)
+
+
 class Authenticator:
-    """Verifies access tokens and that their user is still active."""
+    """Verifies access tokens, that their user is still active and, for admin-only routes, an administrator."""
 
-    def __init__(self, tokens: Tokens, storage: storage_pb2_grpc.StorageServiceAsyncStub, cache_ttl_s: float) -> None:
+    def __init__(
+        self,
+        tokens: Tokens,
+        storage: storage_pb2_grpc.StorageServiceAsyncStub,
+        cache_ttl_s: float,
+        admins: AdminPolicy | None = None,
+    ) -> None:
         self.tokens = tokens
+        self.admins = admins or AdminPolicy()
         self._storage = storage
-        self._active = LruTtlCache(max_entries=100_000, ttl_s=cache_ttl_s)
+        # user id -> b"1" or b"0" (active) followed by the user's email, for the admin rule.
+        self._users = LruTtlCache(max_entries=100_000, ttl_s=cache_ttl_s)
 
-    async def user_is_active(self, user_id: str) -> bool:
-        cached = self._active.get(user_id)
+    async def _user(self, user_id: str) -> tuple[bool, str]:
+        """(active, email) of ``user_id``, cached a few seconds."""
+        cached = self._users.get(user_id)
         if cached is not None:
-            return cached == b"1"
+            return cached[:1] == b"1", cached[1:].decode()
         try:
             user = await self._storage.GetUser(storage_pb2.GetUserRequest(), metadata=user_metadata(user_id), timeout=3)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED):
-                active = False
+                active, email = False, ""
             else:
                 raise from_rpc_error(exc) from None
         else:
-            active = user.active
-        self._active.set(user_id, b"1" if active else b"0")
-        return active
+            active, email = user.active, user.email
+        self._users.set(user_id, (b"1" if active else b"0") + email.encode())
+        return active, email
+
+    async def user_is_active(self, user_id: str) -> bool:
+        return (await self._user(user_id))[0]
+
+    async def is_admin(self, user_id: str) -> bool:
+        active, email = await self._user(user_id)
+        return active and self.admins.allows(email)
 
     def forget(self, user_id: str) -> None:
-        self._active.delete_prefix(user_id)
+        self._users.delete_prefix(user_id)
 
-    async def authenticate(self, request: Request, *, allow_query_token: bool = False) -> str:
-        """The verified user id of ``request``; 401 without a valid token of an active user."""
+    async def authenticate(self, request: Request, *, allow_query_token: bool = False, admin_only: bool = False) -> str:
+        """The verified user id of ``request``; 401 without a valid token of an active user, and 403
+        when ``admin_only`` and the user is not an administrator."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -204,8 +244,11 @@ class Authenticator:
             if not token:
                 raise _unauthenticated("missing bearer token")
         user_id = str(self.tokens.verify(token.strip(), "access")["sub"])
-        if not await self.user_is_active(user_id):
+        active, email = await self._user(user_id)
+        if not active:
             raise _unauthenticated("account is not active")
+        if admin_only and not self.admins.allows(email):
+            raise _forbidden()
         return user_id
 
 
@@ -287,7 +330,13 @@ class AuthRoutes:
                 "refresh_token": refresh,
                 "token_type": "bearer",
                 "expires_in": access_ttl,
-                "user": {"user_id": user.user_id, "email": user.email, "display_name": user.display_name},
+                "user": {
+                    "user_id": user.user_id,
+                    "email": user.email,
+                    "display_name": user.display_name,
+                    # For the web app's navigation only: every admin-only route checks again.
+                    "is_admin": self._auth.admins.allows(user.email),
+                },
             },
             status,
             {"Cache-Control": "no-store"},

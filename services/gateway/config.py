@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from studyassist.core.config import (
 )
 
 DEFAULT_WEB_DIST = Path(__file__).resolve().parent / "web" / "dist"
+# Same shape as the addresses accepted at registration (gateway.auth.EMAIL_RE).
+EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}")
 # HS256 keys shorter than the hash output weaken the MAC; refuse them.
 MIN_SECRET_BYTES = 32
 
@@ -49,6 +52,10 @@ class Settings:
     password_hash_time_cost: int
     password_hash_memory_kib: int
     password_hash_parallelism: int
+    # Lower-cased emails of the administrators (who may call admin-only backends such as metrics).
+    admin_emails: frozenset[str]
+    # Deadline of unary calls to the chat service (an answer waits on the LLM, up to LLM_TIMEOUT_S).
+    chat_timeout_s: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -57,6 +64,10 @@ class Settings:
         for origin in origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ConfigError(f"CORS_ORIGINS entry {origin!r} must start with http:// or https://")
+        admins = frozenset(e.strip().lower() for e in env.get("ADMIN_EMAILS", "").split(",") if e.strip())
+        for email in admins:
+            if not EMAIL_RE.fullmatch(email):
+                raise ConfigError(f"ADMIN_EMAILS entry {email!r} is not an email address")
         return cls(
             port=env_service_port(env, "gateway"),
             chat_addr=env_peer_address(env, "chat"),
@@ -88,6 +99,10 @@ class Settings:
             password_hash_time_cost=env_int(env, "PASSWORD_HASH_TIME_COST", 2, minimum=1, maximum=10),
             password_hash_memory_kib=env_int(env, "PASSWORD_HASH_MEMORY_KIB", 19_456, minimum=8_192, maximum=1_048_576),
             password_hash_parallelism=env_int(env, "PASSWORD_HASH_PARALLELISM", 1, minimum=1, maximum=16),
+            admin_emails=admins,
+            # LLM_TIMEOUT_S (120 s) plus retrieval and the rest of the answer; chat also caps its
+            # LLM request by the deadline it receives, so this is the longest an answer may take.
+            chat_timeout_s=env_float(env, "GATEWAY_CHAT_TIMEOUT_S", 130.0, minimum=1.0),
         )
 
     def password_hasher(self) -> PasswordHasher:

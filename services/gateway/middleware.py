@@ -2,8 +2,10 @@
 
 Each request runs inside a SERVER span (continuing the caller's W3C ``traceparent`` when it sends
 one), so every gRPC call made while serving it carries the trace on to the backends; the trace id
-goes back in ``X-Trace-Id`` and into the JSON logs. ``http.server.duration`` is labelled with the
-route template (``/v1/files/{file_id}``), never the raw path, so its series stay bounded.
+goes back in ``X-Trace-Id`` and into the JSON logs, and is the request id (``X-Request-ID``, error
+bodies, the ``x-request-id`` sent to backends) unless the client sent one of its own.
+``http.server.duration`` is labelled with the route template (``/v1/files/{file_id}``), never the
+raw path, so its series stay bounded.
 
 Pure ASGI (not BaseHTTPMiddleware) so streamed responses (SSE, uploads) pass through untouched.
 """
@@ -84,8 +86,6 @@ class FrontDoor:
                 if _REQUEST_ID_RE.fullmatch(candidate):
                     request_id = candidate
                 break
-        request_id = request_id or new_request_id()
-        token = request_id_var.set(request_id)
         status_seen: list[int] = []
         method: str = scope["method"]
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _TRACE_HEADERS}
@@ -95,7 +95,14 @@ class FrontDoor:
             kind=trace.SpanKind.SERVER,
             attributes={"http.request.method": method, "url.path": scope["path"]},
         )
-        trace_id = format(span.get_span_context().trace_id, "032x").encode()
+        span_context = span.get_span_context()
+        trace_hex = format(span_context.trace_id, "032x")
+        trace_id = trace_hex.encode()
+        # Without a request id of the client's own, the trace id is the request id: the response
+        # header, the error body, every log line and the trace all carry the same one id.
+        # (A no-op tracer has no trace: a fresh id then.)
+        request_id = request_id or (trace_hex if span_context.trace_id else new_request_id())
+        token = request_id_var.set(request_id)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

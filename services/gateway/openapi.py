@@ -143,7 +143,12 @@ def _auth_paths() -> dict[str, Any]:
     user = {
         "type": "object",
         "required": ["user_id", "email", "display_name"],
-        "properties": {"user_id": {"type": "string"}, "email": {"type": "string"}, "display_name": {"type": "string"}},
+        "properties": {
+            "user_id": {"type": "string"},
+            "email": {"type": "string"},
+            "display_name": {"type": "string"},
+            "is_admin": {"type": "boolean", "description": "may open the admin-only routes (ADMIN_EMAILS)"},
+        },
     }
     tokens = {
         "type": "object",
@@ -194,7 +199,31 @@ def _auth_paths() -> dict[str, Any]:
     }
 
 
-def build_openapi(routes: list[Route]) -> dict[str, Any]:
+def _config_path() -> dict[str, Any]:
+    config = {
+        "type": "object",
+        "required": ["upload_max_bytes", "max_body_bytes", "is_admin"],
+        "properties": {
+            "upload_max_bytes": {"type": "integer", "description": "largest upload accepted (UPLOAD_MAX_BYTES)"},
+            "max_body_bytes": {"type": "integer", "description": "largest JSON request body (MAX_BODY_BYTES)"},
+            "is_admin": {"type": "boolean", "description": "the caller may open the admin-only routes"},
+        },
+    }
+    return {
+        "get": {
+            "operationId": "gateway.config",
+            "tags": ["gateway"],
+            "summary": "The gateway's limits the web app checks before sending, and the caller's role",
+            "security": [{"bearerAuth": []}],
+            "responses": {
+                "200": {"description": "ok", "content": {"application/json": {"schema": config}}},
+                **_error_responses(),
+            },
+        }
+    }
+
+
+def build_openapi(routes: list[Route], *, admin_backends: frozenset[str] = frozenset()) -> dict[str, Any]:
     builder = SchemaBuilder()
     paths: dict[str, Any] = {}
     for route in sorted(routes, key=lambda r: (r.template.template, r.http_method)):
@@ -256,8 +285,15 @@ def build_openapi(routes: list[Route]) -> dict[str, Any]:
         else:
             ok = {"description": "ok", "content": {"application/json": {"schema": output}}}
         operation["responses"] = {"200": ok, **_error_responses()}
+        if route.backend in admin_backends:
+            operation["description"] = "Administrators only (ADMIN_EMAILS); anyone else gets 403."
+            operation["responses"]["403"] = {
+                "description": "not an administrator",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
         paths.setdefault(_path(route.template.template), {})[route.http_method.lower()] = operation
     paths.update(_auth_paths())
+    paths["/v1/config"] = _config_path()
     paths["/healthz"] = {
         "get": {"operationId": "healthz", "tags": ["health"], "responses": {"200": {"description": "alive"}}}
     }

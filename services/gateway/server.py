@@ -26,6 +26,7 @@ from studyassist.core.telemetry import Telemetry
 from studyassist.storage.v1 import storage_pb2_grpc
 
 from gateway.auth import (
+    AdminPolicy,
     Authenticator,
     AuthRoutes,
     MemoryRefreshStore,
@@ -44,6 +45,8 @@ from gateway.transcode import Transcoder
 
 log = logging.getLogger(__name__)
 
+# Every route of these backends is for administrators only (ADMIN_EMAILS).
+ADMIN_BACKENDS = frozenset({"metrics"})
 # Readiness needs these; the metrics service is optional (telemetry is dropped when it is away).
 REQUIRED_BACKENDS = ("chat", "storage")
 API_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -82,7 +85,8 @@ class Gateway:
                 settings.refresh_token_ttl_s,
             )
         )
-        self.authenticator = Authenticator(tokens, storage, settings.user_cache_ttl_s)
+        self.admins = AdminPolicy.from_settings(settings.admin_emails, production=common.production)
+        self.authenticator = Authenticator(tokens, storage, settings.user_cache_ttl_s, self.admins)
         self.refresh_store: RefreshStore = (
             RedisRefreshStore(self.redis) if self.redis is not None else MemoryRefreshStore()
         )
@@ -104,6 +108,8 @@ class Gateway:
             max_body_bytes=settings.max_body_bytes,
             upload_max_bytes=settings.upload_max_bytes,
             heartbeat_s=settings.sse_heartbeat_s,
+            admin_backends=ADMIN_BACKENDS,
+            unary_timeouts={"chat": settings.chat_timeout_s},
         )
         self.web = WebApp(settings.web_dist_dir)
         self.meter = telemetry.meter
@@ -122,6 +128,9 @@ class Gateway:
                     "refresh_tokens": self.refresh_store.name,
                     "rate_limits": self.limiter.backend,
                     "web_app": self.web.dist_dir.joinpath("index.html").is_file(),
+                    "admins": "every signed-in user (development, ADMIN_EMAILS empty)"
+                    if self.admins.everyone
+                    else len(self.admins.emails),
                 }
             },
         )
@@ -168,12 +177,25 @@ class Gateway:
         ready = all(backends[name] == "SERVING" for name in REQUIRED_BACKENDS)
         return json_response({"ready": ready, "backends": backends, "chat": chat}, 200 if ready else 503)
 
+    async def config(self, request: Request) -> Response:
+        """What the web app needs to know of this gateway's settings, for the signed-in user."""
+        user_id = await self.authenticator.authenticate(request)
+        await self.limiter.check_user(user_id)
+        return json_response(
+            {
+                "upload_max_bytes": self.settings.upload_max_bytes,
+                "max_body_bytes": self.settings.max_body_bytes,
+                "is_admin": await self.authenticator.is_admin(user_id),
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
     def _document(self) -> tuple[bytes, str]:
         generation = self.transcoder.table.generation
         if self._openapi is None or self._openapi[0] != generation:
             from gateway.responses import dumps
 
-            document = build_openapi(self.transcoder.table.routes)
+            document = build_openapi(self.transcoder.table.routes, admin_backends=ADMIN_BACKENDS)
             self._openapi = (generation, dumps(document), render_docs(document))
         return self._openapi[1], self._openapi[2]
 
@@ -195,6 +217,7 @@ class Gateway:
             Route("/v1/auth/login", auth.login, methods=["POST"]),
             Route("/v1/auth/refresh", auth.refresh, methods=["POST"]),
             Route("/v1/auth/logout", auth.logout, methods=["POST"]),
+            Route("/v1/config", self.config, methods=["GET"]),
             Route("/v1/{rest:path}", self.transcoder.handle, methods=API_METHODS),
             Route("/{rest:path}", self.web.serve, methods=["GET", "HEAD"]),
         ]

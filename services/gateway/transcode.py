@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -295,6 +295,8 @@ class Transcoder:
         max_body_bytes: int,
         upload_max_bytes: int,
         heartbeat_s: float,
+        admin_backends: frozenset[str] = frozenset(),
+        unary_timeouts: Mapping[str, float] | None = None,
     ) -> None:
         self.backends = backends
         self.channels = channels
@@ -305,6 +307,11 @@ class Transcoder:
         self._max_body = max_body_bytes
         self._upload_max = upload_max_bytes
         self._heartbeat_s = heartbeat_s
+        # Every route of these backends is for administrators only (a rule per service, so a new
+        # RPC of the metrics service is admin-only with no gateway change).
+        self._admin_backends = admin_backends
+        # Deadline of unary calls per backend; a backend not named here gets the channel's default.
+        self._unary_timeouts = dict(unary_timeouts or {})
         self._refresh_lock = asyncio.Lock()
         self._last_miss_refresh = 0.0
 
@@ -383,7 +390,9 @@ class Transcoder:
 
     async def handle(self, request: Request) -> Response:
         route, path_values = await self._match(request)
-        user_id = await self._auth.authenticate(request, allow_query_token=route.server_streaming)
+        user_id = await self._auth.authenticate(
+            request, allow_query_token=route.server_streaming, admin_only=route.backend in self._admin_backends
+        )
         await self._limiter.check_user(user_id)
         metadata = user_metadata(user_id)
         query = list(request.query_params.multi_items())
@@ -398,7 +407,7 @@ class Transcoder:
         if route.server_streaming:
             return await self._stream(route, rpc_request, metadata, user_id)
         try:
-            response = await route.call(rpc_request, metadata=metadata)
+            response = await route.call(rpc_request, metadata=metadata, timeout=self._unary_timeouts.get(route.backend))
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
         return Response(dumps(route.encode(response)), media_type="application/json")

@@ -11,12 +11,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
+from studyassist.chat.v1 import chat_pb2_grpc
 from studyassist.core.channels import caller_user_id
 from studyassist.core.errors import AlreadyExists, InvalidArgument, NotFound
 from studyassist.core.server import Server, ServiceSpec, create_server
+from studyassist.metrics.v1 import metrics_pb2_grpc
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
 SERVICE = "studyassist.storage.v1.StorageService"
+CHAT_SERVICE = "studyassist.chat.v1.ChatService"
+METRICS_SERVICE = "studyassist.metrics.v1.MetricsService"
 FOREVER = "forever"
 
 
@@ -38,6 +42,9 @@ class FakeStorage(storage_pb2_grpc.StorageServiceServicer):  # type: ignore[misc
         self.uploads: list[Upload] = []
         self.requests: dict[str, tuple[object, str]] = {}
         self.watch_cancelled = asyncio.Event()
+        # Per method: the seconds left of the call's deadline and its metadata, as received.
+        self.time_remaining: dict[str, float | None] = {}
+        self.metadata: dict[str, dict[str, str]] = {}
 
     def deactivate(self, user_id: str) -> None:
         self.users[user_id].active = False
@@ -143,6 +150,8 @@ class FakeStorage(storage_pb2_grpc.StorageServiceServicer):  # type: ignore[misc
     ) -> storage_pb2.ListSessionsResponse:
         user_id = caller_user_id(context)
         self.requests["ListSessions"] = (request, user_id)
+        self.time_remaining["ListSessions"] = context.time_remaining()
+        self.metadata["ListSessions"] = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         mine = [s for sid, s in self.sessions.items() if self.session_owner[sid] == user_id]
         return storage_pb2.ListSessionsResponse(sessions=mine[: request.page_size or 50])
 
@@ -171,3 +180,27 @@ async def start_storage(port: int = 0) -> tuple[Server, FakeStorage, str]:
     )
     await server.start()
     return server, servicer, f"127.0.0.1:{bound}"
+
+
+async def start_chat(servicer: chat_pb2_grpc.ChatServiceServicer | None = None, port: int = 0) -> tuple[Server, str]:
+    """A chat backend: by default the generated servicer, whose every RPC answers UNIMPLEMENTED
+    (its routes exist, which is what auth tests need: the gateway refuses before any call)."""
+    servicer = servicer or chat_pb2_grpc.ChatServiceServicer()  # type: ignore[abstract]
+    server, bound = create_server(
+        f"127.0.0.1:{port}", [ServiceSpec(CHAT_SERVICE, servicer, chat_pb2_grpc.add_ChatServiceServicer_to_server)]
+    )
+    await server.start()
+    return server, f"127.0.0.1:{bound}"
+
+
+async def start_metrics(
+    servicer: metrics_pb2_grpc.MetricsServiceServicer | None = None, port: int = 0
+) -> tuple[Server, str]:
+    """A metrics backend: by default the generated servicer (every RPC UNIMPLEMENTED)."""
+    servicer = servicer or metrics_pb2_grpc.MetricsServiceServicer()  # type: ignore[abstract]
+    server, bound = create_server(
+        f"127.0.0.1:{port}",
+        [ServiceSpec(METRICS_SERVICE, servicer, metrics_pb2_grpc.add_MetricsServiceServicer_to_server)],
+    )
+    await server.start()
+    return server, f"127.0.0.1:{bound}"

@@ -4,11 +4,46 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import AsyncIterator
 
+import grpc
 import jwt
+import pytest
 from argon2 import PasswordHasher
+from gateway.auth import AdminPolicy
+from gateway.config import Settings
+from studyassist.core.config import ConfigError
+from studyassist.core.server import Server
+from studyassist.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 
+from tests.gateway.backend import start_chat, start_metrics
 from tests.gateway.conftest import SECRET, MakeStack, Stack, bearer
+
+
+@pytest.fixture
+async def chat_and_metrics() -> AsyncIterator[dict[str, str]]:
+    """Chat and metrics backends with every RPC unimplemented: their routes exist, and the gateway
+    must refuse anonymous callers before any call reaches them."""
+    servers: list[Server] = []
+    chat, chat_addr = await start_chat()
+    servers.append(chat)
+    metrics, metrics_addr = await start_metrics(_Metrics())  # type: ignore[abstract]
+    servers.append(metrics)
+    yield {"CHAT_ADDR": chat_addr, "METRICS_ADDR": metrics_addr}
+    for server in servers:
+        await server.stop(0)
+
+
+class _Metrics(metrics_pb2_grpc.MetricsServiceServicer):
+    async def ListAlerts(
+        self, request: metrics_pb2.ListAlertsRequest, context: grpc.aio.ServicerContext
+    ) -> metrics_pb2.ListAlertsResponse:
+        return metrics_pb2.ListAlertsResponse(alerts=[metrics_pb2.Alert(name="p95", threshold=0.5)])
+
+    async def GetDashboard(
+        self, request: metrics_pb2.GetDashboardRequest, context: grpc.aio.ServicerContext
+    ) -> metrics_pb2.Dashboard:
+        return metrics_pb2.Dashboard(window_seconds=request.window_seconds or 300)
 
 
 def _claims(user_id: str, **override: object) -> dict[str, object]:
@@ -67,6 +102,7 @@ async def test_register_login_refresh_logout(stack: Stack) -> None:
         "user_id": user["user_id"],
         "email": "an.nguyen@example.edu.vn",
         "display_name": "Sinh viên",
+        "is_admin": True,  # development with ADMIN_EMAILS unset: every signed-in user
     }
     me = await stack.client.get("/v1/me", headers=bearer(tokens["access_token"]))
     assert me.status_code == 200 and me.json()["user_id"] == user["user_id"]
@@ -133,19 +169,77 @@ async def test_token_attacks_are_401(stack: Stack) -> None:
         assert reply.headers["www-authenticate"] == "Bearer"
 
 
-async def test_every_generated_route_refuses_anonymous_callers(stack: Stack) -> None:
+async def test_every_generated_route_refuses_anonymous_callers(
+    make_stack: MakeStack, chat_and_metrics: dict[str, str]
+) -> None:
+    stack = await make_stack(**chat_and_metrics)
     document = (await stack.client.get("/openapi.json")).json()
-    checked = 0
+    checked: dict[str, int] = {}
     for path, operations in document["paths"].items():
         if path.startswith(("/v1/auth/", "/healthz", "/readyz")):
             continue
         url = re.sub(r"\{[^}]+\}", "x1", path)
-        for method in operations:
+        for method, operation in operations.items():
             for headers in ({}, bearer("garbage"), {"Authorization": "Basic dXNlcjpwYXNz"}):
                 reply = await stack.client.request(method.upper(), url, headers=headers, json={})
                 assert reply.status_code == 401, (method, url, headers, reply.text)
-            checked += 1
-    assert checked >= 14  # the storage service's annotated RPCs
+                assert reply.json()["code"] == "UNAUTHENTICATED"
+            tag = operation["tags"][0]
+            checked[tag] = checked.get(tag, 0) + 1
+    # Every backend's annotated RPCs (and the gateway's own /v1/config) were tried.
+    assert checked["storage"] >= 14 and checked["chat"] >= 7 and checked["metrics"] >= 3, checked
+    assert checked["gateway"] == 1
+
+
+async def test_admin_only_backend_answers_403_to_other_users(
+    make_stack: MakeStack, chat_and_metrics: dict[str, str]
+) -> None:
+    # Listed with stray spaces and capitals: matched trimmed and case-insensitively.
+    stack = await make_stack(ADMIN_EMAILS=" Boss@Example.edu.vn ,other@example.edu.vn", **chat_and_metrics)
+    student = await stack.register()
+    login = await stack.client.post("/v1/auth/login", json={"email": student["email"], "password": "correct horse"})
+    assert login.json()["user"]["is_admin"] is False
+    for path in ("/v1/metrics/alerts", "/v1/metrics/dashboard", "/v1/metrics/traces/ab"):
+        refused = await stack.client.get(path, headers=bearer(student["access"]))
+        assert refused.status_code == 403, (path, refused.text)
+        body = refused.json()
+        assert set(body) == {"code", "message", "request_id"}
+        assert body["code"] == "PERMISSION_DENIED" and body["request_id"] == refused.headers["x-request-id"]
+    # The student's other routes are unaffected.
+    assert (await stack.client.get("/v1/sessions", headers=bearer(student["access"]))).status_code == 200
+    config = await stack.client.get("/v1/config", headers=bearer(student["access"]))
+    assert config.status_code == 200 and config.json()["is_admin"] is False
+
+    boss = await stack.register("boss@example.edu.vn")
+    login = await stack.client.post(
+        "/v1/auth/login", json={"email": "BOSS@example.edu.vn", "password": "correct horse"}
+    )
+    assert login.json()["user"]["is_admin"] is True
+    alerts = await stack.client.get("/v1/metrics/alerts", headers=bearer(boss["access"]))
+    assert alerts.status_code == 200, alerts.text
+    assert alerts.json()["alerts"][0]["name"] == "p95"
+    dashboard = await stack.client.get("/v1/metrics/dashboard", headers=bearer(boss["access"]))
+    assert dashboard.status_code == 200 and dashboard.json()["window_seconds"] == 300
+    assert (await stack.client.get("/v1/config", headers=bearer(boss["access"]))).json()["is_admin"] is True
+    # The document says which routes are for administrators.
+    document = (await stack.client.get("/openapi.json")).json()
+    assert "403" in document["paths"]["/v1/metrics/dashboard"]["get"]["responses"]
+    assert "403" not in document["paths"]["/v1/sessions"]["get"]["responses"]
+
+
+async def test_without_admin_emails_development_admits_everyone_and_production_nobody(
+    make_stack: MakeStack, chat_and_metrics: dict[str, str]
+) -> None:
+    stack = await make_stack(**chat_and_metrics)  # ENVIRONMENT=development, ADMIN_EMAILS unset
+    user = await stack.register()
+    assert (await stack.client.get("/v1/metrics/alerts", headers=bearer(user["access"]))).status_code == 200
+    assert AdminPolicy.from_settings(frozenset(), production=False).allows("anyone@example.edu.vn")
+    assert not AdminPolicy.from_settings(frozenset(), production=True).allows("anyone@example.edu.vn")
+    named = AdminPolicy.from_settings(frozenset({"a@b.vn"}), production=False)
+    assert named.allows("A@B.vn") and not named.allows("c@b.vn")
+    assert Settings.from_env({"ADMIN_EMAILS": "A@B.vn, c@d.vn,"}).admin_emails == {"a@b.vn", "c@d.vn"}
+    with pytest.raises(ConfigError, match="ADMIN_EMAILS"):
+        Settings.from_env({"ADMIN_EMAILS": "a@b.vn,not-an-email"})
 
 
 async def test_deactivated_user_is_refused(make_stack: MakeStack) -> None:

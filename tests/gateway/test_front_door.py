@@ -11,7 +11,7 @@ import pytest
 from studyassist.core.server import ServiceSpec, create_server
 from studyassist.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 
-from tests.gateway.backend import start_storage
+from tests.gateway.backend import start_chat, start_metrics, start_storage
 from tests.gateway.conftest import MakeStack, Stack, bearer, free_port, serve_gateway
 
 
@@ -109,6 +109,84 @@ async def test_backend_that_starts_later_is_picked_up(make_stack: MakeStack) -> 
         assert "/v1/metrics/alerts" in paths
     finally:
         await server.stop(0)
+
+
+@pytest.mark.parametrize("found_by", ["route miss", "periodic refresh"])
+async def test_backend_restarted_with_new_rpcs_is_picked_up(tmp_path: Path, found_by: str) -> None:
+    storage, _, storage_addr = await start_storage()
+    chat, chat_addr = await start_chat()
+    metrics_port = free_port()
+    # The metrics backend first runs with no service at all: reachable, with no routes.
+    bare, _ = create_server(f"127.0.0.1:{metrics_port}", [])
+    await bare.start()
+    servers = [storage, chat, bare]
+    env = {"STORAGE_ADDR": storage_addr, "CHAT_ADDR": chat_addr, "METRICS_ADDR": f"127.0.0.1:{metrics_port}"}
+    # "route miss": the periodic re-read is far away, so only a request for an unknown route can find
+    # the new RPCs (at most every 5 s); "periodic refresh": nobody asks for the route until /openapi.json
+    # lists it, which only the background re-read (every DESCRIPTOR_REFRESH_S) can do.
+    env["DESCRIPTOR_REFRESH_S"] = "300" if found_by == "route miss" else "1"
+    try:
+        async with serve_gateway(env, tmp_path) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+            token = (
+                await client.post(
+                    "/v1/auth/register",
+                    json={
+                        "email": f"r{uuid.uuid4().hex[:8]}@example.edu.vn",
+                        "password": "correct horse",
+                        "display_name": "R",
+                    },
+                )
+            ).json()["access_token"]
+            before = await client.get("/v1/metrics/alerts", headers=bearer(token))
+            assert before.status_code == 404 and before.json()["code"] == "NOT_FOUND", before.text
+            assert "/v1/metrics/alerts" not in (await client.get("/openapi.json")).json()["paths"]
+
+            # The same address restarts, now serving the metrics service's RPCs.
+            await bare.stop(0)
+            servers.remove(bare)
+            real, _ = await start_metrics(_Metrics(), metrics_port)  # type: ignore[abstract]
+            servers.append(real)
+
+            async def listed() -> bool:
+                return "/v1/metrics/alerts" in (await client.get("/openapi.json")).json()["paths"]
+
+            deadline = asyncio.get_running_loop().time() + 10
+            answer = None
+            while asyncio.get_running_loop().time() < deadline:
+                # (In "periodic refresh" mode the route is asked for only once the document lists it.)
+                if found_by == "route miss" or await listed():
+                    answer = await client.get("/v1/metrics/alerts", headers=bearer(token))
+                    if answer.status_code == 200:
+                        break
+                await asyncio.sleep(0.25)
+            assert answer is not None and answer.status_code == 200, answer.text if answer else "never listed"
+            assert answer.json()["alerts"][0]["name"] == "p95"
+            assert await listed()
+    finally:
+        for server in servers:
+            await server.stop(0)
+
+
+async def test_request_id_is_the_trace_id_unless_the_client_sends_one(stack: Stack) -> None:
+    health = await stack.client.get("/healthz")
+    assert health.headers["x-request-id"] == health.headers["x-trace-id"]
+    # An error body carries the same id (it comes from the request's context, as the logs' does).
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    refused = await stack.client.get("/v1/sessions", headers=parent)
+    assert refused.status_code == 401
+    assert refused.headers["x-request-id"] == refused.headers["x-trace-id"] == trace_id
+    assert refused.json()["request_id"] == trace_id
+    # ... and so does the call to the backend (whose logs print it).
+    user = await stack.register()
+    listed = await stack.client.get("/v1/sessions", headers=bearer(user["access"]))
+    assert listed.status_code == 200
+    assert stack.storage.metadata["ListSessions"]["x-request-id"] == listed.headers["x-trace-id"]
+    assert stack.storage.metadata["ListSessions"]["traceparent"].split("-")[1] == listed.headers["x-trace-id"]
+    # A client's own id still wins; the trace is separate then.
+    own = await stack.client.get("/v1/sessions", headers={**bearer(user["access"]), "X-Request-ID": "abc-1"})
+    assert own.headers["x-request-id"] == "abc-1" and own.headers["x-trace-id"] != "abc-1"
+    assert stack.storage.metadata["ListSessions"]["x-request-id"] == "abc-1"
 
 
 async def test_unknown_route_is_404_only_when_every_backend_is_known(tmp_path: Path) -> None:

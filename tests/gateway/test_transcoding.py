@@ -7,9 +7,12 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 
+import grpc
 import httpx
+from gateway.config import Settings
+from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
 
-from tests.gateway.backend import FOREVER
+from tests.gateway.backend import FOREVER, start_chat
 from tests.gateway.conftest import MakeStack, Stack, bearer
 
 
@@ -233,3 +236,34 @@ async def test_body_limit_on_json_routes(make_stack: object) -> None:
     user = await stack.register()
     reply = await stack.client.post("/v1/sessions", json={"title": "x" * 5000}, headers=bearer(user["access"]))
     assert reply.status_code == 413
+
+
+class _TimedChat(chat_pb2_grpc.ChatServiceServicer):
+    """Answers at once, noting how long the caller's deadline still had to run."""
+
+    def __init__(self) -> None:
+        self.time_remaining: float | None = None
+
+    async def Chat(self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext) -> chat_pb2.ChatResponse:
+        self.time_remaining = context.time_remaining()
+        return chat_pb2.ChatResponse(session_id="s1", answer=f"echo: {request.message}", backend="extractive")
+
+
+async def test_chat_calls_get_the_chat_deadline_and_others_the_default(make_stack: MakeStack) -> None:
+    # An answer waits on the LLM (LLM_TIMEOUT_S, 120 s): the channel's 10 s default would cut it off.
+    assert Settings.from_env({}).chat_timeout_s == 130
+    chat = _TimedChat()  # type: ignore[abstract]
+    server, chat_addr = await start_chat(chat)
+    try:
+        stack = await make_stack(CHAT_ADDR=chat_addr, GATEWAY_CHAT_TIMEOUT_S="77")
+        user = await stack.register()
+        reply = await stack.client.post("/v1/chat", json={"message": "xin chào"}, headers=bearer(user["access"]))
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["answer"] == "echo: xin chào"
+        assert chat.time_remaining is not None and 70 < chat.time_remaining < 77.5, chat.time_remaining
+        # Storage keeps the channel's default deadline.
+        assert (await stack.client.get("/v1/sessions", headers=bearer(user["access"]))).status_code == 200
+        remaining = stack.storage.time_remaining["ListSessions"]
+        assert remaining is not None and 5 < remaining < 10.5, remaining  # (clock granularity: a hair over is fine)
+    finally:
+        await server.stop(0)

@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
-from studyassist.core.testing import CHROMIUM, CHROMIUM_ARGS, ServiceProcess, in_ci
+from studyassist.core.testing import CHROMIUM, CHROMIUM_ARGS, ServiceProcess, in_ci, spawn_service
+
+from tests.conftest import spawn_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB_DIR = ROOT / "services" / "gateway" / "web"
+# The one administrator of the browser tests' gateway (ADMIN_EMAILS): everyone else is a student.
+ADMIN_EMAIL = "quan-tri@stu.ptit.edu.vn"
 
 
 def require_chromium() -> None:
@@ -36,8 +40,35 @@ def web_dist() -> Path:
 
 
 @pytest.fixture(scope="session")
-def base_url(web_dist: Path, gateway_service: ServiceProcess) -> str:
-    return f"http://{gateway_service.address}"
+def metrics_service() -> Iterator[ServiceProcess]:
+    """The real metrics service (it starts in well under a second), behind the dashboard."""
+    service = spawn_service("metrics", {"METRICS_PORT": "0", "METRICS_HTTP_PORT": "0"})
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def web_gateway(
+    chat_service: ServiceProcess,
+    storage_service: ServiceProcess,
+    metrics_service: ServiceProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServiceProcess]:
+    """A gateway on the shared mesh (chat, storage, embedding) with the metrics service and one
+    administrator, so the admin-only dashboard can be told apart from a student's view."""
+    service = spawn_gateway(
+        chat_service.address,
+        storage_service.address,
+        tmp_path_factory.mktemp("web-gateway"),
+        {"METRICS_ADDR": metrics_service.address, "ADMIN_EMAILS": ADMIN_EMAIL},
+    )
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(web_dist: Path, web_gateway: ServiceProcess) -> str:
+    return f"http://{web_gateway.address}"
 
 
 @pytest.fixture(scope="session")

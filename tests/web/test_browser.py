@@ -7,6 +7,7 @@ and an answer full of script, event handlers, javascript: links and SVG must sta
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import BrowserContext, Dialog, Page, Request, Route, expect
 
+from tests.web.conftest import ADMIN_EMAIL
 from tests.web.minimal_pdf import make_pdf
 
 READY_TIMEOUT_MS = 150_000
@@ -22,8 +24,8 @@ ANSWER_TIMEOUT_MS = 90_000
 PASSWORD = "mat-khau-dai-1"
 
 
-def register(page: Page) -> str:
-    email = f"web{uuid.uuid4().hex[:10]}@stu.ptit.edu.vn"
+def register(page: Page, email: str = "") -> str:
+    email = email or f"web{uuid.uuid4().hex[:10]}@stu.ptit.edu.vn"
     page.goto("/")
     # Vietnamese by default.
     expect(page.locator("html")).to_have_attribute("lang", "vi")
@@ -330,3 +332,108 @@ def test_phone_width_english_dark_and_keyboard(browser: Any, base_url: str) -> N
         expect(page.get_by_test_id("message-user").filter(has_text="long conversation turn 11")).to_be_in_viewport()
     finally:
         context.close()
+
+
+def test_corrupt_pdf_fails_with_its_reason(page: Page, tmp_path: Path) -> None:
+    register(page)
+    page.goto("/#/documents")
+    # The size limit shown (and checked before sending) is the server's UPLOAD_MAX_BYTES (50 MB default).
+    expect(page.get_by_test_id("upload-limit")).to_contain_text("48 MB")
+    broken = tmp_path / "bai-giang-hong.pdf"
+    # A PDF header, then nothing a reader can use: it uploads, and ingestion fails for good.
+    broken.write_bytes(b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n" + b"\x00\xff garbage " * 64)
+    page.get_by_test_id("file-input").set_input_files(str(broken))
+    row = page.get_by_test_id("file-row").filter(has_text="bai-giang-hong.pdf")
+    expect(row).to_have_attribute("data-status", "FILE_STATUS_FAILED", timeout=READY_TIMEOUT_MS)
+    expect(row.get_by_test_id("file-status")).to_have_text("Lỗi")
+    expect(row.get_by_test_id("file-error")).to_contain_text("damaged")
+    # It cannot be chosen for chat.
+    expect(row.get_by_role("checkbox")).to_be_disabled()
+
+
+def test_rate_limited_request_says_when_to_retry(context: BrowserContext, page: Page) -> None:
+    register(page)
+    # One request answered 429 with Retry-After, as the gateway's rate limiter does.
+    context.route(
+        re.compile(r"/v1/files\?"),
+        lambda route: route.fulfill(
+            status=429,
+            headers={"Retry-After": "30", "X-Request-ID": "rl-1"},
+            content_type="application/json",
+            body=json.dumps({"code": "RESOURCE_EXHAUSTED", "message": "rate limit exceeded", "request_id": "rl-1"}),
+        ),
+        times=1,
+    )
+    page.goto("/#/documents")
+    banner = page.get_by_role("alert").filter(has_text="quá nhiều yêu cầu")
+    expect(banner).to_contain_text(re.compile(r"Thử lại sau (30|29|28) giây"))
+    expect(banner.get_by_role("button", name="Thử lại")).to_be_disabled()
+    # The countdown runs.
+    expect(banner).to_contain_text(re.compile(r"Thử lại sau 2[0-8] giây"), timeout=5_000)
+
+
+DASHBOARD = {
+    "window_seconds": 300,
+    "endpoints": [
+        {"service": "gateway", "method": "GET /v1/sessions", "count": "40", "errors": "0", "p50_ms": 2.5, "p95_ms": 6},
+    ],
+    "pool_recommendations": [
+        {
+            "service": "storage",
+            "pool": "asyncpg",
+            "action": "POOL_ACTION_INCREASE",
+            "current_max": "20",
+            "recommended_max": "30",
+            "mean_in_use": 18.2,
+            "peak_in_use": 20,
+            "mean_utilisation": 0.91,
+            "peak_utilisation": 1.0,
+            "peak_waiting": 6,
+            "reason": "callers waited for a connection",
+        }
+    ],
+    "histograms": [
+        {
+            "name": "db.client.operation.duration",
+            "service": "storage",
+            "unit": "ms",
+            "count": "90",
+            "p50": 1.2,
+            "p95": 4,
+        },
+    ],
+}
+
+
+def test_dashboard_is_for_administrators(context: BrowserContext, page: Page) -> None:
+    # A student: no link, and the page itself says it is for administrators (the gateway answers 403).
+    register(page)
+    expect(page.get_by_role("link", name="Tài liệu", exact=True)).to_be_visible()
+    expect(page.get_by_role("link", name="Bảng theo dõi")).to_have_count(0)
+    page.goto("/#/dashboard")
+    expect(page.get_by_test_id("dash-forbidden")).to_contain_text("Chỉ quản trị viên")
+    page.get_by_test_id("logout").click()
+
+    # The administrator (ADMIN_EMAILS) sees the link; the real metrics service answers.
+    register(page, ADMIN_EMAIL)
+    with page.expect_response(lambda r: "/v1/metrics/dashboard" in r.url) as answer:
+        page.get_by_role("link", name="Bảng theo dõi").click()
+    assert answer.value.status == 200, answer.value.text()
+    expect(page.get_by_role("heading", name="Bảng theo dõi hệ thống")).to_be_visible()
+    expect(page.get_by_test_id("dash-forbidden")).to_have_count(0)
+
+    # Pool advice and histograms are drawn from what the metrics service reports.
+    page.route(
+        re.compile(r"/v1/metrics/dashboard"),
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(DASHBOARD)),
+    )
+    page.get_by_role("button", name="Làm mới").click()
+    advice = page.get_by_test_id("pool-recommendation")
+    expect(advice).to_have_attribute("data-action", "increase")
+    expect(advice).to_contain_text("storage/asyncpg")
+    expect(advice).to_contain_text("Tăng: 20 → 30")
+    expect(advice).to_contain_text("callers waited for a connection")
+    expect(advice.locator("svg")).to_be_visible()
+    histogram = page.get_by_test_id("histogram")
+    expect(histogram).to_contain_text("db.client.operation.duration")
+    expect(histogram.locator("svg rect")).to_have_count(3)  # p50, p95, p99 of the one series

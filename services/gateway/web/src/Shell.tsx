@@ -2,6 +2,7 @@ import { lazy, Suspense, useEffect, useState } from 'react';
 import { Toolbar } from './components/Toolbar';
 import { ErrorBoundary } from './components/ErrorBoundary';
 import { SessionsSidebar } from './components/SessionsSidebar';
+import { useApp } from './context';
 import { useI18n } from './i18n';
 import { ChatPage } from './pages/ChatPage';
 import { DocumentsPage } from './pages/DocumentsPage';
@@ -13,6 +14,7 @@ const DashboardPage = lazy(() => import('./pages/DashboardPage'));
 export default function Shell({ onLogout }: { onLogout: () => void }) {
   const { t, lang } = useI18n();
   const route = useRoute();
+  const { isAdmin } = useApp();
   const [sidebarOpen, setSidebarOpen] = useState(false);
   useEffect(() => {
     performance.mark('sa:shell');
@@ -57,7 +59,8 @@ export default function Shell({ onLogout }: { onLogout: () => void }) {
         <nav className="nav">
           {navLink('chat', '#/chat', t('nav.chat'))}
           {navLink('documents', '#/documents', t('nav.documents'))}
-          {navLink('dashboard', '#/dashboard', t('nav.dashboard'))}
+          {/* Administrators only (the gateway answers 403 to anyone else). */}
+          {isAdmin && navLink('dashboard', '#/dashboard', t('nav.dashboard'))}
         </nav>
         <Toolbar />
         <button type="button" className="ghost" onClick={onLogout} data-testid="logout">

@@ -1,12 +1,19 @@
-import { createContext, useCallback, useContext, useMemo, useState, type ReactNode } from 'react';
+import { createContext, useCallback, useContext, useEffect, useMemo, useState, type ReactNode } from 'react';
 import type { ApiClient } from './api/client';
-import type { User } from './api/types';
+import type { GatewayConfig, User } from './api/types';
+import { uploadLimit } from './api/upload';
 
 const SELECTION_KEY = 'sa.chatFiles';
 
 interface AppContextValue {
   client: ApiClient;
   user: User;
+  /** GET /v1/config once it answered (null before, or when it failed). */
+  config: GatewayConfig | null;
+  /** May open the dashboard: the server's current word, else what the last sign-in said. */
+  isAdmin: boolean;
+  /** The server's upload cap (its default until /v1/config answered). */
+  uploadMaxBytes: number;
   /** Files the student chose for chat; empty means "all ready files". */
   chatFileIds: string[];
   setChatFileIds: (ids: string[]) => void;
@@ -41,9 +48,24 @@ export function AppProvider({ client, user, children }: { client: ApiClient; use
     [user.user_id],
   );
   const sessionsChanged = useCallback(() => setSessionsVersion((n) => n + 1), []);
+  const [config, setConfig] = useState<GatewayConfig | null>(null);
+  useEffect(() => {
+    let live = true;
+    setConfig(null);
+    client
+      .config()
+      .then((loaded) => live && setConfig(loaded))
+      // Not fatal: the link follows the sign-in answer and uploads the default cap (the server still checks).
+      .catch(() => undefined);
+    return () => {
+      live = false;
+    };
+  }, [client, user.user_id]);
+  const isAdmin = config ? config.is_admin === true : user.is_admin === true;
+  const uploadMaxBytes = uploadLimit(config);
   const value = useMemo(
-    () => ({ client, user, chatFileIds, setChatFileIds, sessionsVersion, sessionsChanged }),
-    [client, user, chatFileIds, setChatFileIds, sessionsVersion, sessionsChanged],
+    () => ({ client, user, config, isAdmin, uploadMaxBytes, chatFileIds, setChatFileIds, sessionsVersion, sessionsChanged }),
+    [client, user, config, isAdmin, uploadMaxBytes, chatFileIds, setChatFileIds, sessionsVersion, sessionsChanged],
   );
   return <AppContext.Provider value={value}>{children}</AppContext.Provider>;
 }

@@ -1,6 +1,6 @@
 import { ApiError, errorFromResponse } from './errors';
 import { parseJsonEvent, readSse } from './sse';
-import type { TokenResponse, User } from './types';
+import type { GatewayConfig, TokenResponse, User } from './types';
 
 const STORAGE_KEY = 'sa.auth';
 
@@ -42,6 +42,7 @@ export interface RequestOptions {
 export class ApiClient {
   private auth: AuthState | null = loadAuth();
   private refreshing: Promise<boolean> | null = null;
+  private configFor: { userId: string; promise: Promise<GatewayConfig> } | null = null;
   /** True after the server refused to renew the session: the login screen says why it is back. */
   sessionExpired = false;
   private readonly listeners = new Set<(auth: AuthState | null) => void>();
@@ -62,6 +63,7 @@ export class ApiClient {
   }
 
   private setAuth(auth: AuthState | null): void {
+    if (auth?.user.user_id !== this.auth?.user.user_id) this.configFor = null;
     this.auth = auth;
     saveAuth(auth);
     for (const listener of this.listeners) listener(auth);
@@ -102,6 +104,20 @@ export class ApiClient {
     const user = tokens.user ?? fallbackUser;
     this.sessionExpired = false;
     this.setAuth({ accessToken: tokens.access_token, refreshToken: tokens.refresh_token, user });
+  }
+
+  /** GET /v1/config once per signed-in user (again after a failure): upload cap and role. */
+  config(): Promise<GatewayConfig> {
+    const userId = this.auth?.user.user_id ?? '';
+    if (!this.configFor || this.configFor.userId !== userId) {
+      const promise = this.get<GatewayConfig>('/v1/config');
+      const entry = { userId, promise };
+      this.configFor = entry;
+      promise.catch(() => {
+        if (this.configFor === entry) this.configFor = null;
+      });
+    }
+    return this.configFor.promise;
   }
 
   /** Refresh the access token once, however many calls saw the 401 at the same time. */

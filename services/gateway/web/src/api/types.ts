@@ -5,6 +5,15 @@ export interface User {
   user_id: string;
   email: string;
   display_name?: string;
+  /** May open the administrators' pages (the gateway's ADMIN_EMAILS); the server checks every call. */
+  is_admin?: boolean;
+}
+
+/** GET /v1/config: the gateway's limits the app checks before sending, and the caller's role. */
+export interface GatewayConfig {
+  upload_max_bytes: number;
+  max_body_bytes: number;
+  is_admin: boolean;
 }
 
 export interface TokenResponse {
@@ -116,12 +125,45 @@ export interface GaugeValue {
   value?: number;
 }
 
+export type PoolAction = 'POOL_ACTION_UNSPECIFIED' | 'POOL_ACTION_MAINTAIN' | 'POOL_ACTION_INCREASE' | 'POOL_ACTION_DECREASE';
+
+/** Pool-size advice from the window's pool figures (metrics.proto PoolRecommendation). */
+export interface PoolRecommendation {
+  service?: string;
+  pool?: string;
+  action?: PoolAction;
+  current_max?: string | number;
+  recommended_max?: string | number;
+  mean_in_use?: number;
+  peak_in_use?: number;
+  mean_utilisation?: number;
+  peak_utilisation?: number;
+  peak_waiting?: number;
+  reason?: string;
+}
+
+/** Any histogram other than request durations, in its own unit (metrics.proto HistogramStats). */
+export interface HistogramStats {
+  name?: string;
+  service?: string;
+  attributes?: Record<string, string>;
+  unit?: string;
+  count?: string | number;
+  p50?: number;
+  p95?: number;
+  p99?: number;
+  mean?: number;
+  per_second?: number;
+}
+
 export interface Dashboard {
   window_seconds?: number;
   endpoints?: EndpointStats[];
   gauges?: GaugeValue[];
   spans_received?: string | number;
   traces_seen?: string | number;
+  pool_recommendations?: PoolRecommendation[];
+  histograms?: HistogramStats[];
 }
 
 export interface Alert {

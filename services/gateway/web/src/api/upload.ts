@@ -1,20 +1,50 @@
 import type { ApiClient } from './client';
 import { ApiError, errorFromResponse } from './errors';
-import type { StoredFile } from './types';
+import { formatBytes } from '../lib/format';
+import type { GatewayConfig, StoredFile } from './types';
 
 export const ACCEPTED_EXTENSIONS = ['.pdf', '.docx', '.pptx', '.txt', '.md'];
-// The gateway's default upload limit (UPLOAD_MAX_BYTES); the server's 413 stays the final word.
-export const MAX_UPLOAD_BYTES = 100 * 1024 * 1024;
+// The gateway's default UPLOAD_MAX_BYTES, used only until GET /v1/config says what this server
+// accepts; the server's 413 stays the final word.
+export const DEFAULT_UPLOAD_MAX_BYTES = 50_000_000;
 
 export type UploadCheck = 'ok' | 'tooLarge' | 'wrongType' | 'empty';
 
+/** The upload cap to check against: the server's, once known. */
+export function uploadLimit(config: Pick<GatewayConfig, 'upload_max_bytes'> | null | undefined): number {
+  const limit = Number(config?.upload_max_bytes);
+  return Number.isFinite(limit) && limit > 0 ? limit : DEFAULT_UPLOAD_MAX_BYTES;
+}
+
 /** What can be said about a file before sending it. */
-export function checkUpload(name: string, size: number, maxBytes = MAX_UPLOAD_BYTES): UploadCheck {
+export function checkUpload(name: string, size: number, maxBytes: number): UploadCheck {
   const lower = name.toLowerCase();
   if (!ACCEPTED_EXTENSIONS.some((ext) => lower.endsWith(ext))) return 'wrongType';
   if (size === 0) return 'empty';
   if (size > maxBytes) return 'tooLarge';
   return 'ok';
+}
+
+const REJECTION_KEYS: Record<Exclude<UploadCheck, 'ok'>, string> = {
+  tooLarge: 'docs.rejectedSize',
+  empty: 'docs.rejectedEmpty',
+  wrongType: 'docs.rejectedType',
+};
+
+/** Split picked files into those to send and one clear sentence for each refused one. */
+export function triageUploads<F extends { name: string; size: number }>(
+  files: readonly F[],
+  maxBytes: number,
+  t: (key: string, vars?: Record<string, string | number>) => string,
+): { accepted: F[]; rejected: string[] } {
+  const accepted: F[] = [];
+  const rejected: string[] = [];
+  for (const file of files) {
+    const check = checkUpload(file.name, file.size, maxBytes);
+    if (check === 'ok') accepted.push(file);
+    else rejected.push(t(REJECTION_KEYS[check], { name: file.name, size: formatBytes(maxBytes) }));
+  }
+  return { accepted, rejected };
 }
 
 export interface UploadHandle {

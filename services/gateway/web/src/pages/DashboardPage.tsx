@@ -1,98 +1,14 @@
 import { useCallback, useEffect, useState } from 'react';
 import { ApiError } from '../api/errors';
 import type { Alert, Dashboard, EndpointStats, GaugeValue } from '../api/types';
+import { BarChart, HISTORY_POINTS, LineChart } from '../components/charts';
+import { HistogramCharts, PoolRecommendations } from '../components/DashboardPanels';
 import { ErrorBanner } from '../components/ErrorBanner';
 import { useApp } from '../context';
 import { useI18n } from '../i18n';
 import { formatTime } from '../lib/format';
 
 const REFRESH_MS = 5000;
-const HISTORY_POINTS = 60;
-const SERIES_COLOURS = ['var(--chart-1)', 'var(--chart-2)', 'var(--chart-3)'];
-
-interface Row {
-  label: string;
-  values: number[];
-}
-
-/** Horizontal bars, one group per row, drawn as plain SVG. */
-function BarChart({ rows, series, unit }: { rows: Row[]; series: string[]; unit: string }) {
-  const { t } = useI18n();
-  if (rows.length === 0) return <p className="muted">{t('dash.noData')}</p>;
-  const max = Math.max(1e-9, ...rows.flatMap((r) => r.values));
-  const labelWidth = 220;
-  const barHeight = 10;
-  const groupHeight = series.length * barHeight + 10;
-  const width = 640;
-  const height = rows.length * groupHeight + 24;
-  return (
-    <figure className="chart">
-      <svg viewBox={`0 0 ${width} ${height}`} role="img" width="100%">
-        {rows.map((row, r) => (
-          <g key={row.label} transform={`translate(0, ${r * groupHeight})`}>
-            <text x={0} y={groupHeight / 2} className="chart-label" dominantBaseline="middle">
-              {row.label.length > 34 ? `${row.label.slice(0, 33)}…` : row.label}
-              <title>{row.label}</title>
-            </text>
-            {row.values.map((value, s) => {
-              const w = ((width - labelWidth - 70) * value) / max;
-              return (
-                <g key={s}>
-                  <rect x={labelWidth} y={4 + s * barHeight} width={Math.max(1, w)} height={barHeight - 2} fill={SERIES_COLOURS[s % 3]}>
-                    <title>{`${series[s]}: ${value.toFixed(2)} ${unit}`}</title>
-                  </rect>
-                  <text x={labelWidth + Math.max(1, w) + 4} y={4 + s * barHeight + barHeight / 2} className="chart-value" dominantBaseline="middle">
-                    {value < 10 ? value.toFixed(2) : Math.round(value)}
-                  </text>
-                </g>
-              );
-            })}
-          </g>
-        ))}
-      </svg>
-      {series.length > 1 && (
-        <figcaption className="legend">
-          {series.map((name, s) => (
-            <span key={name}>
-              <i style={{ background: SERIES_COLOURS[s % 3] }} /> {name}
-            </span>
-          ))}
-        </figcaption>
-      )}
-    </figure>
-  );
-}
-
-/** A line per series over the samples taken while the page is open. */
-function LineChart({ points, series }: { points: number[][]; series: string[] }) {
-  const { t } = useI18n();
-  if (points.length < 2) return <p className="muted">{t('dash.noData')}</p>;
-  const width = 640;
-  const height = 160;
-  return (
-    <figure className="chart">
-      <svg viewBox={`0 0 ${width} ${height + 10}`} role="img" width="100%">
-        <line x1={0} y1={height} x2={width} y2={height} className="chart-axis" />
-        {series.map((name, s) => {
-          const values = points.map((p) => p[s]);
-          const max = Math.max(1e-9, ...values);
-          const path = values
-            .map((v, i) => `${i === 0 ? 'M' : 'L'}${((i / (HISTORY_POINTS - 1)) * width).toFixed(1)},${(height - (v / max) * (height - 10)).toFixed(1)}`)
-            .join(' ');
-          return <path key={name} d={path} fill="none" stroke={SERIES_COLOURS[s % 3]} strokeWidth={2} />;
-        })}
-      </svg>
-      <figcaption className="legend">
-        {series.map((name, s) => (
-          <span key={name}>
-            <i style={{ background: SERIES_COLOURS[s % 3] }} /> {name}: {points[points.length - 1][s].toFixed(2)}
-          </span>
-        ))}
-      </figcaption>
-    </figure>
-  );
-}
-
 const endpointLabel = (e: EndpointStats) => `${e.service ?? ''} ${e.method ?? ''}`.trim();
 const gaugeLabel = (g: GaugeValue) => {
   const attributes = Object.entries(g.attributes ?? {})
@@ -109,6 +25,8 @@ export default function DashboardPage() {
   const [alerts, setAlerts] = useState<Alert[]>([]);
   const [error, setError] = useState<unknown>(null);
   const [history, setHistory] = useState<number[][]>([]);
+  // Not an administrator: the answer will not change by asking again every few seconds.
+  const forbidden = error instanceof ApiError && error.status === 403;
 
   const load = useCallback(async () => {
     try {
@@ -130,10 +48,11 @@ export default function DashboardPage() {
   }, [client, windowSeconds]);
 
   useEffect(() => {
+    if (forbidden) return;
     void load();
     const timer = window.setInterval(() => void load(), REFRESH_MS);
     return () => window.clearInterval(timer);
-  }, [load]);
+  }, [load, forbidden]);
 
   const endpoints = [...(dashboard?.endpoints ?? [])].sort((a, b) => Number(b.count ?? 0) - Number(a.count ?? 0)).slice(0, 15);
   const gauges = dashboard?.gauges ?? [];
@@ -159,7 +78,12 @@ export default function DashboardPage() {
           {t('dash.refresh')}
         </button>
       </div>
-      {error instanceof ApiError && [404, 502, 503, 504].includes(error.status) ? (
+      {forbidden ? (
+        // Signed in, but not an administrator (the gateway's ADMIN_EMAILS).
+        <div className="error-banner" role="alert" data-testid="dash-forbidden">
+          <span className="error-text">{t('dash.forbidden')}</span>
+        </div>
+      ) : error instanceof ApiError && [404, 502, 503, 504].includes(error.status) ? (
         // No metrics route (service not deployed) or no answer from it: say which part is missing.
         <div className="error-banner" role="alert">
           <span className="error-text">{t('dash.unavailable')}</span>
@@ -224,6 +148,10 @@ export default function DashboardPage() {
           <h2>{t('dash.cache')}</h2>
           <BarChart rows={gaugeRows(gauges.filter(isCache))} series={['value']} unit="" />
         </article>
+        <article className="card wide" data-testid="pool-recommendations">
+          <h2>{t('dash.poolAdvice')}</h2>
+          <PoolRecommendations recommendations={dashboard?.pool_recommendations} />
+        </article>
         <article className="card">
           <h2>{t('dash.pool')}</h2>
           <BarChart rows={gaugeRows(gauges.filter(isPool))} series={['value']} unit="" />
@@ -235,6 +163,10 @@ export default function DashboardPage() {
         <article className="card">
           <h2>{t('dash.otherGauges')}</h2>
           <BarChart rows={gaugeRows(gauges.filter((g) => !isCache(g) && !isPool(g) && !isEmbedding(g)))} series={['value']} unit="" />
+        </article>
+        <article className="card wide" data-testid="histograms">
+          <h2>{t('dash.histograms')}</h2>
+          <HistogramCharts histograms={dashboard?.histograms} />
         </article>
       </div>
     </section>

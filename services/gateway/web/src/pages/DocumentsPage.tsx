@@ -1,6 +1,6 @@
 import { useCallback, useEffect, useRef, useState, type DragEvent } from 'react';
 import type { StoredFile } from '../api/types';
-import { checkUpload, MAX_UPLOAD_BYTES, uploadFile, ACCEPTED_EXTENSIONS } from '../api/upload';
+import { ACCEPTED_EXTENSIONS, triageUploads, uploadFile } from '../api/upload';
 import { ErrorBanner } from '../components/ErrorBanner';
 import { useApp } from '../context';
 import { useI18n } from '../i18n';
@@ -22,7 +22,7 @@ const PARALLEL_UPLOADS = 3;
 let uploadCounter = 0;
 
 export function DocumentsPage() {
-  const { client, chatFileIds, setChatFileIds } = useApp();
+  const { client, chatFileIds, setChatFileIds, uploadMaxBytes } = useApp();
   const { t } = useI18n();
   const [files, setFiles] = useState<StoredFile[]>([]);
   const [loaded, setLoaded] = useState(false);
@@ -126,14 +126,9 @@ export function DocumentsPage() {
   }, []);
 
   const addFiles = (list: FileList | File[]) => {
-    const rejected: string[] = [];
-    for (const file of Array.from(list)) {
-      const check = checkUpload(file.name, file.size);
-      if (check !== 'ok') {
-        const key = check === 'tooLarge' ? 'docs.rejectedSize' : check === 'empty' ? 'docs.rejectedEmpty' : 'docs.rejectedType';
-        rejected.push(t(key, { name: file.name, size: formatBytes(MAX_UPLOAD_BYTES) }));
-        continue;
-      }
+    // Too large for this server (its UPLOAD_MAX_BYTES), empty or of a wrong type: said at once, never sent.
+    const { accepted, rejected } = triageUploads(Array.from(list), uploadMaxBytes, t);
+    for (const file of accepted) {
       const key = `u${++uploadCounter}`;
       let abort = () => undefined as void;
       setUploads((items) => [...items, { key, name: file.name, size: file.size, progress: 0, state: 'uploading', error: null, abort: () => abort() }]);
@@ -195,7 +190,9 @@ export function DocumentsPage() {
             {t('docs.pick')}
           </button>
         </p>
-        <p className="muted small">{t('docs.accepted', { size: formatBytes(MAX_UPLOAD_BYTES) })}</p>
+        <p className="muted small" data-testid="upload-limit">
+          {t('docs.accepted', { size: formatBytes(uploadMaxBytes) })}
+        </p>
         <input
           ref={inputRef}
           type="file"
@@ -263,7 +260,11 @@ export function DocumentsPage() {
                     {status === 'FILE_STATUS_PROCESSING' && total > 0 ? ` · ${t('docs.chunks', { done, total })}` : ''}
                   </span>
                   {!TERMINAL.has(status) && total > 0 && <progress max={total} value={done} />}
-                  {status === 'FILE_STATUS_FAILED' && file.error && <span className="file-error">{file.error}</span>}
+                  {status === 'FILE_STATUS_FAILED' && file.error && (
+                    <span className="file-error" data-testid="file-error">
+                      {file.error}
+                    </span>
+                  )}
                   <button type="button" className="ghost small" onClick={() => void remove(file)} data-testid="delete-file">
                     {t('docs.delete')}
                   </button>
