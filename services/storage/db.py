@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+from asyncpg.connection import LoggedQuery
 from asyncpg.pool import PoolConnectionProxy
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import TracerProvider
 from pgvector.asyncpg import register_vector
 from studyassist.core.bootstrap import StartupError
 from studyassist.core.errors import Unavailable
@@ -26,17 +30,93 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK_KEY = 0x5354_4F52  # "STOR"
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await register_vector(conn)
+# pgvector keeps an HNSW scan going until enough rows pass its filters (hnsw.iterative_scan) since 0.8.0.
+ITERATIVE_SCAN_SINCE = (0, 8, 0)
+# Distinct SQL texts whose metric attributes are remembered (the service has a few dozen).
+SUMMARY_CACHE_SIZE = 512
+_VERB = re.compile(r"\s*(\w+)")
+_WRITE_TARGET = re.compile(r"\b(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+(\w+)", re.IGNORECASE)
+_READ_SOURCE = re.compile(r"\bFROM\s+(\w+)", re.IGNORECASE)
+
+
+def query_attributes(sql: str) -> dict[str, str]:
+    """Low-cardinality attributes for one SQL text: its operation and main table.
+
+    "WITH next AS (SELECT ... FROM ingestion_jobs ...) UPDATE ingestion_jobs ..." is an UPDATE of
+    ingestion_jobs; "SELECT ... FROM chunks c, ..." a SELECT of chunks; "SET LOCAL ..." a SET.
+    """
+    write = next(
+        # Not the locking clause (FOR UPDATE SKIP LOCKED) nor an upsert's DO UPDATE SET.
+        (m for m in _WRITE_TARGET.finditer(sql) if not sql[: m.start()].rstrip().upper().endswith(("FOR", "DO"))),
+        None,
+    )
+    if write is not None:
+        operation, table = write.group(1).split()[0].upper(), write.group(2).lower()
+    else:
+        verb = _VERB.match(sql)
+        operation = verb.group(1).upper() if verb else "OTHER"
+        source = _READ_SOURCE.search(sql) if operation in ("SELECT", "WITH") else None
+        operation = "SELECT" if operation == "WITH" else operation
+        table = source.group(1).lower() if source else ""
+    attributes = {"db.system.name": "postgresql", "db.operation.name": operation}
+    if table:
+        attributes["db.collection.name"] = table
+        attributes["db.query.summary"] = f"{operation} {table}"
+    else:
+        attributes["db.query.summary"] = operation
+    return attributes
+
+
+class QueryTimer:
+    """Records every query's duration (asyncpg's own timing, through its query logger) in one histogram.
+
+    asyncpg calls ``record`` soon after each query on the event loop; the attributes of a SQL text
+    are worked out once and remembered.
+    """
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.histogram = meter.create_histogram(
+            "db.client.operation.duration", unit="s", description="Duration of database queries"
+        )
+        self._attributes: dict[str, dict[str, str]] = {}
+
+    def attributes(self, sql: str) -> dict[str, str]:
+        found = self._attributes.get(sql)
+        if found is None:
+            found = query_attributes(sql)
+            if len(self._attributes) < SUMMARY_CACHE_SIZE:
+                self._attributes[sql] = found
+        return found
+
+    def record(self, query: LoggedQuery) -> None:
+        attributes = self.attributes(query.query)
+        if query.exception is not None:
+            attributes = {**attributes, "error.type": type(query.exception).__name__}
+        self.histogram.record(query.elapsed, attributes)
+
+
+def _connection_setup(timer: QueryTimer | None) -> Callable[[asyncpg.Connection], Coroutine[Any, Any, None]]:
+    async def init(conn: asyncpg.Connection) -> None:
+        await register_vector(conn)
+        if timer is not None:
+            conn.add_query_logger(timer.record)
+
+    return init
 
 
 class Database:
-    """The pool plus the figures SREs watch (size, in use, idle, waiting)."""
+    """The pool plus the figures SREs watch (size, max, in use, idle, waiting)."""
 
     def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float) -> None:
         self.pool = pool
         self.acquire_timeout_s = acquire_timeout_s
         self.waiting = 0
+
+    async def pgvector_version(self) -> tuple[int, ...]:
+        """The installed pgvector extension's version, e.g. (0, 8, 0); () when it is not installed."""
+        async with self.connection() as conn:
+            version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        return parse_version(version or "")
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
@@ -69,6 +149,9 @@ class Database:
         def size(_: CallbackOptions) -> Iterable[Observation]:
             return observe(self.pool.get_size())
 
+        def maximum(_: CallbackOptions) -> Iterable[Observation]:
+            return observe(self.pool.get_max_size())
+
         def idle(_: CallbackOptions) -> Iterable[Observation]:
             return observe(self.pool.get_idle_size())
 
@@ -79,6 +162,8 @@ class Database:
             return observe(self.waiting)
 
         meter.create_observable_gauge("db.pool.size", [size], description="Connections open in the pool")
+        # The metrics service's pool utilisation and size advice divide in_use by this.
+        meter.create_observable_gauge("db.pool.max", [maximum], description="Most connections the pool may open")
         meter.create_observable_gauge("db.pool.idle", [idle], description="Pool connections idle")
         meter.create_observable_gauge("db.pool.in_use", [in_use], description="Pool connections in use")
         meter.create_observable_gauge("db.pool.waiting", [waiting], description="Callers waiting for a connection")
@@ -100,8 +185,32 @@ async def _keep_session_state(conn: asyncpg.Connection) -> None:
     """
 
 
-async def connect(url: str, *, min_size: int, max_size: int, acquire_timeout_s: float) -> Database:
-    """Open the pool, failing start-up with one clear line when PostgreSQL is not there."""
+def instrument_sql(tracer_provider: TracerProvider) -> Callable[[], None]:
+    """A client span for every asyncpg query (process-wide); returns the undo."""
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    instrumentor = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]  # one instance per process
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=tracer_provider)
+
+    def undo() -> None:
+        instrumentor.uninstrument()
+
+    return undo
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """A version's first three numbers: (0, 8, 0) for "0.8.0", (0, 7, 4) for "0.7.4-dev", () for none."""
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+async def connect(
+    url: str, *, min_size: int, max_size: int, acquire_timeout_s: float, meter: metrics.Meter | None = None
+) -> Database:
+    """Open the pool, failing start-up with one clear line when PostgreSQL is not there.
+
+    With ``meter``, every query's duration goes to the ``db.client.operation.duration`` histogram.
+    """
     try:
         # The vector codec needs the extension, which the first migration creates: make sure it
         # exists before the pool's init runs on every connection.
@@ -112,7 +221,11 @@ async def connect(url: str, *, min_size: int, max_size: int, acquire_timeout_s: 
             await conn.close()
         pool = await asyncio.wait_for(
             asyncpg.create_pool(
-                url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session_state
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                init=_connection_setup(QueryTimer(meter) if meter is not None else None),
+                reset=_keep_session_state,
             ),
             timeout=15,
         )

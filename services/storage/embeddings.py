@@ -36,9 +36,14 @@ class EmbeddingClient:
             self._info = ModelInfo(reply.model_id, reply.dimension, reply.max_tokens)
         return self._info
 
-    async def embed(self, texts: list[str]) -> tuple[np.ndarray, str]:
-        """A (len(texts), dimension) float32 array and the model id that produced it."""
-        reply = await self.stub.Embed(embedding_pb2.EmbedRequest(texts=[t.encode("utf-8") for t in texts]))
+    async def embed(self, texts: list[str], *, deadline_s: float | None = None) -> tuple[np.ndarray, str]:
+        """A (len(texts), dimension) float32 array and the model id that produced it.
+
+        ``deadline_s`` bounds this call (the channel's default otherwise).
+        """
+        reply = await self.stub.Embed(
+            embedding_pb2.EmbedRequest(texts=[t.encode("utf-8") for t in texts]), timeout=deadline_s
+        )
         if len(reply.embeddings) != len(texts):
             raise EmbeddingError(f"asked for {len(texts)} embeddings, got {len(reply.embeddings)}")
         vectors = np.array([list(e.values) for e in reply.embeddings], dtype=np.float32)

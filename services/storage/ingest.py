@@ -7,15 +7,20 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import grpc
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 from studyassist.core.errors import Unavailable
 from studyassist.storage.v1 import storage_pb2
 
@@ -44,6 +49,13 @@ TRANSIENT_ERRORS = (
     asyncpg.InterfaceError,
 )
 MAX_BACKOFF_S = 300.0
+# A job is this worker's while its claim stands: same attempt number, still processing. Every update
+# of a job's outcome matches on it, so a worker whose lease ran out cannot overwrite the new owner's.
+OWNED = "id = $1 AND attempts = $2 AND status = 'processing'"
+# Job states as the ingestion.jobs gauge names them (the table's 'done' is the file's "ready").
+JOB_STATES = {"queued": "queued", "processing": "processing", "done": "ready", "failed": "failed"}
+# The gauge's counts are at most this old; a scrape never waits for the database.
+JOB_COUNTS_MAX_AGE_S = 10.0
 
 
 class PermanentFailure(Exception):
@@ -130,6 +142,56 @@ def _run_child(args: list[str], env: dict[str, str], timeout_s: float) -> tuple[
         return process.returncode, out, err
 
 
+class JobCounts:
+    """Ingestion jobs by state for the ``ingestion.jobs`` gauge: counted at most every ``max_age_s``.
+
+    The gauge's callback runs on the metric reader's thread and only reads the last counts; when they
+    are older than ``max_age_s`` it asks the event loop for a fresh count (one at a time), so however
+    often metrics are collected, the database sees at most one count query per ``max_age_s``.
+    """
+
+    def __init__(self, db: Database, loop: asyncio.AbstractEventLoop, max_age_s: float = JOB_COUNTS_MAX_AGE_S) -> None:
+        self.db = db
+        self.loop = loop
+        self.max_age_s = max_age_s
+        self.counts: dict[str, int] = {}
+        self.counted_at = -math.inf
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def refresh(self) -> None:
+        try:
+            async with self.db.connection() as conn:
+                rows = await conn.fetch("SELECT status, count(*) AS n FROM ingestion_jobs GROUP BY status")
+        except (Unavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.debug("cannot count ingestion jobs", extra={"fields": {"error": str(exc)}})
+            return
+        finally:
+            self.counted_at = time.monotonic()  # a failed count waits its turn too
+        counts = dict.fromkeys(JOB_STATES.values(), 0)
+        for row in rows:
+            state = JOB_STATES.get(row["status"], row["status"])
+            counts[state] = counts.get(state, 0) + row["n"]
+        self.counts = counts
+
+    def _start_refresh(self) -> None:
+        if not self._closed and (self._task is None or self._task.done()):
+            self._task = self.loop.create_task(self.refresh(), name="ingestion-job-counts")
+
+    def observe(self, _: CallbackOptions) -> Iterable[Observation]:
+        if not self._closed and time.monotonic() - self.counted_at >= self.max_age_s:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                self.loop.call_soon_threadsafe(self._start_refresh)
+        return [Observation(count, {"state": state}) for state, count in self.counts.items()]
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
 class Ingestor:
     def __init__(self, db: Database, blobs: BlobStore, embeddings: EmbeddingClient, settings: IngestSettings) -> None:
         self.db = db
@@ -140,12 +202,22 @@ class Ingestor:
         self._tasks: list[asyncio.Task[None]] = []
         # Bumped on every progress change, so WatchFile wakes at once instead of polling slowly.
         self.progress = asyncio.Condition()
+        self.job_counts: JobCounts | None = None
+
+    def register_gauges(self, meter: metrics.Meter) -> None:
+        """``ingestion.jobs`` by ``state`` (queued, processing, ready, failed), across all replicas."""
+        self.job_counts = JobCounts(self.db, asyncio.get_running_loop())
+        meter.create_observable_gauge(
+            "ingestion.jobs", [self.job_counts.observe], description="Ingestion jobs by state (all replicas)"
+        )
 
     def start(self) -> None:
         for number in range(self.settings.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"ingest-worker-{number}"))
 
     async def stop(self) -> None:
+        if self.job_counts is not None:
+            await self.job_counts.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -236,8 +308,7 @@ class Ingestor:
             with contextlib.suppress(*TRANSIENT_ERRORS):
                 async with self.db.connection() as conn:
                     await conn.execute(
-                        "UPDATE ingestion_jobs SET lease_until = now() + make_interval(secs => $3) "
-                        "WHERE id = $1 AND attempts = $2 AND status = 'processing'",
+                        f"UPDATE ingestion_jobs SET lease_until = now() + make_interval(secs => $3) WHERE {OWNED}",
                         job.id,
                         job.attempts,
                         self.settings.lease_s,
@@ -309,7 +380,7 @@ class Ingestor:
                 )
                 still_mine = await conn.fetchval(
                     "UPDATE ingestion_jobs SET lease_until = now() + make_interval(secs => $3), updated_at = now() "
-                    "WHERE id = $1 AND attempts = $2 AND status = 'processing' RETURNING id",
+                    f"WHERE {OWNED} RETURNING id",
                     job.id,
                     job.attempts,
                     self.settings.lease_s,
@@ -323,55 +394,79 @@ class Ingestor:
             await self._notify()
             if still_mine is None:
                 return  # our lease ran out and another worker owns the job now
+        if await self._finish(job):
+            log.info("ingested", extra={"fields": {"document_id": str(job.document_id), "chunks": len(chunks)}})
+
+    async def _finish(self, job: Job) -> bool:
+        """Mark the job done and its document ready, if this worker still owns the job."""
         async with self.db.connection() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE documents SET status = $2, error = '', chunks_done = chunks_total, updated_at = now() "
-                "WHERE id = $1",
-                job.document_id,
-                storage_pb2.FILE_STATUS_READY,
-            )
-            await conn.execute(
+            owned = await conn.fetchval(
                 "UPDATE ingestion_jobs SET status = 'done', lease_until = NULL, last_error = '', updated_at = now() "
-                "WHERE id = $1",
+                f"WHERE {OWNED} RETURNING id",
                 job.id,
+                job.attempts,
             )
-        await self._notify()
-        log.info("ingested", extra={"fields": {"document_id": str(job.document_id), "chunks": len(chunks)}})
+            if owned is not None:
+                await conn.execute(
+                    "UPDATE documents SET status = $2, error = '', chunks_done = chunks_total, updated_at = now() "
+                    "WHERE id = $1",
+                    job.document_id,
+                    storage_pb2.FILE_STATUS_READY,
+                )
+        return await self._after_update(job, owned is not None)
 
-    async def _fail(self, job: Job, reason: str) -> None:
+    async def _fail(self, job: Job, reason: str) -> bool:
         async with self.db.connection() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE documents SET status = $2, error = $3, updated_at = now() WHERE id = $1",
-                job.document_id,
-                storage_pb2.FILE_STATUS_FAILED,
-                reason,
-            )
-            await conn.execute(
-                "UPDATE ingestion_jobs SET status = 'failed', lease_until = NULL, last_error = $2, updated_at = now() "
-                "WHERE id = $1",
+            owned = await conn.fetchval(
+                "UPDATE ingestion_jobs SET status = 'failed', lease_until = NULL, last_error = $3, updated_at = now() "
+                f"WHERE {OWNED} RETURNING id",
                 job.id,
+                job.attempts,
                 reason,
             )
-        await self._notify()
-        log.info("ingestion failed", extra={"fields": {"document_id": str(job.document_id), "reason": reason}})
+            if owned is not None:
+                await conn.execute(
+                    "UPDATE documents SET status = $2, error = $3, updated_at = now() WHERE id = $1",
+                    job.document_id,
+                    storage_pb2.FILE_STATUS_FAILED,
+                    reason,
+                )
+        if await self._after_update(job, owned is not None):
+            log.info("ingestion failed", extra={"fields": {"document_id": str(job.document_id), "reason": reason}})
+            return True
+        return False
 
-    async def _retry(self, job: Job, reason: str) -> None:
+    async def _retry(self, job: Job, reason: str) -> bool:
         backoff = min(MAX_BACKOFF_S, 2.0**job.attempts)
         async with self.db.connection() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE ingestion_jobs SET status = 'queued', lease_until = NULL, last_error = $2, "
-                "run_after = now() + make_interval(secs => $3), updated_at = now() WHERE id = $1",
+            owned = await conn.fetchval(
+                "UPDATE ingestion_jobs SET status = 'queued', lease_until = NULL, last_error = $3, "
+                f"run_after = now() + make_interval(secs => $4), updated_at = now() WHERE {OWNED} RETURNING id",
                 job.id,
+                job.attempts,
                 reason,
                 backoff,
             )
-            await conn.execute(
-                "UPDATE documents SET status = $2, updated_at = now() WHERE id = $1",
-                job.document_id,
-                storage_pb2.FILE_STATUS_QUEUED,
+            if owned is not None:
+                await conn.execute(
+                    "UPDATE documents SET status = $2, updated_at = now() WHERE id = $1",
+                    job.document_id,
+                    storage_pb2.FILE_STATUS_QUEUED,
+                )
+        if await self._after_update(job, owned is not None):
+            log.warning(
+                "ingestion will retry", extra={"fields": {"job_id": str(job.id), "in_s": backoff, "why": reason}}
             )
-        await self._notify()
-        log.warning("ingestion will retry", extra={"fields": {"job_id": str(job.id), "in_s": backoff, "why": reason}})
+            return True
+        return False
+
+    async def _after_update(self, job: Job, owned: bool) -> bool:
+        if owned:
+            await self._notify()
+        else:
+            # Our lease ran out and another worker claimed the job (or it ended): its outcome stands.
+            log.info("ingestion job taken over: result dropped", extra={"fields": {"job_id": str(job.id)}})
+        return owned
 
 
 def _transient_reason(exc: BaseException) -> str:

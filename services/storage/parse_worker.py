@@ -9,9 +9,11 @@ can at worst exhaust this process's own memory limit or time, never the service.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import resource
+import struct
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -20,6 +22,11 @@ from typing import Any
 
 # Limits checked before anything is decompressed (DOCX and PPTX are ZIP packages).
 MAX_ZIP_ENTRIES = 5000
+# zipfile reads and parses the whole central directory (its declared byte size; it ignores the declared
+# entry count), so its size is bounded too: a generous 1 KiB per declared entry (an Office part's is
+# about 100 bytes), plus slack.
+CENTRAL_DIRECTORY_BYTES_PER_ENTRY = 1024
+CENTRAL_DIRECTORY_SLACK_BYTES = 64 * 1024
 MAX_UNCOMPRESSED_BYTES = 400 * 1024 * 1024
 MAX_ENTRY_RATIO = 200  # uncompressed / compressed, for entries over 1 MiB
 RATIO_CHECK_MIN_BYTES = 1024 * 1024
@@ -114,9 +121,64 @@ def parse_pdf(path: str) -> list[Section]:
     return sections
 
 
+# The ZIP end records, as zipfile reads them (APPNOTE 4.3.14 to 4.3.16).
+_EOCD = struct.Struct("<4s4H2LH")  # signature, disk, directory's disk, entries here, entries, size, offset, comment
+_EOCD_SIGNATURE = b"PK\x05\x06"
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")  # signature, directory record's disk, its offset, disks
+_ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
+# signature, record size, versions, disks, entries here, entries, size, offset
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+_ZIP64_EOCD_SIGNATURE = b"PK\x06\x06"
+
+
+def zip_directory_size(path: str) -> tuple[int, int]:
+    """(entries, central directory bytes) as the archive's end records declare them.
+
+    Reads only the end of the file, and finds the records where zipfile will (the end record with no
+    comment, else the last signature in the last 64 KiB; a ZIP64 locator and record right before it),
+    so the numbers are the ones zipfile would act on. ParseFailure when there is no end record or the
+    archive spans several disks.
+    """
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        tail_size = min(size, _ZIP64_EOCD.size + _ZIP64_LOCATOR.size + _EOCD.size + 0xFFFF)
+        f.seek(size - tail_size)
+        tail = f.read(tail_size)
+    at = len(tail) - _EOCD.size
+    if at < 0 or tail[at : at + 4] != _EOCD_SIGNATURE or tail[-2:] != b"\0\0":
+        at = tail.rfind(_EOCD_SIGNATURE, max(0, len(tail) - _EOCD.size - 0xFFFF))
+        if at < 0 or at + _EOCD.size > len(tail):
+            raise ParseFailure("the document is a damaged ZIP archive (no end of central directory)")
+    _, disk, directory_disk, _, entries, directory_bytes, _, _ = _EOCD.unpack_from(tail, at)
+    locator_at = at - _ZIP64_LOCATOR.size
+    if locator_at >= 0 and tail[locator_at : locator_at + 4] == _ZIP64_LOCATOR_SIGNATURE:
+        _, zip64_disk, _, disks = _ZIP64_LOCATOR.unpack_from(tail, locator_at)
+        if zip64_disk != 0 or disks > 1:
+            raise ParseFailure("the document is a ZIP archive spanning several disks")
+        record_at = locator_at - _ZIP64_EOCD.size
+        if record_at >= 0 and tail[record_at : record_at + 4] == _ZIP64_EOCD_SIGNATURE:
+            fields = _ZIP64_EOCD.unpack_from(tail, record_at)
+            disk, directory_disk, entries, directory_bytes = fields[4], fields[5], fields[7], fields[8]
+    if disk != 0 or directory_disk != 0:
+        raise ParseFailure("the document is a ZIP archive spanning several disks")
+    return entries, directory_bytes
+
+
+def check_zip_directory(path: str) -> None:
+    """Refuse an archive whose central directory is too big to read, before zipfile reads it."""
+    entries, directory_bytes = zip_directory_size(path)
+    if entries > MAX_ZIP_ENTRIES:
+        raise ParseFailure(f"the document has {entries} parts (at most {MAX_ZIP_ENTRIES} allowed)")
+    if directory_bytes > CENTRAL_DIRECTORY_SLACK_BYTES + entries * CENTRAL_DIRECTORY_BYTES_PER_ENTRY:
+        raise ParseFailure(
+            f"the document's table of {entries} parts takes {directory_bytes} bytes: a damaged or hostile archive"
+        )
+
+
 def check_office_package(path: str) -> None:
     """Refuse decompression bombs and XML entity bombs before any parser inflates a byte."""
     try:
+        check_zip_directory(path)
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ParseFailure(f"the document is a damaged ZIP archive ({exc})") from None
@@ -144,8 +206,13 @@ def check_office_package(path: str) -> None:
             real = 0
             is_xml = entry.filename.endswith((".xml", ".rels"))
             carry = b""
+            # zipfile stops reading a part at its declared size (and then fails on the checksum): read
+            # through a copy declaring the whole budget, so a part that inflates past what it declares
+            # is caught as such.
+            probe = copy.copy(entry)
+            probe.file_size = MAX_UNCOMPRESSED_BYTES + 1
             try:
-                with archive.open(entry) as stream:
+                with archive.open(probe) as stream:
                     while piece := stream.read(256 * 1024):
                         real += len(piece)
                         total += len(piece)

@@ -9,7 +9,7 @@ from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from storage.blobs import BlobStore
 from storage.config import Settings
-from storage.db import connect, migrate
+from storage.db import ITERATIVE_SCAN_SINCE, connect, instrument_sql, migrate
 from storage.embeddings import EmbeddingClient
 from storage.ingest import Ingestor, IngestSettings
 from storage.servicer import StorageServicer
@@ -18,15 +18,20 @@ SERVICE_NAME = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_na
 
 
 async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry) -> tuple[Server, int]:
+    if telemetry.endpoint is not None:
+        # SQL spans under each call's span. Process-wide and once: a second build() (tests) is a no-op.
+        instrument_sql(telemetry.tracer_provider)
     db = await connect(
         settings.database_url,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         acquire_timeout_s=settings.db_acquire_timeout_s,
+        meter=telemetry.meter,
     )
     try:
         await migrate(db, embedding_dim=settings.embedding_dim)
         db.register_gauges(telemetry.meter)
+        iterative_scan = await db.pgvector_version() >= ITERATIVE_SCAN_SINCE
         blobs = BlobStore(settings.blob_dir or common.data_dir / "blobs")
         blobs.prepare()
         embeddings = EmbeddingClient(settings.embedding_addr)
@@ -46,8 +51,15 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
                 parse_timeout_s=settings.parse_timeout_s,
             ),
         )
+        ingestor.register_gauges(telemetry.meter)
         servicer = StorageServicer(
-            db, blobs, ingestor, upload_max_bytes=settings.upload_max_bytes, embedding_dim=settings.embedding_dim
+            db,
+            blobs,
+            ingestor,
+            upload_max_bytes=settings.upload_max_bytes,
+            embedding_dim=settings.embedding_dim,
+            embeddings=embeddings,
+            hnsw_iterative_scan=iterative_scan,
         )
         server, port = create_server(
             f"{common.bind_host}:{settings.port}",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -22,11 +24,14 @@ from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from storage.blobs import BlobStore
 from storage.db import Connection, Database
+from storage.embeddings import EmbeddingClient, EmbeddingError
 from storage.ids import caller, decode_token, page_size, parse_id
 from storage.ingest import Ingestor
 from storage.paging import newest_first, split_page
 from storage.textfold import fold, highlight, or_tsquery, query_terms
 from storage.uploads import receive, store
+
+log = logging.getLogger(__name__)
 
 RRF_K = 60
 DEFAULT_TOP_K = 8
@@ -36,6 +41,15 @@ MAX_MESSAGE_CHARS = 200_000
 MAX_MESSAGES_PER_APPEND = 100
 # Up to this many of a user's chunks, vector search is exact (a scan of their rows); above, HNSW.
 EXACT_SEARCH_MAX_CHUNKS = 20_000
+# Candidates an HNSW scan keeps (hnsw.ef_search): 4x the rows asked for, within these bounds.
+HNSW_MIN_EF_SEARCH = 100
+HNSW_MAX_EF_SEARCH = 1000
+# A search without a query_embedding embeds its query: at most this long (and half the caller's time
+# left); after a failure, searches stay keyword-only for the back-off before asking again.
+QUERY_EMBED_TIMEOUT_S = 2.0
+QUERY_EMBED_BACKOFF_S = 5.0
+# Characters of a hit's highlighted snippet.
+SNIPPET_CHARS = 240
 TERMINAL = (storage_pb2.FILE_STATUS_READY, storage_pb2.FILE_STATUS_FAILED)
 
 FILE_SELECT = """
@@ -119,13 +133,26 @@ def _clean_text(value: str, field: str, limit: int) -> str:
 
 class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     def __init__(
-        self, db: Database, blobs: BlobStore, ingestor: Ingestor, *, upload_max_bytes: int, embedding_dim: int
+        self,
+        db: Database,
+        blobs: BlobStore,
+        ingestor: Ingestor,
+        *,
+        upload_max_bytes: int,
+        embedding_dim: int,
+        embeddings: EmbeddingClient | None = None,
+        hnsw_iterative_scan: bool = False,
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.ingestor = ingestor
         self.upload_max_bytes = upload_max_bytes
         self.embedding_dim = embedding_dim
+        # Embeds the query of a search that came without a vector (a browser through the gateway).
+        self.embeddings = embeddings
+        self.hnsw_iterative_scan = hnsw_iterative_scan
+        # While the embedding service is away, searches go keyword-only without asking it each time.
+        self._embed_retry_at = 0.0
 
     # ------------------------------------------------------------------ users
 
@@ -284,6 +311,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         terms = query_terms(request.query)
         if embedding is None and not terms:
             raise InvalidArgument("give a query with words or a query_embedding")
+        if embedding is None:
+            embedding = await self._embed_query(request.query, context)
         file_ids = [parse_id(f, "file_ids") for f in request.file_ids]
         candidates = top_k * 3
         async with self.db.connection() as conn:
@@ -305,7 +334,9 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             text_hits: list[tuple[uuid.UUID, float]] = []
             if embedding is not None:
                 total = sum(r["chunks_done"] for r in ready)
-                vector_hits = await _vector_search(conn, user_id, documents, embedding, candidates, total)
+                vector_hits = await _vector_search(
+                    conn, user_id, documents, embedding, candidates, total, iterative_scan=self.hnsw_iterative_scan
+                )
             if terms:
                 rows = await conn.fetch(
                     "SELECT c.id, ts_rank_cd(c.tsv, q) AS rank FROM chunks c, to_tsquery('simple', $2) q "
@@ -344,12 +375,40 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                     page=row["page"],
                     heading=row["heading"],
                     text=row["text"],
+                    snippet=highlight(row["text"], terms, width=SNIPPET_CHARS),
                     score=fused[chunk_id],
                     vector_score=vector_scores.get(chunk_id, 0.0),
                     text_score=text_scores.get(chunk_id, 0.0),
                 )
             )
         return storage_pb2.SearchChunksResponse(hits=hits)
+
+    async def _embed_query(self, query: str, context: grpc.aio.ServicerContext) -> np.ndarray | None:
+        """The query's vector from the embedding service, or None (keyword search only) without one."""
+        if self.embeddings is None or time.monotonic() < self._embed_retry_at:
+            return None
+        timeout = QUERY_EMBED_TIMEOUT_S
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, remaining * 0.5)
+        try:
+            vectors, _ = await self.embeddings.embed([query], deadline_s=timeout)
+        except (grpc.aio.AioRpcError, EmbeddingError) as exc:
+            self._embed_retry_at = time.monotonic() + QUERY_EMBED_BACKOFF_S
+            reason = f"{exc.code().name} {exc.details() or ''}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            log.warning(
+                "embedding service unavailable: searching by keywords only",
+                extra={"fields": {"error": reason.strip()[:300], "retry_in_s": QUERY_EMBED_BACKOFF_S}},
+            )
+            return None
+        vector: np.ndarray = vectors[0]
+        if len(vector) != self.embedding_dim or not np.all(np.isfinite(vector)) or not np.any(vector):
+            log.warning(
+                "the embedding service's query vector does not fit the stored chunks: keywords only",
+                extra={"fields": {"dimension": len(vector), "expected": self.embedding_dim}},
+            )
+            return None
+        return vector
 
     # ------------------------------------------------------------------ sessions and messages
 
@@ -557,31 +616,48 @@ async def _vector_search(
     embedding: np.ndarray,
     limit: int,
     total_chunks: int,
+    *,
+    iterative_scan: bool = False,
 ) -> list[tuple[uuid.UUID, float]]:
-    """Cosine top-k over the user's chunks: exact for small collections, HNSW for large ones."""
-    if total_chunks <= EXACT_SEARCH_MAX_CHUNKS:
-        # "+ 0" stops the planner from using the (global, post-filtered) HNSW index: an exact scan
-        # of one user's rows is both faster and complete at this size.
-        rows = await conn.fetch(
-            "SELECT id, (embedding <=> $2) AS distance FROM chunks "
-            "WHERE user_id = $1 AND document_id = ANY($3::uuid[]) ORDER BY (embedding <=> $2) + 0 LIMIT $4",
-            user_id,
-            embedding,
-            documents,
-            limit,
-        )
-    else:
+    """Cosine top-k over the user's chunks of ``documents``: exact for small collections, HNSW for large.
+
+    The user and file filters are part of the index scan's WHERE. pgvector applies them to the rows
+    the index yields; before 0.8 an index scan yields at most ``hnsw.ef_search`` rows, so a selective
+    filter can leave fewer than ``limit``: the exact query then answers. With ``iterative_scan``
+    (pgvector >= 0.8) the scan goes on until enough rows pass the filters.
+    """
+    if total_chunks > EXACT_SEARCH_MAX_CHUNKS:
         async with conn.transaction():
-            await conn.execute(f"SET LOCAL hnsw.ef_search = {max(100, min(1000, limit * 4))}")
+            settings = f"SET LOCAL hnsw.ef_search = {max(HNSW_MIN_EF_SEARCH, min(HNSW_MAX_EF_SEARCH, limit * 4))}"
+            if iterative_scan:
+                settings += "; SET LOCAL hnsw.iterative_scan = relaxed_order"
+            await conn.execute(settings)
+            # relaxed_order may yield rows slightly out of order: the outer query sorts the page.
             rows = await conn.fetch(
-                "SELECT id, distance FROM ("
-                " SELECT id, document_id, embedding <=> $2 AS distance FROM chunks WHERE user_id = $1"
-                " ORDER BY embedding <=> $2 LIMIT $5) near "
-                "WHERE document_id = ANY($3::uuid[]) ORDER BY distance LIMIT $4",
+                "WITH near AS MATERIALIZED ("
+                " SELECT id, embedding <=> $2 AS distance FROM chunks"
+                " WHERE user_id = $1 AND document_id = ANY($3::uuid[])"
+                " ORDER BY embedding <=> $2 LIMIT $4) "
+                "SELECT id, distance FROM near ORDER BY distance + 0",
                 user_id,
                 embedding,
                 documents,
                 limit,
-                max(limit, 100),
             )
+        if len(rows) >= min(limit, total_chunks):
+            return _similarities(rows)
+    # "+ 0" stops the planner from using the (global, post-filtered) HNSW index: an exact scan of
+    # one user's rows is complete, and at this size faster.
+    rows = await conn.fetch(
+        "SELECT id, (embedding <=> $2) AS distance FROM chunks "
+        "WHERE user_id = $1 AND document_id = ANY($3::uuid[]) ORDER BY (embedding <=> $2) + 0 LIMIT $4",
+        user_id,
+        embedding,
+        documents,
+        limit,
+    )
+    return _similarities(rows)
+
+
+def _similarities(rows: list[asyncpg.Record]) -> list[tuple[uuid.UUID, float]]:
     return [(r["id"], 1.0 - float(r["distance"])) for r in rows if not math.isnan(r["distance"])]

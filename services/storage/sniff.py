@@ -9,6 +9,8 @@ from pathlib import Path
 from studyassist.core.errors import InvalidArgument
 from studyassist.storage.v1 import storage_pb2
 
+from storage.parse_worker import MAX_ZIP_ENTRIES, ParseFailure, check_zip_directory
+
 PDF_MAGIC = b"%PDF-"
 ZIP_MAGIC = b"PK\x03\x04"
 UNSUPPORTED = "unsupported file type: the content is not PDF, DOCX, PPTX, or UTF-8 text/Markdown"
@@ -60,12 +62,21 @@ def early_kind(head: bytes) -> str:
 
 
 def office_kind(path: Path) -> storage_pb2.FileKind:
-    """DOCX or PPTX by the package's structure (its content types and main part)."""
+    """DOCX or PPTX by the package's structure (its content types and main part).
+
+    zipfile reads the whole central directory into memory, in this process: its declared entry
+    count and size are checked first, from the end records alone.
+    """
     try:
+        check_zip_directory(str(path))
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
+    except ParseFailure as exc:
+        raise InvalidArgument(f"{UNSUPPORTED} ({exc})") from None
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise InvalidArgument(f"{UNSUPPORTED} (a damaged ZIP archive: {exc})") from None
+    if len(names) > MAX_ZIP_ENTRIES:
+        raise InvalidArgument(f"{UNSUPPORTED} (the document has {len(names)} parts, at most {MAX_ZIP_ENTRIES} allowed)")
     if "[Content_Types].xml" in names:
         if "word/document.xml" in names:
             return storage_pb2.FILE_KIND_DOCX

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
 
 import docx
@@ -105,3 +106,63 @@ def xml_bomb_docx() -> bytes:
         for item in base.infolist():
             archive.writestr(item, BILLION_LAUGHS if item.filename == "word/document.xml" else base.read(item))
     return out.getvalue()
+
+
+def many_parts_zip(count: int) -> bytes:
+    """A ZIP package listing ``count`` empty parts (beside a DOCX's own)."""
+    out = io.BytesIO()
+    base = zipfile.ZipFile(io.BytesIO(make_docx([("p", "hello")])))
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for item in base.infolist():
+            archive.writestr(item, base.read(item))
+        for number in range(count):
+            archive.writestr(f"p/{number}", b"")
+    return out.getvalue()
+
+
+def _end_record_at(data: bytes) -> int:
+    at = data.rfind(b"PK\x05\x06")
+    assert at >= 0
+    return at
+
+
+def with_declared_count(data: bytes, count: int) -> bytes:
+    """The archive with another entry count in its end record (its central directory unchanged)."""
+    at = _end_record_at(data)
+    return data[: at + 8] + struct.pack("<HH", count, count) + data[at + 12 :]
+
+
+def with_zip64_claim(data: bytes, count: int, directory_bytes: int) -> bytes:
+    """The archive with ZIP64 end records (which zipfile trusts over the plain one) claiming ``count``
+    entries in a central directory of ``directory_bytes``."""
+    at = _end_record_at(data)
+    offset = struct.unpack_from("<L", data, at + 16)[0]
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, directory_bytes, offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, at, 1)
+    end = bytearray(data[at:])
+    end[8:20] = struct.pack("<HHLL", 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
+    return data[:at] + record + locator + bytes(end)
+
+
+def with_declared_size(data: bytes, name: str, size: int) -> bytes:
+    """The archive with part ``name``'s uncompressed size in the central directory set to ``size``."""
+    out = bytearray(data)
+    at = out.find(b"PK\x01\x02")
+    while at >= 0:
+        name_length = struct.unpack_from("<H", out, at + 28)[0]
+        if out[at + 46 : at + 46 + name_length] == name.encode():
+            struct.pack_into("<L", out, at + 24, size)
+            return bytes(out)
+        at = out.find(b"PK\x01\x02", at + 46)
+    raise KeyError(name)
+
+
+def lying_size_docx(real_bytes: int = 8 * 1024 * 1024, declared: int = 64 * 1024) -> bytes:
+    """A DOCX with a part of ``real_bytes`` zeros whose central directory declares only ``declared``."""
+    out = io.BytesIO()
+    base = zipfile.ZipFile(io.BytesIO(make_docx([("p", "hello")])))
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for item in base.infolist():
+            archive.writestr(item, base.read(item))
+        archive.writestr("word/media/image1.bin", bytes(real_bytes))
+    return with_declared_size(out.getvalue(), "word/media/image1.bin", declared)

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
+import asyncpg
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from storage.db import Database, connect, migrate, migration_files
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from storage.db import (
+    ITERATIVE_SCAN_SINCE,
+    Database,
+    connect,
+    instrument_sql,
+    migrate,
+    migration_files,
+    parse_version,
+)
 from studyassist.core.bootstrap import StartupError
 from studyassist.core.errors import Unavailable
 from studyassist.core.telemetry import setup_telemetry
@@ -77,9 +90,85 @@ async def test_pool_figures_are_exported(database_url: str) -> None:
         }
         assert figures["db.pool.size"] == 2 and figures["db.pool.in_use"] == 1 and figures["db.pool.idle"] == 1
         assert figures["db.pool.waiting"] == 0
+        # The metrics service's pool utilisation and size advice need the maximum (it drops pools without one).
+        assert figures["db.pool.max"] == 3
     finally:
         await db.close()
         telemetry.shutdown()
+
+
+async def test_query_durations_are_recorded_by_operation(database_url: str) -> None:
+    reader = InMemoryMetricReader()
+    telemetry = setup_telemetry("storage-query-test", None, extra_readers=[reader])
+    db = await connect(database_url, min_size=1, max_size=1, acquire_timeout_s=1, meter=telemetry.meter)
+    try:
+        await migrate(db, embedding_dim=384)
+        async with db.connection() as conn:
+            for _ in range(3):
+                await conn.fetchval("SELECT count(*) FROM users WHERE id = $1", uuid.uuid4())
+            await conn.execute("DELETE FROM chunks WHERE user_id = $1", uuid.uuid4())
+            with pytest.raises(asyncpg.UndefinedTableError):
+                await conn.fetch("SELECT * FROM no_such_table")
+        await asyncio.sleep(0.01)  # asyncpg hands each timing to its loggers with call_soon
+        data = reader.get_metrics_data()
+        assert data is not None
+        (histogram,) = [
+            metric
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "db.client.operation.duration"
+        ]
+        assert histogram.unit == "s"
+        points = {
+            (p.attributes or {}).get("db.query.summary"): p
+            for p in histogram.data.data_points  # type: ignore[union-attr]
+        }
+        users = points["SELECT users"]
+        assert users.count == 3 and 0 < users.sum < 5  # type: ignore[union-attr]
+        assert (users.attributes or {})["db.operation.name"] == "SELECT"
+        assert (users.attributes or {})["db.collection.name"] == "users"
+        assert points["DELETE chunks"].count == 1  # type: ignore[union-attr]
+        failed = points["SELECT no_such_table"]
+        assert (failed.attributes or {})["error.type"] == "UndefinedTableError"
+    finally:
+        await db.close()
+        telemetry.shutdown()
+
+
+async def test_sql_spans_when_instrumented(database_url: str) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    undo = instrument_sql(provider)
+    try:
+        db = await connect(database_url, min_size=1, max_size=1, acquire_timeout_s=1)
+        try:
+            with provider.get_tracer("test").start_as_current_span("call") as parent:
+                async with db.connection() as conn:
+                    assert await conn.fetchval("SELECT 41 + $1::int", 1) == 42
+        finally:
+            await db.close()
+    finally:
+        undo()
+    spans = [s for s in exporter.get_finished_spans() if s.name != "call"]
+    query = [s for s in spans if "SELECT 41" in str((s.attributes or {}).values())]
+    assert query and query[0].parent is not None
+    assert query[0].parent.span_id == parent.get_span_context().span_id
+
+
+async def test_pgvector_version_decides_iterative_scans(database_url: str) -> None:
+    assert parse_version("0.8.0") == (0, 8, 0) >= ITERATIVE_SCAN_SINCE
+    assert parse_version("0.7.4-dev") == (0, 7, 4) < ITERATIVE_SCAN_SINCE
+    assert parse_version("") == ()
+    db = await connect(database_url, min_size=1, max_size=1, acquire_timeout_s=1)
+    try:
+        version = await db.pgvector_version()
+        async with db.connection() as conn:
+            installed = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        assert version == parse_version(installed) and version >= (0, 5)
+    finally:
+        await db.close()
 
 
 async def test_unreachable_database_is_a_startup_error() -> None:
