@@ -37,7 +37,7 @@ class Mesh:
 
 
 @pytest.fixture(scope="module")
-def mesh(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+def mesh(postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     metrics = spawn_service("metrics", {"METRICS_PORT": "0", "METRICS_HTTP_PORT": "0"})
     telemetry = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": metrics.address,
@@ -50,7 +50,9 @@ def mesh(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         started.append(embedding)
         storage = spawn_storage(postgres_url, embedding.address, tmp_path_factory.mktemp("trace-blobs"), telemetry)
         started.append(storage)
-        chat = spawn_chat(storage.address, embedding.address, telemetry)
+        # Chat with Redis (its answer cache): Redis commands are traced too.
+        chat_redis = {"REDIS_URL": redis_url, "CHAT_REDIS_PREFIX": f"test:{uuid.uuid4().hex[:10]}:chat:"}
+        chat = spawn_chat(storage.address, embedding.address, {**telemetry, **chat_redis})
         started.append(chat)
         gateway = spawn_gateway(
             chat.address,
@@ -139,6 +141,13 @@ def test_chat_request_is_one_trace_across_the_mesh_and_in_the_dashboard(mesh: Me
         for service in ("storage", "embedding"):
             called = [s for s in spans if s["service"] == service and s["kind"] == "SERVER"]
             assert called and all(by_id[s["parent_span_id"]] == chat for s in called), (service, called)
+        # Below the service spans: storage's SQL and chat's Redis commands, as CLIENT spans of their own.
+        storage_server = {s["span_id"] for s in spans if s["service"] == "storage" and s["kind"] == "SERVER"}
+        sql = [s for s in spans if s["service"] == "storage" and s["kind"] == "CLIENT"]
+        assert sql and all(s["parent_span_id"] in storage_server for s in sql), sql
+        assert any(s["name"].split()[0] == "SELECT" for s in sql), [s["name"] for s in sql]
+        redis_calls = [s for s in spans if s["service"] == "chat" and s["kind"] == "CLIENT"]
+        assert {"GET", "SET"} <= {s["name"].split()[0] for s in redis_calls}, [s["name"] for s in redis_calls]
         assert all(span["duration_ms"] > 0 for span in spans)
 
         # Unknown and malformed trace ids are told apart.

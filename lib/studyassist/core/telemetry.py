@@ -141,6 +141,8 @@ def setup_telemetry(
                 export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
             )
         )
+    if endpoint:
+        instrument_redis(tracer_provider)
     meter_provider = MeterProvider(resource=resource, metric_readers=readers, views=duration_views())
     meter = meter_provider.get_meter(f"studyassist.{service}")
     tracer = tracer_provider.get_tracer(f"studyassist.{service}")
@@ -149,3 +151,13 @@ def setup_telemetry(
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     return Telemetry(meter, tracer, meter_provider, tracer_provider, endpoint or None)
+
+
+def instrument_redis(tracer_provider: TracerProvider) -> None:
+    """A client span for every Redis command of every service that uses Redis (caches, rate limits,
+    chat tasks). Process-wide and once: a later call (a second service in one test process) is a no-op."""
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    instrumentor = RedisInstrumentor()  # type: ignore[no-untyped-call]  # one instance per process
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=tracer_provider)
