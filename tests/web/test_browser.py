@@ -437,3 +437,163 @@ def test_dashboard_is_for_administrators(context: BrowserContext, page: Page) ->
     histogram = page.get_by_test_id("histogram")
     expect(histogram).to_contain_text("db.client.operation.duration")
     expect(histogram.locator("svg rect")).to_have_count(3)  # p50, p95, p99 of the one series
+
+
+# An answer with a fenced code block (the extractive backend quotes passages on one line, so no
+# fence survives it) and inline math, streamed by a stand-in for the gateway in the real SSE shape.
+CODE_AND_MATH_ANSWER = [
+    "Ví dụ về hàm bình phương:\n\n",
+    "```python\ndef binh_phuong(x):\n",
+    "    return x ** 2\n```\n\n",
+    "Định lý Pythagoras: $a^2 + b^2 = c^2$.",
+]
+
+
+def sse(events: list[dict[str, Any]]) -> str:
+    return "".join(f"data: {json.dumps(event, ensure_ascii=False)}\n\n" for event in events)
+
+
+def test_agent_choice_shortcut_copy_code_and_math(context: BrowserContext, page: Page, base_url: str) -> None:
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base_url)
+    register(page)
+    page.goto("/#/chat")
+
+    # The agent picked in the select is the one the chat request names.
+    agent_select = page.get_by_test_id("agent-select")
+    expect(agent_select.locator("option[value=programming_mentor]")).to_have_count(1)
+    agent_select.select_option("programming_mentor")
+    composer = page.get_by_test_id("composer")
+    composer.fill("Xin chào, hãy giới thiệu bản thân")
+    with page.expect_request(lambda r: "/v1/chat:stream" in r.url and r.method == "POST") as request_info:
+        composer.press("Enter")
+    sent = json.loads(request_info.value.post_data or "{}")
+    assert sent["agent_id"] == "programming_mentor", sent
+    assert sent["message"] == "Xin chào, hãy giới thiệu bản thân"
+    expect(page.get_by_test_id("message-assistant").last).to_have_attribute(
+        "aria-busy", "false", timeout=ANSWER_TIMEOUT_MS
+    )
+    expect(page).to_have_url(re.compile(r"#/chat/[\w-]+$"))
+
+    # Alt+N starts a new chat from another page: back on an empty chat, no session selected.
+    page.get_by_role("link", name="Tài liệu", exact=True).click()
+    expect(page.get_by_role("heading", name="Tài liệu")).to_be_visible()
+    page.keyboard.press("Alt+n")
+    expect(page).to_have_url(re.compile(r"#/chat$"))
+    expect(page.get_by_text("Hãy đặt câu hỏi về tài liệu của bạn.")).to_be_visible()
+    expect(page.get_by_test_id("message-user")).to_have_count(0)
+    # The choice of agent outlived the page change.
+    expect(page.get_by_test_id("agent-select")).to_have_value("programming_mentor")
+
+    # A fenced code block is highlighted and math is typeset by KaTeX (both chunks load lazily).
+    answer_text = "".join(CODE_AND_MATH_ANSWER)
+    body = sse(
+        [{"started": {"backend": "llm:test-model"}}]
+        + [{"delta": {"text": part}} for part in CODE_AND_MATH_ANSWER]
+        + [{"done": {"message_id": "m-code-math"}}]
+    )
+    page.route(
+        "**/v1/chat:stream",
+        lambda route: route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body),
+    )
+    composer.fill("Cho ví dụ code và công thức")
+    composer.press("Enter")
+    answer = page.get_by_test_id("message-assistant").last
+    expect(answer).to_have_attribute("aria-busy", "false")
+    code = answer.locator("pre code.hljs")
+    expect(code).to_be_visible()
+    expect(code).to_have_class(re.compile(r"\blanguage-python\b"))
+    keyword = code.locator(".hljs-keyword").filter(has_text="def")
+    expect(keyword).to_have_count(1)
+    # The highlight stylesheet came with its chunk: keywords are coloured apart from plain code.
+    colours = keyword.evaluate("k => [getComputedStyle(k).color, getComputedStyle(k.closest('code')).color]")
+    assert colours[0] != colours[1], colours
+    formula = answer.locator(".katex").first
+    expect(formula).to_be_visible()
+    expect(formula.locator(".katex-html")).to_contain_text("c")
+    assert formula.locator(".katex-mathml").evaluate("e => getComputedStyle(e).position") == "absolute"
+
+    # Copy puts the answer's text (its Markdown source) on the clipboard.
+    answer.get_by_role("button", name="Sao chép").click()
+    expect(answer.get_by_role("button", name="Đã sao chép")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == answer_text
+
+
+def test_upload_several_drop_and_log_in_again(page: Page, tmp_path: Path) -> None:
+    email = register(page)
+    page.goto("/#/documents")
+
+    # Two files picked at once: one progress bar each, then both are ready.
+    paths = []
+    for name, topic in (("hai-tep-mot.md", "ARP maps addresses"), ("hai-tep-hai.txt", "DNS resolves names")):
+        path = tmp_path / name
+        path.write_text(f"# {name}\n\n{topic} in the network layer lecture.\n", encoding="utf-8")
+        paths.append(path)
+    # The uploads are held at the network until both bars are seen side by side, still uploading.
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        if route.request.method == "POST":
+            held.append(route)
+        else:
+            route.fallback()
+
+    page.route(re.compile(r"/v1/files\?"), hold)
+    page.get_by_test_id("file-input").set_input_files([str(p) for p in paths])
+    uploads = page.get_by_test_id("uploads")
+    expect(uploads.locator("li")).to_have_count(2)
+    for path in paths:
+        item = uploads.locator("li").filter(has_text=path.name)
+        expect(item.get_by_role("progressbar", name=f"Đang tải lên {path.name}")).to_have_count(1)
+        expect(item.get_by_role("button", name="Hủy")).to_be_visible()
+    for _ in range(100):
+        if len(held) == 2:
+            break
+        page.wait_for_timeout(100)
+    assert len(held) == 2, held
+    for route in held:
+        route.continue_()
+    page.unroute(re.compile(r"/v1/files\?"), hold)
+    for path in paths:
+        item = uploads.locator("li").filter(has_text=path.name)
+        expect(item.get_by_role("progressbar")).to_have_attribute("value", "1")
+        expect(item).to_contain_text("Đã tải lên")
+    for path in paths:
+        row = page.get_by_test_id("file-row").filter(has_text=path.name)
+        expect(row).to_have_attribute("data-status", "FILE_STATUS_READY", timeout=READY_TIMEOUT_MS)
+
+    # A file dropped on the drop zone (a real DragEvent carrying a DataTransfer) uploads too.
+    zone = page.get_by_test_id("dropzone")
+    transfer = page.evaluate_handle(
+        """() => {
+            const transfer = new DataTransfer();
+            const text = '# Tha tep\\n\\nICMP carries error reports for IP.\\n';
+            transfer.items.add(new File([text], 'tha-tep.md', { type: 'text/markdown' }));
+            return transfer;
+        }"""
+    )
+    zone.dispatch_event("dragover", {"dataTransfer": transfer})
+    expect(zone).to_have_class(re.compile(r"\bdragging\b"))
+    zone.dispatch_event("drop", {"dataTransfer": transfer})
+    expect(zone).not_to_have_class(re.compile(r"\bdragging\b"))
+    dropped = page.get_by_test_id("file-row").filter(has_text="tha-tep.md")
+    expect(dropped).to_have_attribute("data-status", "FILE_STATUS_READY", timeout=READY_TIMEOUT_MS)
+    expect(page.get_by_test_id("file-row")).to_have_count(3)
+
+    # Log out, then log in through the form: a wrong password is refused with a message,
+    # the right one opens the same account (its documents are there).
+    page.get_by_test_id("logout").click()
+    form = page.locator("form.auth-card")
+    expect(form.locator("input[name=display_name]")).to_have_count(0)  # the login form, not register
+    form.locator("input[name=email]").fill(email)
+    form.locator("input[name=password]").fill(PASSWORD + "-sai")
+    form.locator("button[type=submit]").click()
+    expect(form.get_by_role("alert")).to_contain_text("thông tin đăng nhập sai")
+    expect(page.get_by_test_id("new-chat")).to_have_count(0)
+    form.locator("input[name=password]").fill(PASSWORD)
+    form.locator("button[type=submit]").click()
+    expect(page.get_by_test_id("new-chat")).to_be_visible()
+    page.goto("/#/documents")
+    expect(page.get_by_test_id("file-row")).to_have_count(3)
+    # The session is stored: a reload keeps the student logged in.
+    page.reload()
+    expect(page.get_by_test_id("logout")).to_be_visible()
