@@ -46,7 +46,7 @@ class Benchmark:
 
 BENCHMARKS = [
     Benchmark("embedding_bench", ("--rounds", "3", "--texts", "32")),
-    Benchmark("storage_bench", ("--chunks", "50000")),
+    Benchmark("storage_bench", ("--chunks", "200000")),
     Benchmark("chat_bench"),
     Benchmark("gateway_bench", ("--seconds", "8")),
     Benchmark("telemetry_bench", ("--quick",)),
@@ -96,6 +96,10 @@ ISSUE_METRICS = [
     Metric("embedding_speedup", "embedding service vs sentence-transformers encode (fp32, CPU)", ">= 1.0x", ">=", 1.0),
     Metric("embedding_int8", "embedding service int8 vs sentence-transformers encode", ">= 2x", ">=", 2.0),
     Metric("search_recall", "vector search recall@10 against exact search", ">= 0.98", ">=", 0.98),
+    Metric("db_p99_strict", "vector search p99, one client (our aim)", "< 10 ms", "<", 10),
+    Metric("db_p99_concurrent", "vector search p99, 32 concurrent clients", "< 50 ms", "<", 50),
+    Metric("storage_upload_pdf", "upload into storage over gRPC, PDF (our aim)", ">= 200 MB/s", ">=", 200),
+    Metric("storage_upload_text", "upload into storage over gRPC, UTF-8 text (our aim)", ">= 200 MB/s", ">=", 200),
     Metric("ttft_overhead", "chat time-to-first-token overhead vs the LLM directly, p95", "<= 50 ms", "<=", 50),
     Metric("token_overhead", "chat per-token relay overhead, p99 (chat - direct)", "<= 5 ms", "<=", 5),
     Metric("chat_streams", "concurrent chat streams without errors", ">= 200", ">=", 200),

@@ -25,7 +25,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +284,20 @@ async def run(
     await storage_channel.close(None)
 
 
+@contextmanager
+def patched_environ(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -297,7 +312,11 @@ def main() -> int:
     relays: list[Relay] = []
     try:
         build_tiny_llm(work / "model")
-        llm = start_llm_server(work / "model", work / "serve.log")
+        # The LLM stand-in shares this machine's cores with the mesh it is measured through (a real
+        # model runs on its own hardware): one torch thread, so its spinning OpenMP workers do not
+        # take every core from the relay path between tokens.
+        with patched_environ(OMP_NUM_THREADS="1"):
+            llm = start_llm_server(work / "model", work / "serve.log")
         chat_relay, direct_relay = Relay(llm.port, record=True), Relay(llm.port, record=True)
         relays = [chat_relay, direct_relay]
         for relay in relays:

@@ -32,6 +32,9 @@ MIGRATION_LOCK_KEY = 0x5354_4F52  # "STOR"
 
 # pgvector keeps an HNSW scan going until enough rows pass its filters (hnsw.iterative_scan) since 0.8.0.
 ITERATIVE_SCAN_SINCE = (0, 8, 0)
+# hnsw.ef_search every pooled connection starts with: a search needing no more (top-k up to 32
+# candidates) runs as one statement, with no transaction around a SET LOCAL (three round trips).
+HNSW_SESSION_EF_SEARCH = 128
 # Distinct SQL texts whose metric attributes are remembered (the service has a few dozen).
 SUMMARY_CACHE_SIZE = 512
 _VERB = re.compile(r"\s*(\w+)")
@@ -179,7 +182,8 @@ async def _keep_session_state(conn: asyncpg.Connection) -> None:
     """Release a connection without asyncpg's default reset query.
 
     The pool still rolls back a transaction left open. Nothing here keeps session state on a pooled
-    connection (settings are SET LOCAL; the migration lock is released in a finally), so the default
+    connection but what every connection starts with (the hnsw.* settings; searches change them only
+    with SET LOCAL; the migration lock is released in a finally), so the default
     "RESET ALL; UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()" would only be one more round trip
     per release: half the queries of a simple read.
     """
@@ -217,8 +221,15 @@ async def connect(
         conn = await asyncio.wait_for(asyncpg.connect(url), timeout=10)
         try:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            pgvector = parse_version(
+                await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'") or ""
+            )
         finally:
             await conn.close()
+        # Session settings sent when each connection opens (they survive release: no RESET ALL).
+        hnsw = {"hnsw.ef_search": str(HNSW_SESSION_EF_SEARCH)}
+        if pgvector >= ITERATIVE_SCAN_SINCE:
+            hnsw["hnsw.iterative_scan"] = "relaxed_order"
         pool = await asyncio.wait_for(
             asyncpg.create_pool(
                 url,
@@ -226,6 +237,7 @@ async def connect(
                 max_size=max_size,
                 init=_connection_setup(QueryTimer(meter) if meter is not None else None),
                 reset=_keep_session_state,
+                server_settings=hnsw,
             ),
             timeout=15,
         )

@@ -23,7 +23,7 @@ from studyassist.core.errors import AlreadyExists, InvalidArgument, NotFound
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from storage.blobs import BlobStore
-from storage.db import Connection, Database
+from storage.db import HNSW_SESSION_EF_SEARCH, Connection, Database
 from storage.embeddings import EmbeddingClient, EmbeddingError
 from storage.ids import caller, decode_token, page_size, parse_id
 from storage.ingest import Ingestor
@@ -627,23 +627,26 @@ async def _vector_search(
     (pgvector >= 0.8) the scan goes on until enough rows pass the filters.
     """
     if total_chunks > EXACT_SEARCH_MAX_CHUNKS:
-        async with conn.transaction():
-            settings = f"SET LOCAL hnsw.ef_search = {max(HNSW_MIN_EF_SEARCH, min(HNSW_MAX_EF_SEARCH, limit * 4))}"
-            if iterative_scan:
-                settings += "; SET LOCAL hnsw.iterative_scan = relaxed_order"
-            await conn.execute(settings)
-            # relaxed_order may yield rows slightly out of order: the outer query sorts the page.
-            rows = await conn.fetch(
-                "WITH near AS MATERIALIZED ("
-                " SELECT id, embedding <=> $2 AS distance FROM chunks"
-                " WHERE user_id = $1 AND document_id = ANY($3::uuid[])"
-                " ORDER BY embedding <=> $2 LIMIT $4) "
-                "SELECT id, distance FROM near ORDER BY distance + 0",
-                user_id,
-                embedding,
-                documents,
-                limit,
-            )
+        # relaxed_order may yield rows slightly out of order: the outer query sorts the page.
+        query = (
+            "WITH near AS MATERIALIZED ("
+            " SELECT id, embedding <=> $2 AS distance FROM chunks"
+            " WHERE user_id = $1 AND document_id = ANY($3::uuid[])"
+            " ORDER BY embedding <=> $2 LIMIT $4) "
+            "SELECT id, distance FROM near ORDER BY distance + 0"
+        )
+        ef_search = max(HNSW_MIN_EF_SEARCH, min(HNSW_MAX_EF_SEARCH, limit * 4))
+        if ef_search <= HNSW_SESSION_EF_SEARCH:
+            # Every pooled connection starts with this much (and with the iterative scan where
+            # pgvector has it): one statement, one round trip.
+            rows = await conn.fetch(query, user_id, embedding, documents, limit)
+        else:
+            async with conn.transaction():
+                settings = f"SET LOCAL hnsw.ef_search = {ef_search}"
+                if iterative_scan:
+                    settings += "; SET LOCAL hnsw.iterative_scan = relaxed_order"
+                await conn.execute(settings)
+                rows = await conn.fetch(query, user_id, embedding, documents, limit)
         if len(rows) >= min(limit, total_chunks):
             return _similarities(rows)
     # "+ 0" stops the planner from using the (global, post-filtered) HNSW index: an exact scan of

@@ -47,8 +47,11 @@ async def search(
     *,
     vector: list[float] | None = None,
     file_ids: list[str] | None = None,
+    top_k: int = 0,
 ) -> list[storage_pb2.ChunkHit]:
-    request = storage_pb2.SearchChunksRequest(query=query, query_embedding=vector or [], file_ids=file_ids or [])
+    request = storage_pb2.SearchChunksRequest(
+        query=query, query_embedding=vector or [], file_ids=file_ids or [], top_k=top_k
+    )
     result = await storage.stub.SearchChunks(request, metadata=user_metadata(user))
     return list(result.hits)
 

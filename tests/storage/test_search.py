@@ -114,6 +114,10 @@ async def test_hnsw_search_keeps_user_and_file_filters(
         assert len(everything) == storage_servicer.DEFAULT_TOP_K
         files = {h.file_id for h in everything}
         assert files == {big} and not files & others
+        # A page wider than the connections' own hnsw.ef_search allows (SET LOCAL in a transaction).
+        wide_k = storage_servicer.HNSW_SESSION_EF_SEARCH // 4 + 5
+        wide = await search(storage, user, "", vector=vector, top_k=wide_k)
+        assert len(wide) == wide_k and {h.file_id for h in wide} == {big}
 
     # The HNSW page is (nearly) the exact top of the caller's own rows.
     conn = await asyncpg.connect(database_url)
@@ -130,6 +134,22 @@ async def test_hnsw_search_keeps_user_and_file_filters(
     found = {uuid.UUID(h.chunk_id) for h in await search(storage, alice, "", vector=vector)}
     assert found <= alice_big_chunks
     assert len(found & {r["id"] for r in exact}) >= len(exact) - 1
+
+
+async def test_pooled_connections_start_with_the_hnsw_search_settings(database_url: str) -> None:
+    from storage.db import HNSW_SESSION_EF_SEARCH, connect
+
+    db = await connect(database_url, min_size=1, max_size=2, acquire_timeout_s=2)
+    try:
+        async with db.connection() as conn:
+            assert await conn.fetchval("SHOW hnsw.ef_search") == str(HNSW_SESSION_EF_SEARCH)
+            async with conn.transaction():
+                await conn.execute("SET LOCAL hnsw.ef_search = 400")
+        # A search's SET LOCAL ends with its transaction: the next user of the connection is unaffected.
+        async with db.connection() as conn:
+            assert await conn.fetchval("SHOW hnsw.ef_search") == str(HNSW_SESSION_EF_SEARCH)
+    finally:
+        await db.close()
 
 
 async def test_query_without_vector_is_embedded_and_hits_carry_snippets(storage: StorageClient) -> None:
