@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from pgvector.asyncpg import register_vector
 from storage import servicer as storage_servicer
+from storage.db import HNSW_SESSION_EF_SEARCH
 from studyassist.storage.v1 import storage_pb2
 
 from tests.storage.conftest import StorageClient
@@ -115,7 +116,7 @@ async def test_hnsw_search_keeps_user_and_file_filters(
         files = {h.file_id for h in everything}
         assert files == {big} and not files & others
         # A page wider than the connections' own hnsw.ef_search allows (SET LOCAL in a transaction).
-        wide_k = storage_servicer.HNSW_SESSION_EF_SEARCH // 4 + 5
+        wide_k = HNSW_SESSION_EF_SEARCH // 4 + 5
         wide = await search(storage, user, "", vector=vector, top_k=wide_k)
         assert len(wide) == wide_k and {h.file_id for h in wide} == {big}
 
@@ -137,7 +138,7 @@ async def test_hnsw_search_keeps_user_and_file_filters(
 
 
 async def test_pooled_connections_start_with_the_hnsw_search_settings(database_url: str) -> None:
-    from storage.db import HNSW_SESSION_EF_SEARCH, connect
+    from storage.db import connect
 
     db = await connect(database_url, min_size=1, max_size=2, acquire_timeout_s=2)
     try:
