@@ -1,11 +1,12 @@
 """``make run``: the whole mesh on one machine with nothing to configure.
 
 Starts an embedded PostgreSQL (pgserver, data in DATA_DIR/pg) unless DATABASE_URL is set, uses
-Redis at REDIS_URL and the LLM at LLM_BASE_URL when they answer (or serves the local transformers
-model directory LLM_MODEL_DIR with `transformers serve`), starts the five services in
-dependency order, waits for each one's health, prints the address and what it found. Ctrl-C or
-SIGTERM stops the services in reverse order, then PostgreSQL; children also die with the launcher
-(PR_SET_PDEATHSIG), so nothing is left behind.
+Redis at REDIS_URL and the LLM at LLM_BASE_URL when they answer (or, with LLM_MODEL_DIR, the local
+transformers model directory that the chat service serves itself with `transformers serve`, see
+studyassist.core.localmodel), starts the five services in dependency order, waits for each one's
+health, prints the address and what it found. Ctrl-C or SIGTERM stops the services in reverse
+order, then PostgreSQL; children also die with the launcher (PR_SET_PDEATHSIG), so nothing is left
+behind (chat stops its model server, which also dies with chat).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from studyassist.core.config import CommonSettings, ConfigError, env_service_port, env_str
+from studyassist.core.localmodel import DEFAULT_START_TIMEOUT_S, env_model_dir, openai_server_answers
 from studyassist.core.logs import setup_logging
 
 log = logging.getLogger("launcher")
@@ -85,11 +87,7 @@ def redis_answers(url: str) -> bool:
 
 
 def llm_answers(base_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=1.0) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    return openai_server_answers(base_url, timeout_s=1.0)
 
 
 @contextlib.contextmanager
@@ -141,15 +139,17 @@ class Mesh:
         self.env = env
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, command: list[str], ready: Callable[[], bool]) -> None:
+    def start(
+        self, name: str, command: list[str], ready: Callable[[], bool], timeout_s: float = START_TIMEOUT_S
+    ) -> None:
         process = subprocess.Popen(command, env=self.env, preexec_fn=_die_with_parent)
         self.processes.append((name, process))
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while not ready():
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with code {process.returncode} during start")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} was not healthy within {START_TIMEOUT_S:.0f}s")
+                raise RuntimeError(f"{name} was not healthy within {timeout_s:.0f}s")
             time.sleep(0.2)
         log.info("service ready", extra={"fields": {"service": name}})
 
@@ -175,36 +175,37 @@ class Mesh:
                 process.wait()
 
 
-def local_model_dir(env: dict[str, str] | os._Environ[str]) -> Path | None:
-    """LLM_MODEL_DIR: a local transformers model directory to serve, or None."""
-    raw = env_str(env, "LLM_MODEL_DIR", "")
-    if not raw:
-        return None
-    path = Path(raw).expanduser().resolve()
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"LLM_MODEL_DIR={raw!r} is not a transformers model directory (no config.json)")
-    return path
+def chat_llm(address: str) -> tuple[bool, str]:
+    """What chat says of its LLM: (answers, base URL); (False, "") when it cannot say."""
+    from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            status = chat_pb2_grpc.ChatServiceStub(channel).GetChatStatus(chat_pb2.GetChatStatusRequest(), timeout=5.0)
+        except grpc.RpcError:
+            return False, ""
+    return bool(status.llm_available), str(status.llm_base_url)
 
 
-def serve_local_model(mesh: Mesh, model_dir: Path) -> str:
-    """Serve ``model_dir`` with `transformers serve` (OpenAI-compatible) on a free port; its base URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    base_url = f"http://127.0.0.1:{port}/v1"
-    executable = Path(sys.executable).with_name("transformers")
-    command = [str(executable), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
-    mesh.start("llm", command, lambda: llm_answers(base_url))
-    return base_url
-
-
-def summary(host: str, port: int, found_redis: bool, redis_url: str, found_llm: bool, llm_base_url: str) -> str:
+def summary(
+    host: str,
+    port: int,
+    found_redis: bool,
+    redis_url: str,
+    found_llm: bool,
+    llm_base_url: str,
+    model_dir: Path | None = None,
+) -> str:
     shown_host = "localhost" if host in {"127.0.0.1", "0.0.0.0"} else host
     database_line = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded (pgserver)"
     redis_line = redis_url if found_redis else "not found (in-process caches only)"
     llm_line = llm_base_url if found_llm else f"not found at {llm_base_url} (extractive answers until one answers)"
-    if found_llm and (model := os.environ.get("LLM_MODEL_DIR")):
-        llm_line = f"local model {model}, served by transformers serve at {llm_base_url}"
+    if model_dir is not None:
+        llm_line = (
+            f"local model {model_dir}, served by chat with transformers serve at {llm_base_url}"
+            if found_llm
+            else f"local model {model_dir}, still loading in chat (extractive answers until it answers)"
+        )
     return "\n".join(
         [
             "",
@@ -224,7 +225,7 @@ def main() -> int:
         ports = {s.name: env_service_port(os.environ, s.name) for s in SERVICES}
         redis_url = env_str(os.environ, "REDIS_URL", DEFAULT_REDIS_URL)
         llm_base_url = env_str(os.environ, "LLM_BASE_URL", DEFAULT_LLM_BASE_URL)
-        model_dir = local_model_dir(os.environ)
+        model_dir = env_model_dir(os.environ, "LLM_MODEL_DIR")
     except ConfigError as exc:
         print(f"launcher: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -263,6 +264,8 @@ def main() -> int:
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url if found_redis else "",
             "LLM_BASE_URL": llm_base_url,
+            # Chat serves it (validated above, passed on resolved).
+            **({"LLM_MODEL_DIR": str(model_dir)} if model_dir is not None else {}),
             **{s.port_var: str(ports[s.name]) for s in SERVICES},
             "CHAT_ADDR": addresses["chat"],
             "STORAGE_ADDR": addresses["storage"],
@@ -271,11 +274,6 @@ def main() -> int:
         }
         mesh = Mesh(env)
         try:
-            if model_dir is not None:
-                llm_base_url = serve_local_model(mesh, model_dir)
-                found_llm = True
-                env["LLM_BASE_URL"] = llm_base_url
-                env.setdefault("LLM_MODEL", str(model_dir))
             for service in SERVICES:
                 if stopping:
                     break
@@ -285,9 +283,18 @@ def main() -> int:
                     mesh.start(service.name, command, lambda url=url: http_ready(url))  # type: ignore[misc]
                 else:
                     address = addresses[service.name]
-                    mesh.start(service.name, command, lambda address=address: grpc_serving(address))  # type: ignore[misc]
+                    # With LLM_MODEL_DIR, chat reports healthy once its model server answers.
+                    timeout_s = START_TIMEOUT_S
+                    if service.name == "chat" and model_dir is not None:
+                        timeout_s += DEFAULT_START_TIMEOUT_S
+                    mesh.start(service.name, command, lambda address=address: grpc_serving(address), timeout_s)  # type: ignore[misc]
+            if model_dir is not None and not stopping:
+                found_llm, llm_base_url = chat_llm(addresses["chat"])
             if not stopping:
-                print(summary(host, ports["gateway"], found_redis, redis_url, found_llm, llm_base_url), flush=True)
+                print(
+                    summary(host, ports["gateway"], found_redis, redis_url, found_llm, llm_base_url, model_dir),
+                    flush=True,
+                )
             while not stopping:
                 if (dead := mesh.exited()) is not None:
                     log.error("service exited", extra={"fields": {"service": dead[0], "code": dead[1]}})

@@ -16,6 +16,7 @@ from studyassist.core.config import (
     env_str,
     env_url,
 )
+from studyassist.core.localmodel import env_model_dir
 
 DEFAULT_AGENTS_FILE = Path(__file__).with_name("agents.toml")
 MAX_TASK_TTL_S = 30 * 86400.0
@@ -31,6 +32,9 @@ class Settings:
     # Empty: the first model the server lists.
     llm_model: str
     llm_api_key: str
+    # A local transformers model directory: chat serves it with `transformers serve` (a child process
+    # on a free 127.0.0.1 port) and uses it instead of llm_base_url. None: use llm_base_url.
+    llm_model_dir: Path | None
     # Whole-request limit for one LLM call (the stream included).
     llm_timeout_s: float
     # How often the LLM server is probed, so one that comes up later is used without a restart.
@@ -68,6 +72,7 @@ class Settings:
             llm_model=env_str(env, "LLM_MODEL", ""),
             # Local servers ignore the key, but the SDK refuses an empty one.
             llm_api_key=env_str(env, "LLM_API_KEY", "not-needed"),
+            llm_model_dir=env_model_dir(env, "LLM_MODEL_DIR"),
             llm_timeout_s=env_float(env, "LLM_TIMEOUT_S", 120.0, minimum=0.1),
             llm_probe_interval_s=env_float(env, "LLM_PROBE_INTERVAL_S", 10.0, minimum=0.1),
             context_tokens=env_int(env, "CHAT_CONTEXT_TOKENS", 3000, minimum=256),

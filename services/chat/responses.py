@@ -3,14 +3,21 @@
 The key holds the user, the agent, the normalised question, the chosen files, the user's
 document-set version (changes on every upload and delete) and the backend (an answer written in
 extractive mode is not served once an LLM is connected).
+
+Metrics: ``chat.cache.hits`` and ``chat.cache.misses`` per ``layer`` (local, and redis when Redis is
+configured), named like the embedding service's cache counters, so the metrics service's dashboard
+shows ``chat.cache.hit_ratio`` per layer. A lookup that misses locally and then asks Redis counts
+once in each layer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 from studyassist.chat.v1 import chat_pb2
 from studyassist.core.cache import TwoLayerCache
 
@@ -27,8 +34,26 @@ def cache_key(
 
 
 class ResponseCache:
-    def __init__(self, cache: TwoLayerCache) -> None:
+    def __init__(self, cache: TwoLayerCache, *, meter: metrics.Meter | None = None) -> None:
         self.cache = cache
+        meter = meter or metrics.NoOpMeter("chat.cache")
+        meter.create_observable_counter("chat.cache.hits", [self._observe_hits], unit="{lookup}")
+        meter.create_observable_counter("chat.cache.misses", [self._observe_misses], unit="{lookup}")
+
+    def _layers(self) -> list[tuple[str, int, int]]:
+        local, remote = self.cache.local.stats, self.cache.redis_stats
+        layers = [("local", local.hits, local.misses)]
+        if self.cache.redis is not None:
+            layers.append(("redis", remote.hits, remote.misses))
+        return layers
+
+    def _observe_hits(self, _: CallbackOptions) -> Iterable[Observation]:
+        for layer, hits, _misses in self._layers():
+            yield Observation(hits, {"layer": layer})
+
+    def _observe_misses(self, _: CallbackOptions) -> Iterable[Observation]:
+        for layer, _hits, misses in self._layers():
+            yield Observation(misses, {"layer": layer})
 
     async def get(self, key: str) -> chat_pb2.ChatResponse | None:
         raw = await self.cache.get(key)

@@ -3,6 +3,11 @@
 Health: besides "" and the ChatService (SERVING while the server serves, whichever backend
 answers, so extractive mode stays ready), the entry ``studyassist.chat.v1.ChatService/llm`` is
 SERVING while the LLM answers and NOT_SERVING in extractive mode, following the LLM probe.
+
+LLM_MODEL_DIR: chat serves that local model directory itself with `transformers serve`, a child
+process on a free 127.0.0.1 port (studyassist.core.localmodel), waits for it before it reports
+serving, points the LLM backend at it and stops it after the server drained on shutdown. The child
+also dies with chat if chat is killed.
 """
 
 from __future__ import annotations
@@ -13,9 +18,16 @@ import logging
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
+from studyassist.core.bootstrap import StartupError
 from studyassist.core.cache import LruTtlCache, TwoLayerCache, connect_redis
 from studyassist.core.channels import create_channel
 from studyassist.core.config import CommonSettings
+from studyassist.core.localmodel import (
+    DEFAULT_START_TIMEOUT_S,
+    LocalModelError,
+    LocalModelServer,
+    start_local_model,
+)
 from studyassist.core.server import Server, ServiceSpec, create_server
 from studyassist.core.telemetry import Telemetry
 from studyassist.embedding.v1 import embedding_pb2_grpc
@@ -37,6 +49,9 @@ CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 LLM_HEALTH_SERVICE = f"{CHAT_SERVICE}/llm"
 # A task must end within the LLM's limit plus this (retrieval, saving, the extractive fallback).
 TASK_RUN_SLACK_S = 60.0
+# How long start-up waits for LLM_MODEL_DIR's server to answer; a slower one is picked up by the probe
+# later (answers are extractive until then).
+LOCAL_MODEL_START_TIMEOUT_S = DEFAULT_START_TIMEOUT_S
 
 
 def _health_status(available: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
@@ -57,7 +72,43 @@ async def mirror_llm_health(llm: LlmBackend, health: HealthServicer) -> None:
     llm.on_availability_change(publish)
 
 
+async def serve_local_model(settings: Settings) -> LocalModelServer:
+    """Start `transformers serve` for LLM_MODEL_DIR and wait (in a thread) until it answers."""
+    assert settings.llm_model_dir is not None
+    try:
+        # Started from the event loop's thread, which lives as long as the process: the child's
+        # death signal follows the thread that started it.
+        model = start_local_model(settings.llm_model_dir)
+    except LocalModelError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        ready = await asyncio.to_thread(model.wait_ready, LOCAL_MODEL_START_TIMEOUT_S)
+    except LocalModelError as exc:
+        raise StartupError(str(exc)) from None
+    except BaseException:
+        await asyncio.to_thread(model.stop)
+        raise
+    if not ready:
+        log.warning(
+            "local model not answering yet; extractive answers until it does",
+            extra={"fields": {"model_dir": str(model.model_dir), "waited_s": LOCAL_MODEL_START_TIMEOUT_S}},
+        )
+    return model
+
+
 async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry) -> tuple[Server, int]:
+    local_model = await serve_local_model(settings) if settings.llm_model_dir is not None else None
+    try:
+        return await _build(settings, common, telemetry, local_model)
+    except BaseException:
+        if local_model is not None:
+            await asyncio.to_thread(local_model.stop)
+        raise
+
+
+async def _build(
+    settings: Settings, common: CommonSettings, telemetry: Telemetry, local_model: LocalModelServer | None
+) -> tuple[Server, int]:
     agents = AgentRegistry.from_file(settings.agents_file)
     storage_channel = create_channel(
         settings.storage_addr,
@@ -70,11 +121,12 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
     )
     embedding_channel = create_channel(settings.embedding_addr, default_timeout=10.0, idempotent=[(EMBEDDING, "Embed")])
     llm = LlmBackend(
-        settings.llm_base_url,
+        local_model.base_url if local_model is not None else settings.llm_base_url,
         settings.llm_model,
         settings.llm_api_key,
         settings.llm_timeout_s,
         settings.llm_probe_interval_s,
+        tracer=telemetry.tracer,
     )
     # Know before the first request whether an LLM answers; the loop keeps checking afterwards.
     await llm.probe()
@@ -87,7 +139,8 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
             local=LruTtlCache(settings.cache_entries, settings.cache_ttl_s),
             redis=redis,
             ttl_s=settings.cache_ttl_s,
-        )
+        ),
+        meter=telemetry.meter,
     )
     tasks = TaskStore(
         settings.max_tasks,
@@ -105,6 +158,7 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
         cache,
         tasks,
         settings.context_tokens,
+        meter=telemetry.meter,
     )
     server, port = create_server(
         f"{common.bind_host}:{settings.port}",
@@ -129,4 +183,8 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
             await redis.aclose()
 
     server.on_stop.append(close)
+    if local_model is not None:
+        # A hook of its own (runs even if the one above fails), after the calls have drained.
+        model = local_model
+        server.on_stop.append(lambda: asyncio.to_thread(model.stop))
     return server, port

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -12,6 +13,7 @@ from typing import TypeVar
 
 import grpc
 from openai.types.chat import ChatCompletionMessageParam
+from opentelemetry import metrics
 from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
 from studyassist.common.v1 import common_pb2
 from studyassist.core.channels import caller_user_id, user_metadata
@@ -34,6 +36,9 @@ MAX_FILE_IDS = 100
 # Deadlines of the calls one answer makes (each also bounded by the caller's own deadline).
 STORAGE_TIMEOUT_S = 5.0
 EMBED_TIMEOUT_S = 5.0
+# Of the caller's deadline, the LLM request leaves this much to finish the exchange (save both turns)
+# and to answer DEADLINE_EXCEEDED itself, cleanly, rather than being cancelled by gRPC mid-request.
+FINISH_RESERVE_S = 0.25
 # Memory gets at most this share of the context budget; passages get the rest.
 MEMORY_SHARE = 0.25
 HISTORY_PAGE = 100
@@ -42,6 +47,8 @@ MAX_HISTORY_PAGES = 20
 MEMORY_MESSAGES = 40
 GREETING = "greeting"
 EXTRACTIVE = "extractive"
+# Buckets of llm.tokens_per_second: from a big model on a CPU to a small one on a GPU.
+TOKENS_PER_SECOND_BUCKETS = (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
 
 T = TypeVar("T")
 
@@ -117,6 +124,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         cache: ResponseCache,
         tasks: TaskStore,
         context_tokens: int,
+        *,
+        meter: metrics.Meter | None = None,
     ) -> None:
         self.agents = agents
         self.storage = storage
@@ -125,6 +134,24 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self.cache = cache
         self.tasks = tasks
         self.context_tokens = context_tokens
+        meter = meter or metrics.NoOpMeter("chat")
+        # Both only for answers an LLM wrote (not cached, greeting or extractive ones), with the model
+        # and whether it was streamed as attributes.
+        self._time_to_first_token = meter.create_histogram(
+            "llm.time_to_first_token",
+            unit="s",
+            description="From the chat request's arrival to the LLM's first token (retrieval and prompt included)",
+        )
+        self._tokens_per_second = meter.create_histogram(
+            "llm.tokens_per_second",
+            unit="{token}/s",
+            description="LLM output speed: streamed, tokens after the first over the time since it; "
+            "not streamed, all output tokens over the whole request",
+            explicit_bucket_boundaries_advisory=TOKENS_PER_SECOND_BUCKETS,
+        )
+
+    def _llm_attributes(self, streamed: bool) -> dict[str, str | bool]:
+        return {"gen_ai.request.model": self.llm.model, "gen_ai.request.stream": streamed}
 
     # --- RPCs -------------------------------------------------------------------------------
 
@@ -346,8 +373,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         """Started, then the deltas: from the LLM when it is up, else the extractive answer."""
         if self.llm.available:
             try:
+                # The caller's deadline (inf: none) bounds the request; so does LLM_TIMEOUT_S.
+                llm_deadline_s = within(math.inf) - FINISH_RESERVE_S
                 if streaming:
-                    stream = await self.llm.open_stream(messages, agent.sampling, within(self.llm.timeout_s))
+                    stream = await self.llm.open_stream(messages, agent.sampling, llm_deadline_s)
+                    broke = False
                     try:
                         answer.backend = self.llm.model_backend_name
                         yield chat_pb2.ChatEvent(
@@ -356,11 +386,15 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                         async for piece in stream.deltas():
                             if not answer.text:
                                 answer.first_token_ms = (time.perf_counter() - started) * 1000
+                                self._time_to_first_token.record(
+                                    answer.first_token_ms / 1000, self._llm_attributes(streamed=True)
+                                )
                             answer.text.append(piece)
                             yield chat_pb2.ChatEvent(delta=chat_pb2.ChatDelta(text=piece))
                     except LlmUnavailable as exc:
                         # Text already went out; say the model stopped rather than switching answers mid-way.
                         log.warning("llm stream broke", extra={"fields": {"error": str(exc)}})
+                        broke = True
                         notice = (
                             "\n\n(Mô hình ngôn ngữ đã ngừng trả lời.)"
                             if language == "vi"
@@ -371,20 +405,26 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     finally:
                         await stream.close()
                     answer.usage = stream.usage
+                    self._estimate_usage(answer, messages)
+                    speed = None if broke else stream.tokens_per_second(answer.usage.completion_tokens)
                 else:
-                    text, usage = await self.llm.complete(messages, agent.sampling, within(self.llm.timeout_s))
+                    asked = time.perf_counter()
+                    text, usage = await self.llm.complete(messages, agent.sampling, llm_deadline_s)
+                    answered = time.perf_counter()
                     answer.backend = self.llm.model_backend_name
-                    answer.first_token_ms = (time.perf_counter() - started) * 1000
+                    answer.first_token_ms = (answered - started) * 1000
+                    self._time_to_first_token.record(answer.first_token_ms / 1000, self._llm_attributes(streamed=False))
                     answer.text.append(text)
                     answer.usage = usage
                     yield chat_pb2.ChatEvent(
                         started=chat_pb2.ChatStarted(session_id=await session_id(), backend=answer.backend)
                     )
                     yield chat_pb2.ChatEvent(delta=chat_pb2.ChatDelta(text=text))
-                if not answer.usage.completion_tokens:
-                    answer.usage = StreamUsage(
-                        sum(estimate_tokens(str(m)) for m in messages), estimate_tokens("".join(answer.text))
-                    )
+                    self._estimate_usage(answer, messages)
+                    elapsed = answered - asked
+                    speed = answer.usage.completion_tokens / elapsed if text and elapsed > 0 else None
+                if speed is not None:
+                    self._tokens_per_second.record(speed, self._llm_attributes(streamed=streaming))
                 return
             except LlmUnavailable as exc:
                 if answer.backend:
@@ -397,6 +437,14 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         answer.usage = StreamUsage(0, estimate_tokens(text))
         yield chat_pb2.ChatEvent(started=chat_pb2.ChatStarted(session_id=await session_id(), backend=answer.backend))
         yield chat_pb2.ChatEvent(delta=chat_pb2.ChatDelta(text=text))
+
+    @staticmethod
+    def _estimate_usage(answer: Answer, messages: list[ChatCompletionMessageParam]) -> None:
+        """Token counts estimated from the text when the server reported none."""
+        if not answer.usage.completion_tokens:
+            answer.usage = StreamUsage(
+                sum(estimate_tokens(str(m)) for m in messages), estimate_tokens("".join(answer.text))
+            )
 
     # --- calls to storage and embedding -------------------------------------------------------
 

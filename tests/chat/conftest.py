@@ -22,10 +22,16 @@ from tests.chat.tinyllm import LlmServer, Relay, build_tiny_llm, start_llm_serve
 
 
 @pytest.fixture(scope="session")
-def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmServer]:
+def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random causal LM, built on disk once per session (a transformers model directory)."""
     directory = tmp_path_factory.mktemp("tiny-llm")
     build_tiny_llm(directory)
-    server = start_llm_server(directory, directory / "serve.log")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def llm_server(tiny_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmServer]:
+    server = start_llm_server(tiny_llm_dir, tmp_path_factory.mktemp("tiny-llm-log") / "serve.log")
     yield server
     server.process.terminate()
     try:

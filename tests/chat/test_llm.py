@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
+import psutil
 import pytest
 from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
 from studyassist.core.channels import user_metadata
@@ -143,14 +146,86 @@ async def test_an_llm_that_comes_up_later_is_used_without_restart(
         relay.stop()
 
 
-async def test_deadline_is_enforced(
-    chat: chat_pb2_grpc.ChatServiceAsyncStub, storage: storage_pb2_grpc.StorageServiceAsyncStub
+def llm_unavailable_logged(service: ServiceProcess) -> int:
+    return sum('"msg": "llm unavailable"' in line for line in service.log_lines)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+async def test_deadline_is_enforced_and_leaves_the_llm_in_use(
+    chat: chat_pb2_grpc.ChatServiceAsyncStub,
+    storage: storage_pb2_grpc.StorageServiceAsyncStub,
+    llm_chat_service: ServiceProcess,
+    streamed: bool,
 ) -> None:
+    """One caller's short deadline ends that call with DEADLINE_EXCEEDED; it says nothing about the
+    LLM, which stays in use for everyone (no switch to extractive mode until the next probe)."""
     user = await new_user(storage)
+    switched_before = llm_unavailable_logged(llm_chat_service)
+    request = chat_pb2.ChatRequest(agent_id="long", message="Write a very long essay")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await chat.Chat(
-            chat_pb2.ChatRequest(agent_id="long", message="Write a very long essay"),
-            metadata=user_metadata(user),
-            timeout=1.5,
-        )
+        if streamed:
+            async for _ in chat.StreamChat(request, metadata=user_metadata(user), timeout=1.5):
+                pass
+        else:
+            await chat.Chat(request, metadata=user_metadata(user), timeout=1.5)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    status = await chat.GetChatStatus(chat_pb2.GetChatStatusRequest())
+    assert status.llm_available and status.backend.startswith("llm:"), status
+    # The probe (every 0.5 s here) would hide a switch from GetChatStatus; the log keeps it.
+    await asyncio.sleep(1.0)
+    assert llm_unavailable_logged(llm_chat_service) == switched_before, "the deadline switched the LLM off"
+
+
+async def test_chat_serves_a_local_model_directory(
+    storage_service: ServiceProcess,
+    embedding_service: ServiceProcess,
+    storage: storage_pb2_grpc.StorageServiceAsyncStub,
+    tiny_llm_dir: Path,
+    test_agents_file: Path,
+) -> None:
+    """LLM_MODEL_DIR: chat starts `transformers serve` for it as a child, answers with it, and the
+    child is gone once chat has stopped (SIGTERM)."""
+    env = chat_env(
+        storage_service,
+        embedding_service,
+        "http://127.0.0.1:9/v1",  # nothing there: LLM_MODEL_DIR takes its place
+        LLM_MODEL_DIR=str(tiny_llm_dir),
+        CHAT_AGENTS_FILE=str(test_agents_file),
+    )
+    service = await asyncio.to_thread(spawn_service, "chat", env, timeout=240)
+    channel, chat = chat_stub(service.address)
+    try:
+        [model_server] = [p for p in psutil.Process(service.process.pid).children() if "serve" in p.cmdline()]
+        assert str(tiny_llm_dir) in model_server.cmdline()
+        status = await chat.GetChatStatus(chat_pb2.GetChatStatusRequest())
+        assert status.llm_available and status.backend.startswith("llm:"), status
+        # Pointed at its own child, not at LLM_BASE_URL.
+        port = urlsplit(status.llm_base_url).port
+        assert urlsplit(status.llm_base_url).hostname == "127.0.0.1"
+        listening = [c.laddr.port for c in model_server.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+        assert listening == [port]
+
+        user = await new_user(storage)
+        await upload_ready(storage, user, "heaps.md", NOTES)
+        call = chat.StreamChat(
+            chat_pb2.ChatRequest(agent_id="brief", message="What does a binary heap keep at the root?"),
+            metadata=user_metadata(user),
+            timeout=60,
+        )
+        events = [event async for event in call]
+        assert events[0].started.backend == status.backend
+        assert len([e for e in events if e.HasField("delta") and e.delta.text]) >= 3  # streamed token by token
+        assert events[-1].done.usage.completion_tokens == 12
+    finally:
+        await channel.close(None)
+        code = service.stop()
+    assert code == 0
+    assert not running(model_server), "transformers serve outlived chat"
+
+
+def running(process: psutil.Process) -> bool:
+    """Still running: neither gone nor a zombie waiting to be reaped."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from chat.agents import AgentRegistry
-from chat.config import DEFAULT_AGENTS_FILE
+from chat.config import DEFAULT_AGENTS_FILE, Settings
 from chat.context import answer_citations, cited_indices, extractive_answer, pack_passages, relevant_hits
 from chat.prompts import Turn, build_messages, trim_memory
 from chat.responses import cache_key
@@ -134,6 +137,26 @@ def test_registry_has_the_required_agents_in_both_languages() -> None:
     assert registry.get("").agent_id == registry.agents[0].agent_id
     with pytest.raises(InvalidArgument):
         registry.get("nope")
+
+
+def test_llm_model_dir_must_be_a_transformers_model_directory(tmp_path: Path) -> None:
+    assert Settings.from_env({}).llm_model_dir is None
+    with pytest.raises(ConfigError, match=r"LLM_MODEL_DIR=.* is not a directory"):
+        Settings.from_env({"LLM_MODEL_DIR": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match=r"LLM_MODEL_DIR=.* \(no config\.json\)"):
+        Settings.from_env({"LLM_MODEL_DIR": str(tmp_path)})
+    (tmp_path / "config.json").write_text("{}")
+    assert Settings.from_env({"LLM_MODEL_DIR": str(tmp_path)}).llm_model_dir == tmp_path.resolve()
+
+
+def test_a_wrong_llm_model_dir_stops_chat_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "LLM_MODEL_DIR": str(tmp_path), "CHAT_PORT": "0", "OTEL_EXPORTER_OTLP_ENDPOINT": "none"}
+    done = subprocess.run([sys.executable, "-m", "chat"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"chat: configuration error: LLM_MODEL_DIR={str(tmp_path)!r} is not a transformers model directory "
+        "(no config.json)"
+    ]
 
 
 def test_registry_rejects_a_broken_file(tmp_path: Path) -> None:

@@ -104,11 +104,15 @@ def test_launcher_starts_the_mesh_and_stops_cleanly(data_dir: Path) -> None:
 
 
 def test_launcher_serves_a_local_model_directory(tmp_path: Path, data_dir: Path) -> None:
-    """LLM_MODEL_DIR: the launcher serves it with `transformers serve` and chat answers with it."""
+    """LLM_MODEL_DIR: chat serves it with `transformers serve` (its child), answers with it, and
+    Ctrl-C leaves no model server behind."""
     model_dir = tmp_path / "tiny-llm"
     build_tiny_llm(model_dir)
     with launched(data_dir, {"LLM_MODEL_DIR": str(model_dir)}) as run:
-        assert f"local model {model_dir}" in run.text
+        assert f"local model {model_dir}, served by chat with transformers serve at http://127.0.0.1:" in run.text
+        children = psutil.Process(run.process.pid).children(recursive=True)
+        model_servers = [p for p in children if "serve" in p.cmdline() and str(model_dir) in p.cmdline()]
+        assert len(model_servers) == 1  # chat's child; checked below to be gone after Ctrl-C
         with httpx.Client(base_url=f"http://127.0.0.1:{run.ports['GATEWAY']}", timeout=120) as client:
             account = {"email": "llm@stu.ptit.edu.vn", "password": "mat-khau-dai-1", "display_name": "SV"}
             token = client.post("/v1/auth/register", json=account).json()["access_token"]
@@ -125,3 +129,6 @@ def test_launcher_serves_a_local_model_directory(tmp_path: Path, data_dir: Path)
         assert events[0]["started"]["backend"].startswith("llm:"), events[0]
         assert any("delta" in e and e["delta"]["text"] for e in events)
     assert run.exit_code == 0
+    time.sleep(0.5)
+    survivors = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert survivors == [], [p.cmdline() for p in survivors]
