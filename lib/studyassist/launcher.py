@@ -12,7 +12,6 @@ behind (chat stops its model server, which also dies with chat).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -31,6 +30,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from studyassist.core.children import dying_with_this_process
 from studyassist.core.config import CommonSettings, ConfigError, env_service_port, env_str
 from studyassist.core.localmodel import DEFAULT_START_TIMEOUT_S, env_model_dir, openai_server_answers
 from studyassist.core.logs import setup_logging
@@ -40,7 +40,6 @@ log = logging.getLogger("launcher")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_LLM_BASE_URL = "http://localhost:1234/v1"
 START_TIMEOUT_S = 180.0
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +60,6 @@ SERVICES = (
     ServiceDef("chat"),
     ServiceDef("gateway", http=True),
 )
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if the launcher dies, the child gets SIGTERM.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -142,7 +135,8 @@ class Mesh:
     def start(
         self, name: str, command: list[str], ready: Callable[[], bool], timeout_s: float = START_TIMEOUT_S
     ) -> None:
-        process = subprocess.Popen(command, env=self.env, preexec_fn=_die_with_parent)
+        # If the launcher dies, its children get SIGTERM (no preexec_fn: it hung here in a fork).
+        process = subprocess.Popen(dying_with_this_process(command), env=self.env)
         self.processes.append((name, process))
         deadline = time.monotonic() + timeout_s
         while not ready():

@@ -7,13 +7,11 @@ and stops it on shutdown (``LocalModelServer.stop``). The launcher validates the
 with ``env_model_dir`` and probes LLM servers with ``openai_server_answers``.
 
 Nothing is left behind:
-- the child is started through a tiny exec shim that sets ``PR_SET_PDEATHSIG`` (SIGTERM) before
-  exec'ing `transformers serve`, so it dies with its parent even when the parent is killed with
-  SIGKILL. The shim replaces ``preexec_fn``, which is unsafe in a threaded parent (a gRPC process)
-  and would keep Python from spawning with vfork;
-- the death signal follows the *thread* that forked the child, so call ``start_local_model`` from
-  a thread that lives as long as the process (the main thread, or the event loop's), never from a
-  worker thread (``asyncio.to_thread``) — waiting for readiness in one is fine;
+- the child dies with its parent even when the parent is killed with SIGKILL
+  (``studyassist.core.children``: an exec shim, not ``preexec_fn``, which is unsafe in a threaded
+  parent such as a gRPC process); call ``start_local_model`` from a thread that lives as long as
+  the process (the main thread, or the event loop's), never from a worker thread
+  (``asyncio.to_thread``) — waiting for readiness in one is fine;
 - the child runs in its own session, so a Ctrl-C in a terminal reaches the parent only; the parent
   stops the model after it has drained its own calls;
 - its output (uvicorn and transformers, plain text) is re-logged line by line through ``logging``
@@ -41,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from studyassist.core.children import dying_with_this_process
 from studyassist.core.config import ConfigError, env_str
 
 log = logging.getLogger("studyassist.localmodel")
@@ -50,15 +49,6 @@ log = logging.getLogger("studyassist.localmodel")
 DEFAULT_START_TIMEOUT_S = 180.0
 # Lines of the server's output kept for a start-up error message.
 OUTPUT_TAIL_LINES = 40
-
-# Runs in the child: ask the kernel for SIGTERM when the parent dies, make sure the parent is still
-# the one that started us (it may have died before prctl), then become `transformers serve`.
-_EXEC_SHIM = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"  # 1 = PR_SET_PDEATHSIG
-    "os.getppid() == int(sys.argv[1]) or sys.exit(1)\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
-)
 
 
 def env_model_dir(env: Mapping[str, str], name: str = "LLM_MODEL_DIR") -> Path | None:
@@ -178,13 +168,13 @@ def start_local_model(
             "LLM_MODEL_DIR needs the transformers package with its serving extra (pip install 'transformers[serving]')"
         )
     port = port or free_local_port()
-    command = [
-        sys.executable, "-c", _EXEC_SHIM, str(os.getpid()),
+    serve = [
         sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir),
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     if device:
-        command += ["--device", device]
+        serve += ["--device", device]
+    command = dying_with_this_process(serve)
     child_env = {**(os.environ if env is None else env)}
     # A local directory needs no network: never wait on the Hub, and no progress bars in the log.
     for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
