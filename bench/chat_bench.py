@@ -90,10 +90,13 @@ async def direct_stream(client: AsyncOpenAI, body: dict[str, Any]) -> tuple[floa
     return (first - started) * 1000, arrivals
 
 
+RETRIEVAL_MS: list[float] = []
+
+
 async def chat_stream(
     chat: chat_pb2_grpc.ChatServiceAsyncStub, user: str, question: str
 ) -> tuple[float, list[float], str]:
-    """TTFT (ms), token arrival times and backend of one StreamChat."""
+    """TTFT (ms), token arrival times and backend of one StreamChat (chat's retrieval ms to RETRIEVAL_MS)."""
     started = time.monotonic()
     first = 0.0
     arrivals: list[float] = []
@@ -108,6 +111,8 @@ async def chat_stream(
             now = time.monotonic()
             first = first or now
             arrivals.append(now)
+        elif event.HasField("done"):
+            RETRIEVAL_MS.append(event.done.timings.retrieval_ms)
     return (first - started) * 1000, arrivals, backend
 
 
@@ -157,7 +162,9 @@ async def run(
     token_chat: list[float] = []
     token_direct: list[float] = []
     answer_chat: list[float] = []
+    before_llm: list[float] = []
     backend = ""
+    RETRIEVAL_MS.clear()
     for i in range(pairs):
         # A different question each time: the response cache must not answer.
         question = f"How does quicksort partition the array? ({i})"
@@ -171,6 +178,7 @@ async def run(
         # What chat adds, free of the LLM's own (noisy) time to first token: the client's TTFT
         # minus the time between the request reaching the LLM and its first token leaving it.
         chat_added = chat_ttft - (chat_tokens[0] - upstream.completion_at) * 1000
+        before_llm.append((upstream.completion_at - asked) * 1000)
 
         asked = time.monotonic()
         direct_ttft, direct_arrivals = await direct_stream(direct, body)
@@ -194,6 +202,9 @@ async def run(
     print(line("direct SDK call (baseline)", added_direct))
     print(line("through chat", added_chat))
     print(line("overhead (chat - direct, per pair)", added_overhead))
+    print("  of which, inside chat before its LLM request leaves (session, embedding, search, prompt):")
+    print(line("  call start -> LLM request", before_llm))
+    print(line("  search (chat's retrieval_ms)", RETRIEVAL_MS[-len(before_llm) :]))
     print("Per-token relay overhead (client arrival - token left the LLM server):")
     print(line("direct SDK stream (baseline)", token_direct))
     print(line("through chat (gRPC stream)", token_chat))
@@ -315,7 +326,7 @@ def main() -> int:
         # The LLM stand-in shares this machine's cores with the mesh it is measured through (a real
         # model runs on its own hardware): one torch thread, so its spinning OpenMP workers do not
         # take every core from the relay path between tokens.
-        with patched_environ(OMP_NUM_THREADS="1"):
+        with patched_environ(OMP_NUM_THREADS=os.environ.get("BENCH_LLM_THREADS", "1")):
             llm = start_llm_server(work / "model", work / "serve.log")
         chat_relay, direct_relay = Relay(llm.port, record=True), Relay(llm.port, record=True)
         relays = [chat_relay, direct_relay]
