@@ -45,7 +45,7 @@ class Benchmark:
 
 
 BENCHMARKS = [
-    Benchmark("embedding_bench", ("--rounds", "3", "--texts", "64")),
+    Benchmark("embedding_bench", ("--rounds", "3", "--texts", "32")),
     Benchmark("storage_bench", ("--chunks", "200000")),
     Benchmark("chat_bench"),
     Benchmark("gateway_bench", ("--seconds", "8")),
