@@ -162,6 +162,12 @@ class Upload:
         except grpc.aio.AioRpcError as exc:
             self.error = exc.code()  # not acknowledged: the service may or may not have it
             return
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task itself is being cancelled
+            self.error = grpc.StatusCode.CANCELLED  # the call was, by closing its channel: not acknowledged
+            return
         assert file.sha256 == self.sha256, self.name
         self.file_id = file.file_id
 
@@ -256,8 +262,11 @@ async def kill_9_during_uploads_and_ingestion(
         first.process.wait()
         for u in held:
             u.release.set()
-        await asyncio.wait_for(asyncio.gather(*held_tasks, *racing_tasks), WAIT_S)
+        # Calls on the dead connection normally fail at once; one that has not noticed within a
+        # few seconds is ended by closing the channel (CANCELLED: not acknowledged either way).
+        await asyncio.wait([*held_tasks, *racing_tasks], timeout=10)
         await channel.close(None)
+        await asyncio.wait_for(asyncio.gather(*held_tasks, *racing_tasks), WAIT_S)
     finally:
         first.stop()
 

@@ -43,10 +43,18 @@ export function DocumentsPage() {
     });
   }, []);
 
+  // Files this page uploaded: a list that was requested before an upload finished must not drop them.
+  const uploaded = useRef(new Set<string>());
+
   const load = useCallback(async () => {
     try {
       const response = await client.get<{ files?: StoredFile[] }>('/v1/files', { page_size: 200 });
-      setFiles(newestFirst(response.files ?? [], (f) => f.created_at));
+      const listed = response.files ?? [];
+      setFiles((current) => {
+        const ids = new Set(listed.map((f) => f.file_id));
+        const missing = current.filter((f) => uploaded.current.has(f.file_id) && !ids.has(f.file_id));
+        return newestFirst([...missing, ...listed], (f) => f.created_at);
+      });
       setError(null);
     } catch (caught) {
       setError(caught);
@@ -138,6 +146,7 @@ export function DocumentsPage() {
         try {
           const stored = await handle.promise;
           setUpload(key, { state: 'done', progress: 1 });
+          uploaded.current.add(stored.file_id);
           upsert(stored);
           // Finished uploads leave the list after a moment; the file table shows them now.
           window.setTimeout(() => setUploads((items) => items.filter((u) => u.key !== key)), 3000);
@@ -161,6 +170,7 @@ export function DocumentsPage() {
     try {
       await client.json('DELETE', `/v1/files/${encodeURIComponent(file.file_id)}`);
       watches.current.get(file.file_id)?.abort();
+      uploaded.current.delete(file.file_id);
       setFiles((list) => list.filter((f) => f.file_id !== file.file_id));
       if (chatFileIds.includes(file.file_id)) setChatFileIds(chatFileIds.filter((id) => id !== file.file_id));
     } catch (caught) {
