@@ -111,16 +111,12 @@ def _connection_setup(timer: QueryTimer | None) -> Callable[[asyncpg.Connection]
 class Database:
     """The pool plus the figures SREs watch (size, max, in use, idle, waiting)."""
 
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float, pgvector: tuple[int, ...] = ()) -> None:
         self.pool = pool
         self.acquire_timeout_s = acquire_timeout_s
         self.waiting = 0
-
-    async def pgvector_version(self) -> tuple[int, ...]:
-        """The installed pgvector extension's version, e.g. (0, 8, 0); () when it is not installed."""
-        async with self.connection() as conn:
-            version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-        return parse_version(version or "")
+        # The installed pgvector extension's version, e.g. (0, 8, 0); () when it is not installed.
+        self.pgvector = pgvector
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
@@ -244,7 +240,7 @@ async def connect(
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise StartupError(f"PostgreSQL at DATABASE_URL is not reachable: {exc or type(exc).__name__}") from None
-    return Database(pool, acquire_timeout_s)
+    return Database(pool, acquire_timeout_s, pgvector)
 
 
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:

@@ -31,7 +31,7 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
     try:
         await migrate(db, embedding_dim=settings.embedding_dim)
         db.register_gauges(telemetry.meter)
-        iterative_scan = await db.pgvector_version() >= ITERATIVE_SCAN_SINCE
+        iterative_scan = db.pgvector >= ITERATIVE_SCAN_SINCE
         blobs = BlobStore(settings.blob_dir or common.data_dir / "blobs")
         blobs.prepare()
         embeddings = EmbeddingClient(settings.embedding_addr)

@@ -163,7 +163,7 @@ async def test_pgvector_version_decides_iterative_scans(database_url: str) -> No
     assert parse_version("") == ()
     db = await connect(database_url, min_size=1, max_size=1, acquire_timeout_s=1)
     try:
-        version = await db.pgvector_version()
+        version = db.pgvector
         async with db.connection() as conn:
             installed = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         assert version == parse_version(installed) and version >= (0, 5)
