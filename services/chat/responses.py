@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
 from studyassist.chat.v1 import chat_pb2
 from studyassist.core.cache import TwoLayerCache
 
@@ -36,24 +35,7 @@ def cache_key(
 class ResponseCache:
     def __init__(self, cache: TwoLayerCache, *, meter: metrics.Meter | None = None) -> None:
         self.cache = cache
-        meter = meter or metrics.NoOpMeter("chat.cache")
-        meter.create_observable_counter("chat.cache.hits", [self._observe_hits], unit="{lookup}")
-        meter.create_observable_counter("chat.cache.misses", [self._observe_misses], unit="{lookup}")
-
-    def _layers(self) -> list[tuple[str, int, int]]:
-        local, remote = self.cache.local.stats, self.cache.redis_stats
-        layers = [("local", local.hits, local.misses)]
-        if self.cache.redis is not None:
-            layers.append(("redis", remote.hits, remote.misses))
-        return layers
-
-    def _observe_hits(self, _: CallbackOptions) -> Iterable[Observation]:
-        for layer, hits, _misses in self._layers():
-            yield Observation(hits, {"layer": layer})
-
-    def _observe_misses(self, _: CallbackOptions) -> Iterable[Observation]:
-        for layer, _hits, misses in self._layers():
-            yield Observation(misses, {"layer": layer})
+        cache.export_counters(meter or metrics.NoOpMeter("chat.cache"), "chat.cache")
 
     async def get(self, key: str) -> chat_pb2.ChatResponse | None:
         raw = await self.cache.get(key)

@@ -6,13 +6,11 @@ import asyncio
 import hashlib
 import os
 import struct
-from collections.abc import Iterable
 
 import grpc
 import numpy as np
 import psutil
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
 from studyassist.core.cache import TwoLayerCache
 from studyassist.core.errors import InvalidArgument
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
@@ -59,24 +57,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         # int8 vectors differ slightly from fp32 ones: never mix them in a shared Redis.
         self._model_key = f"{encoder.model_id}|{'int8' if encoder.dtype == 'int8' else 'float'}"
         self._process = psutil.Process(os.getpid())
-        meter = meter or metrics.NoOpMeter("embedding.cache")
-        meter.create_observable_counter("embedding.cache.hits", [self._observe_hits], unit="{lookup}")
-        meter.create_observable_counter("embedding.cache.misses", [self._observe_misses], unit="{lookup}")
-
-    def _layers(self) -> list[tuple[str, int, int]]:
-        local, remote = self._cache.local.stats, self._cache.redis_stats
-        layers = [("local", local.hits, local.misses)]
-        if self._cache.redis is not None:
-            layers.append(("redis", remote.hits, remote.misses))
-        return layers
-
-    def _observe_hits(self, _: CallbackOptions) -> Iterable[Observation]:
-        for layer, hits, _misses in self._layers():
-            yield Observation(hits, {"layer": layer})
-
-    def _observe_misses(self, _: CallbackOptions) -> Iterable[Observation]:
-        for layer, _hits, misses in self._layers():
-            yield Observation(misses, {"layer": layer})
+        cache.export_counters(meter or metrics.NoOpMeter("embedding.cache"), "embedding.cache")
 
     def _validate(self, request: embedding_pb2.EmbedRequest) -> list[str]:
         if not request.texts:
@@ -149,7 +130,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         return embedding_pb2.StatsResponse(
             cache=[
                 embedding_pb2.CacheLayerStats(layer=layer, hits=hits, misses=misses)
-                for layer, hits, misses in self._layers()
+                for layer, hits, misses in self._cache.layers()
             ],
             batches=stats.batches,
             texts_embedded=stats.texts_embedded,

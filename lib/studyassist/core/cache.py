@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,25 @@ class TwoLayerCache:
     ttl_s: float = 3600.0
     redis_stats: LayerStats = field(default_factory=LayerStats)
     backoff: RedisBackoff = field(default_factory=lambda: RedisBackoff("caching locally only"))
+
+    def layers(self) -> list[tuple[str, int, int]]:
+        """(layer, hits, misses) for the local layer, and for Redis when one is configured."""
+        layers = [("local", self.local.stats.hits, self.local.stats.misses)]
+        if self.redis is not None:
+            layers.append(("redis", self.redis_stats.hits, self.redis_stats.misses))
+        return layers
+
+    def export_counters(self, meter: metrics.Meter, name: str) -> None:
+        """``<name>.hits`` and ``<name>.misses`` per layer: the metrics service turns them into hit ratios."""
+
+        def hits(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(count, {"layer": layer}) for layer, count, _misses in self.layers()]
+
+        def misses(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(count, {"layer": layer}) for layer, _hits, count in self.layers()]
+
+        meter.create_observable_counter(f"{name}.hits", [hits], unit="{lookup}")
+        meter.create_observable_counter(f"{name}.misses", [misses], unit="{lookup}")
 
     def _redis_usable(self) -> bool:
         return self.redis is not None and self.backoff.ready()
