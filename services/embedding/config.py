@@ -18,6 +18,7 @@ from studyassist.core.config import (
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "fp32", "fp16", "bf16", "int8")
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,10 @@ class Settings:
     model_dir: str
     device: str
     dtype: str
+    # auto: ONNX Runtime on the CPU in fp32 or int8, torch otherwise (CUDA, bf16).
+    runtime: str
+    # Where exported ONNX models are kept between starts; empty means ~/.cache/studyassist/onnx.
+    onnx_cache_dir: str
     # Padded tokens (texts x longest text) one forward pass may hold: bounds memory and latency per batch.
     max_batch_tokens: int
     max_wait_ms: float
@@ -36,8 +41,8 @@ class Settings:
     max_text_bytes: int
     cache_entries: int
     cache_ttl_s: float
-    # 0 keeps torch's own choice (one thread per core).
-    torch_threads: int
+    # Inference threads (torch or ONNX Runtime); 0 keeps the runtime's choice (one per core).
+    inference_threads: int
     metrics_addr: str
 
     @classmethod
@@ -51,6 +56,8 @@ class Settings:
             model_dir=env_str(env, "EMBEDDING_MODEL", ""),
             device=env_choice(env, "EMBEDDING_DEVICE", "auto", DEVICES),
             dtype=env_choice(env, "EMBEDDING_DTYPE", "auto", DTYPES),
+            runtime=env_choice(env, "EMBEDDING_RUNTIME", "auto", RUNTIMES),
+            onnx_cache_dir=env_str(env, "EMBEDDING_ONNX_CACHE", ""),
             # 0: chosen by device once the model is loaded (see batch_token_budget).
             max_batch_tokens=max_batch_tokens,
             max_wait_ms=env_float(env, "EMBEDDING_MAX_WAIT_MS", 2.0),
@@ -59,7 +66,7 @@ class Settings:
             max_text_bytes=env_int(env, "EMBEDDING_MAX_TEXT_BYTES", 65536, minimum=1),
             cache_entries=env_int(env, "EMBEDDING_CACHE_ENTRIES", 50_000),
             cache_ttl_s=env_float(env, "EMBEDDING_CACHE_TTL_S", 86_400.0),
-            torch_threads=env_int(env, "EMBEDDING_TORCH_THREADS", 0, maximum=1024),
+            inference_threads=env_int(env, "EMBEDDING_THREADS", 0, maximum=1024),
             metrics_addr=env_peer_address(env, "metrics"),
         )
 

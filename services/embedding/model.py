@@ -4,10 +4,15 @@ Texts are tokenised once, when a request arrives (``tokenize``), so the batcher 
 text's length before it forms batches; ``embed`` then only pads token ids and runs the model.
 The vectors equal sentence-transformers' for the same directory: same truncation (the first
 ``max_tokens - 1`` tokens plus [SEP]), mean over the attention mask, L2 norm, pooled in fp32.
+
+Two runtimes run the model: torch (CUDA, bf16, or by choice) and, by default on the CPU, ONNX
+Runtime (``onnxengine``). torch and transformers are imported only where the torch runtime or an
+ONNX export needs them, so the CPU service does not carry them in its memory.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -18,8 +23,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from studyassist.core.bootstrap import StartupError
+
+from embedding.onnxengine import OnnxEngine, runtime_version
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +49,21 @@ class Tokens:
     truncated: bool
 
 
+def cuda_available() -> bool:
+    # A "+cpu" torch build has no CUDA: no need to import torch (hundreds of MB) to find out.
+    try:
+        if importlib.metadata.version("torch").endswith("+cpu"):
+            return False
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def resolve_device(device: str, dtype: str) -> tuple[str, str]:
     """The (device, dtype) to run: ``auto`` picks CUDA in fp16 when present, else CPU in fp32."""
-    cuda = torch.cuda.is_available()
+    cuda = cuda_available() if device in ("auto", "cuda") else False
     if device == "auto":
         device = "cuda" if cuda and dtype != "int8" else "cpu"
     if device == "cuda" and not cuda:
@@ -59,45 +77,128 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
     return device, dtype
 
 
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
+def resolve_runtime(runtime: str, device: str, dtype: str) -> str:
+    """``auto``: ONNX Runtime for CPU fp32 and int8 (faster, same vectors), torch otherwise."""
+    if runtime == "auto":
+        return "onnx" if device == "cpu" and dtype in ("fp32", "int8") else "torch"
+    if runtime == "onnx" and device != "cpu":
+        raise StartupError("EMBEDDING_RUNTIME=onnx runs on the CPU only; CUDA uses EMBEDDING_RUNTIME=torch")
+    if runtime == "onnx" and dtype not in ("fp32", "int8"):
+        raise StartupError(f"EMBEDDING_RUNTIME=onnx runs fp32 or int8, not {dtype}")
+    return runtime
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizerParts:
+    backend: Any  # tokenizers.Tokenizer
+    sep_id: int | None
+    pad_id: int
+    max_length: int | None
+    wants_token_types: bool
+
+
+def load_tokenizer(path: Path) -> TokenizerParts:
+    """The fast tokenizer's Rust core, read from tokenizer.json without importing transformers
+    (which imports torch); a model with only a slow tokenizer is converted by transformers."""
+    config = _read_json(path / "tokenizer_config.json")
+    specials = {**_read_json(path / "special_tokens_map.json")}
+    if (path / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_file(str(path / "tokenizer.json"))
+        names = config.get("model_input_names") or ["input_ids", "token_type_ids", "attention_mask"]
+    else:
+        from transformers import AutoTokenizer
+
+        slow = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+        backend, names = slow.backend_tokenizer, slow.model_input_names
+
+    def token_id(name: str) -> int | None:
+        token = specials.get(name, config.get(name))
+        if isinstance(token, dict):
+            token = token.get("content")
+        return backend.token_to_id(token) if isinstance(token, str) else None
+
+    # We cut ids ourselves, so we know which texts were truncated, and pad per batch.
+    backend.no_truncation()
+    backend.no_padding()
+    max_length = config.get("model_max_length")
+    return TokenizerParts(
+        backend=backend,
+        sep_id=token_id("sep_token"),
+        pad_id=token_id("pad_token") or 0,
+        max_length=max_length if isinstance(max_length, int) and 0 < max_length < 1_000_000 else None,
+        wants_token_types="token_type_ids" in names,
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"cannot read {path}: {exc}") from None
+    return data if isinstance(data, dict) else {}
 
 
 class SentenceEncoder:
-    def __init__(self, model_dir: str | Path = "", *, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        model_dir: str | Path = "",
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        runtime: str = "auto",
+        threads: int = 0,
+        onnx_cache_dir: Path | None = None,
+    ) -> None:
         started = time.perf_counter()
         path = Path(model_dir) if model_dir else packaged_model_dir()
         if not (path / "config.json").is_file():
             raise StartupError(f"model directory {path} does not exist or has no config.json")
         self.device, self.dtype = resolve_device(device, dtype)
+        self.runtime = resolve_runtime(runtime, self.device, self.dtype)
         self.model_id = PACKAGED_MODEL_ID if not model_dir else path.resolve().name
         # Never reach a hub: everything comes from the local directory.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-
+        config = _read_json(path / "config.json")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
-            model = AutoModel.from_pretrained(str(path), local_files_only=True, dtype=TORCH_DTYPES[self.dtype])
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
-        self.max_tokens = _max_tokens(path, tokenizer, model)
-        # The fast tokenizer's Rust core, without truncation or padding: we cut ids ourselves so
-        # we know which texts were truncated, and pad per batch.
-        self._tokenizer = tokenizer.backend_tokenizer
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
-        self._sep_id = int(tokenizer.sep_token_id) if tokenizer.sep_token_id is not None else None
-        self._pad_id = int(tokenizer.pad_token_id or 0)
-        self._wants_token_types = "token_type_ids" in tokenizer.model_input_names
-        model.eval()
-        if self.dtype == "int8":
-            model = quantize_int8(model)
-        self._model: Any = model.to(self.device)
-        self.dimension = int(model.config.hidden_size)
-        self.parameter_bytes = _weight_bytes(model)
+            self.dimension = int(config["hidden_size"])
+            heads = int(config.get("num_attention_heads", 0))
+            positions = int(config.get("max_position_embeddings", 512))
+        except (KeyError, TypeError, ValueError):
+            raise StartupError(f"{path / 'config.json'} does not describe an encoder (no hidden_size)") from None
+        try:
+            parts = load_tokenizer(path)
+        except Exception as exc:  # tokenizers raises its own types for a bad file
+            raise StartupError(f"cannot load the tokenizer in {path}: {str(exc).splitlines()[0]}") from None
+        self.max_tokens = _max_tokens(path, parts.max_length, positions)
+        self._tokenizer = parts.backend
+        self._sep_id = parts.sep_id
+        self._pad_id = parts.pad_id
+        self._wants_token_types = parts.wants_token_types
+        self._onnx: OnnxEngine | None = None
+        self._model: Any = None
+        if self.runtime == "onnx":
+            try:
+                self._onnx = OnnxEngine(
+                    path,
+                    quantize=self.dtype == "int8",
+                    threads=threads,
+                    num_heads=heads,
+                    hidden_size=self.dimension,
+                    cache_dir=onnx_cache_dir,
+                )
+            except RuntimeError as exc:
+                raise StartupError(f"cannot run the model in {path} with ONNX Runtime: {exc}") from None
+            self.parameter_bytes = self._onnx.weight_bytes
+            self.runtime_version = runtime_version()
+        else:
+            self._model = _load_torch_model(path, self.device, self.dtype, threads)
+            self.parameter_bytes = _weight_bytes(self._model)
+            self.runtime_version = f"torch {importlib.metadata.version('torch')}"
         self.load_seconds = time.perf_counter() - started
 
     def tokenize(self, texts: list[str]) -> list[Tokens]:
@@ -120,22 +221,53 @@ class SentenceEncoder:
         for row, ids in enumerate(batch):
             input_ids[row, : len(ids)] = ids
             mask[row, : len(ids)] = 1
-        ids_t = torch.from_numpy(input_ids).to(self.device)
-        mask_t = torch.from_numpy(mask).to(self.device)
-        inputs = {"input_ids": ids_t, "attention_mask": mask_t}
-        if self._wants_token_types:
-            inputs["token_type_ids"] = torch.zeros_like(ids_t)
-        with torch.inference_mode():
-            hidden = self._model(**inputs).last_hidden_state.float()
-            weights = mask_t.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-            vectors = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        result: Vectors = vectors.cpu().numpy().astype(np.float32, copy=False)
-        return result
+        if self._onnx is not None:
+            return self._onnx.run(input_ids, mask)
+        return _torch_embed(self._model, self.device, input_ids, mask, token_types=self._wants_token_types)
 
     def encode(self, texts: list[str]) -> Vectors:
         """Tokenise and embed in one call (tests and benchmarks; the service batches instead)."""
         return self.embed([t.ids for t in self.tokenize(texts)])
+
+
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "float32"}
+
+
+def _load_torch_model(path: Path, device: str, dtype: str, threads: int) -> Any:
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        model = AutoModel.from_pretrained(str(path), local_files_only=True, dtype=getattr(torch, TORCH_DTYPES[dtype]))
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    if dtype == "int8":
+        model = quantize_int8(model)
+    return model.to(device)
+
+
+def _torch_embed(
+    model: Any, device: str, input_ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64], *, token_types: bool
+) -> Vectors:
+    import torch
+
+    ids_t = torch.from_numpy(input_ids).to(device)
+    mask_t = torch.from_numpy(mask).to(device)
+    inputs = {"input_ids": ids_t, "attention_mask": mask_t}
+    if token_types:
+        inputs["token_type_ids"] = torch.zeros_like(ids_t)
+    with torch.inference_mode():
+        hidden = model(**inputs).last_hidden_state.float()
+        weights = mask_t.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        vectors = torch.nn.functional.normalize(pooled, p=2, dim=1)
+    result: Vectors = vectors.cpu().numpy().astype(np.float32, copy=False)
+    return result
 
 
 def _weight_bytes(model: Any) -> int:
@@ -145,19 +277,18 @@ def _weight_bytes(model: Any) -> int:
     return sum(int(t.numel() * t.element_size()) for t in tensors)
 
 
-def _max_tokens(path: Path, tokenizer: Any, model: Any) -> int:
+def _max_tokens(path: Path, tokenizer_max: int | None, positions: int) -> int:
     # sentence-transformers keeps the limit the model was trained with in sentence_bert_config.json
     # (256 for all-MiniLM-L6-v2), below the tokenizer's and the position table's 512.
-    limits = [int(model.config.max_position_embeddings)]
+    limits = [positions]
     st_config = path / "sentence_bert_config.json"
     if st_config.is_file():
         try:
             limits.append(int(json.loads(st_config.read_text())["max_seq_length"]))
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring unreadable %s", st_config)
-    model_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(model_max, int) and 0 < model_max < 1_000_000:
-        limits.append(model_max)
+    if tokenizer_max:
+        limits.append(tokenizer_max)
     return min(limits)
 
 
@@ -171,6 +302,7 @@ def quantize_int8(model: Any) -> Any:
     """
     import warnings
 
+    import torch
     from torch.ao.nn.quantized import dynamic as quantized_dynamic
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 

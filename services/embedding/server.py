@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
-import torch
 from opentelemetry import metrics, trace
 from studyassist.core.cache import LruTtlCache, TwoLayerCache, connect_redis
 from studyassist.core.config import CommonSettings
@@ -25,10 +25,16 @@ CACHE_PREFIX = "embedding:v1:"
 
 
 async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry) -> tuple[Server, int]:
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    # Loading takes seconds: keep the event loop free meanwhile.
-    encoder = await asyncio.to_thread(SentenceEncoder, settings.model_dir, device=settings.device, dtype=settings.dtype)
+    # Loading takes seconds (an ONNX export, when not cached, about ten): keep the event loop free.
+    encoder = await asyncio.to_thread(
+        SentenceEncoder,
+        settings.model_dir,
+        device=settings.device,
+        dtype=settings.dtype,
+        runtime=settings.runtime,
+        threads=settings.inference_threads,
+        onnx_cache_dir=Path(settings.onnx_cache_dir) if settings.onnx_cache_dir else None,
+    )
     # One pass before serving, so the first caller does not pay for kernel selection and warm-up.
     await asyncio.to_thread(encoder.encode, ["warm-up"])
     log.info(
@@ -38,8 +44,9 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
                 "model_id": encoder.model_id,
                 "device": encoder.device,
                 "dtype": encoder.dtype,
+                "runtime": encoder.runtime_version,
                 "load_seconds": round(encoder.load_seconds, 2),
-                "torch_threads": torch.get_num_threads(),
+                "threads": settings.inference_threads or "auto",
             }
         },
     )

@@ -55,7 +55,8 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         self._max_texts = max_texts
         self._max_text_bytes = max_text_bytes
         # int8 vectors differ slightly from fp32 ones: never mix them in a shared Redis.
-        self._model_key = f"{encoder.model_id}|{'int8' if encoder.dtype == 'int8' else 'float'}"
+        # Each runtime quantises in its own way, so int8 keys name the runtime too.
+        self._model_key = f"{encoder.model_id}|{'int8-' + encoder.runtime if encoder.dtype == 'int8' else 'float'}"
         self._process = psutil.Process(os.getpid())
         cache.export_counters(meter or metrics.NoOpMeter("embedding.cache"), "embedding.cache")
 
@@ -121,6 +122,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             load_seconds=encoder.load_seconds,
             parameter_bytes=encoder.parameter_bytes,
             rss_bytes=self._process.memory_info().rss,
+            runtime=encoder.runtime_version,
         )
 
     async def Stats(

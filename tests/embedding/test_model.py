@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from embedding.config import Settings
-from embedding.model import SentenceEncoder, packaged_model_dir, resolve_device
+from embedding.model import SentenceEncoder, packaged_model_dir, resolve_device, resolve_runtime
 from embedding.server import assemble
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from studyassist.core.bootstrap import StartupError
@@ -39,8 +41,10 @@ QUERIES = [
 ]
 
 
-def test_int8_stays_close_to_fp32_and_keeps_the_ranking(encoder: SentenceEncoder) -> None:
-    int8 = SentenceEncoder(device="cpu", dtype="int8")
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_int8_stays_close_to_fp32_and_keeps_the_ranking(encoder: SentenceEncoder, runtime: str) -> None:
+    int8 = SentenceEncoder(device="cpu", dtype="int8", runtime=runtime)
+    assert int8.runtime == runtime
     # Sentence-length texts, as retrieval sends them (1-3 token texts drift further, to ~0.97).
     texts = [t for t in TEXTS if len(t) > 30] + CORPUS + QUERIES
     cosine = (encoder.encode(texts) * int8.encode(texts)).sum(axis=1)
@@ -49,6 +53,60 @@ def test_int8_stays_close_to_fp32_and_keeps_the_ranking(encoder: SentenceEncoder
     ranking_int8 = np.argsort(-int8.encode(QUERIES) @ int8.encode(CORPUS).T, axis=1)
     assert (ranking_fp32[:, 0] == ranking_int8[:, 0]).all()
     assert int8.dtype == "int8" and int8.device == "cpu"
+
+
+def test_both_runtimes_give_the_same_vectors(encoder: SentenceEncoder) -> None:
+    assert encoder.runtime == "onnx" and encoder.runtime_version.startswith("onnxruntime ")
+    torch_encoder = SentenceEncoder(device="cpu", dtype="fp32", runtime="torch")
+    assert torch_encoder.runtime_version.startswith("torch ")
+    # Mixed lengths, so padding and the attention mask matter; one text beyond the model's limit.
+    texts = [*TEXTS, *CORPUS, "cấu trúc dữ liệu " * 300]
+    cosine = (encoder.encode(texts) * torch_encoder.encode(texts)).sum(axis=1)
+    assert cosine.min() >= 0.9999, cosine
+
+
+def test_onnx_export_is_cached_and_a_broken_cache_is_exported_again(tmp_path: Path) -> None:
+    first = SentenceEncoder(device="cpu", dtype="fp32", onnx_cache_dir=tmp_path)
+    assert first._onnx is not None and first._onnx.exported
+    [cached] = tmp_path.glob("*-fp32.onnx")
+    again = SentenceEncoder(device="cpu", dtype="fp32", onnx_cache_dir=tmp_path)
+    assert again._onnx is not None and not again._onnx.exported
+    cached.write_bytes(cached.read_bytes()[:1000])  # a cut-off file, as a full disk leaves it
+    repaired = SentenceEncoder(device="cpu", dtype="fp32", onnx_cache_dir=tmp_path)
+    assert repaired._onnx is not None and repaired._onnx.exported
+    assert cached.stat().st_size > 1_000_000
+    np.testing.assert_allclose(repaired.encode(TEXTS), first.encode(TEXTS), atol=1e-6)
+
+
+def test_unwritable_onnx_cache_still_serves(tmp_path: Path) -> None:
+    blocked = tmp_path / "file-in-the-way"
+    blocked.write_text("not a directory")
+    encoder = SentenceEncoder(device="cpu", dtype="fp32", onnx_cache_dir=blocked / "onnx")
+    assert encoder.encode(["xin chào"]).shape == (1, 384)
+
+
+def test_the_onnx_runtime_process_does_not_load_torch(tmp_path: Path) -> None:
+    """The CPU service's memory: torch (hundreds of MB) stays out of the serving process."""
+    probe = (
+        "import sys; from pathlib import Path; from embedding.model import SentenceEncoder; "
+        f"e = SentenceEncoder(device='cpu', dtype='fp32', onnx_cache_dir=Path({str(tmp_path)!r})); "
+        "e.encode(['xin chào']); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def test_runtime_choice() -> None:
+    assert resolve_runtime("auto", "cpu", "fp32") == "onnx"
+    assert resolve_runtime("auto", "cpu", "int8") == "onnx"
+    assert resolve_runtime("auto", "cpu", "bf16") == "torch"
+    assert resolve_runtime("auto", "cuda", "fp16") == "torch"
+    with pytest.raises(StartupError, match="CPU only"):
+        resolve_runtime("onnx", "cuda", "fp16")
+    with pytest.raises(StartupError, match="fp32 or int8"):
+        resolve_runtime("onnx", "cpu", "bf16")
+    with pytest.raises(ConfigError, match="EMBEDDING_RUNTIME"):
+        Settings.from_env({"EMBEDDING_RUNTIME": "tensorrt"})
 
 
 def test_device_and_dtype_choice() -> None:

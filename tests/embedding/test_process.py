@@ -31,6 +31,7 @@ async def test_process_serves_vectors_equal_to_sentence_transformers(
     assert [e.truncated for e in response.embeddings] == [False] * (len(TEXTS) - 1) + [True]
     assert response.embeddings[-1].tokens == info.max_tokens == 256
     assert info.device == "cpu" and info.dtype == "fp32" and info.rss_bytes > info.parameter_bytes > 0
+    assert info.runtime.startswith("onnxruntime ")
 
 
 def test_missing_model_directory_is_one_line_and_exit_2(tmp_path: object) -> None:
