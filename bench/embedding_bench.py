@@ -6,7 +6,8 @@
 Figures, on the same Vietnamese and English texts of 128-256 tokens. The box may be shared, so
 baseline and service rounds alternate and each figure is the median of its rounds:
 - service throughput over gRPC (requests of 32 texts, a few in flight) vs in-process
-  ``SentenceTransformer.encode(batch_size=32)``; the same for the int8 service;
+  ``SentenceTransformer.encode(batch_size=32)``; the same for the int8 service and for the
+  service on the torch runtime (on the CPU the service runs ONNX Runtime by default);
 - 32 concurrent clients sending one text per request vs the same offline batch baseline;
 - cache-hit latency (p50/p95 of one-text Embed calls for cached texts) vs an empty Info RPC;
 - service RSS vs a bare python+torch process holding the same model (a subprocess).
@@ -292,6 +293,9 @@ def main() -> None:
     if not args.quick and args.device == "cpu":
         with service({"EMBEDDING_DEVICE": "cpu", "EMBEDDING_DTYPE": "int8"}) as process:
             compare_rounds(reference, process.address, bodies, "int8", rounds, report, single=False)
+        # The torch runtime the service used on the CPU before ONNX Runtime, for comparison.
+        with service({"EMBEDDING_DEVICE": "cpu", "EMBEDDING_DTYPE": "fp32", "EMBEDDING_RUNTIME": "torch"}) as process:
+            compare_rounds(reference, process.address, bodies, "torch-fp32", rounds, report, single=False)
     del reference
     if not args.quick:
         bare, bare_peak = bare_torch_rss(model_dir, tagged(bodies, "bare"))

@@ -255,19 +255,34 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
         greeting = is_greeting(question)
         new_session = not request.session_id
-        # Independent first steps overlap: they make up most of what chat adds to the time to first
-        # token. A new session has no memory, so creating it waits for nothing and nothing waits
-        # for it until the first event names it.
-        session_task = asyncio.ensure_future(self._open_session(request, agent, question, metadata, within))
-        version_task = asyncio.ensure_future(self._docset_version(metadata, within)) if not greeting else None
+        # Everything that does not need another step's result starts at once, so that what chat adds
+        # before its LLM request is the question's embedding and the search that needs it, and nothing
+        # in series with them: the session (created, or an existing one's history), the document-set
+        # version and the response-cache lookup run alongside the embedding (a hit cancels it).
+        if new_session:
+            session_task: asyncio.Future[str] = asyncio.ensure_future(
+                self._create_session(agent, question, metadata, within)
+            )
+            history_task: asyncio.Future[list[Turn]] | None = None
+        else:
+            session_task = asyncio.get_running_loop().create_future()
+            session_task.set_result(request.session_id)
+            history_task = asyncio.ensure_future(self._load_history(request.session_id, metadata, within))
+        embed_task: asyncio.Future[list[float] | None] | None = None
+        lookup_task: asyncio.Future[tuple[str, chat_pb2.ChatResponse | None]] | None = None
+        if not greeting:
+            embed_task = asyncio.ensure_future(self._embed(question, within))
+            lookup_task = asyncio.ensure_future(
+                self._lookup(user_id, agent, question, request.file_ids, metadata, within, history_task)
+            )
         try:
             async for event in self._answer(
-                answer, user_id, request, question, agent, language, metadata, within, started,
-                session_task, version_task, greeting, new_session, streaming,
+                answer, request, question, agent, language, within, started,
+                session_task, history_task, embed_task, lookup_task, metadata, greeting, new_session, streaming,
             ):  # fmt: skip
                 yield event
         finally:
-            for task in (session_task, version_task):
+            for task in (session_task, history_task, embed_task, lookup_task):
                 if task is None:
                     continue
                 if not task.done():
@@ -278,28 +293,27 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def _answer(
         self,
         answer: Answer,
-        user_id: str,
         request: chat_pb2.ChatRequest,
         question: str,
         agent: AgentSpec,
         language: str,
-        metadata: tuple[tuple[str, str], ...],
         within: Callable[[float], float],
         started: float,
-        session_task: asyncio.Future[tuple[str, list[Turn]]],
-        version_task: asyncio.Future[str | None] | None,
+        session_task: asyncio.Future[str],
+        history_task: asyncio.Future[list[Turn]] | None,
+        embed_task: asyncio.Future[list[float] | None] | None,
+        lookup_task: asyncio.Future[tuple[str, chat_pb2.ChatResponse | None]] | None,
+        metadata: tuple[tuple[str, str], ...],
         greeting: bool,
         new_session: bool,
         streaming: bool,
     ) -> AsyncIterator[chat_pb2.ChatEvent]:
-        embedding = None if greeting else await self._embed(question, within)
         memory: list[Turn] = []
-        if not new_session:
-            answer.session_id, memory = await session_task
-        version = await version_task if version_task is not None else None
+        if history_task is not None:
+            memory = await history_task
 
         async def session_id() -> str:
-            answer.session_id, _ = await session_task
+            answer.session_id = await session_task
             return answer.session_id
 
         key = ""
@@ -308,17 +322,17 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             answer.backend = GREETING
             answer.text.append(greeting_reply(question, language))
         else:
-            # A follow-up depends on the conversation, so only a session's first question is cached.
-            if not memory and version is not None:
-                key = cache_key(user_id, agent.agent_id, question, request.file_ids, version, self.llm.backend_name)
-                hit = await self.cache.get(key)
-                if hit is not None:
-                    answer.cached = True
-                    answer.backend = hit.backend
-                    answer.text.append(hit.answer)
-                    answer.citations = list(hit.citations)
-                    answer.usage = StreamUsage(hit.usage.prompt_tokens, hit.usage.completion_tokens)
-            if not answer.cached:
+            assert embed_task is not None and lookup_task is not None
+            key, hit = await lookup_task
+            if hit is not None:
+                embed_task.cancel()  # not needed: no search
+                answer.cached = True
+                answer.backend = hit.backend
+                answer.text.append(hit.answer)
+                answer.citations = list(hit.citations)
+                answer.usage = StreamUsage(hit.usage.prompt_tokens, hit.usage.completion_tokens)
+            else:
+                embedding = await embed_task
                 retrieval_started = time.perf_counter()
                 hits = await self._search(question, embedding, agent.top_k, request.file_ids, metadata, within)
                 answer.retrieval_ms = (time.perf_counter() - retrieval_started) * 1000
@@ -344,7 +358,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
         text = "".join(answer.text)
         answer.message_id = await self._save(
-            answer.session_id, new_session, question, text, answer, agent, metadata, within
+            await session_id(), new_session, question, text, answer, agent, metadata, within
         )
         if key and not answer.cached and answer.backend != GREETING and text:
             await self.cache.put(key, answer.response())
@@ -454,25 +468,28 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         except grpc.aio.AioRpcError as exc:
             raise _storage_error(exc, what) from None
 
-    async def _open_session(
+    async def _create_session(
         self,
-        request: chat_pb2.ChatRequest,
         agent: AgentSpec,
         question: str,
         metadata: tuple[tuple[str, str], ...],
         within: Callable[[float], float],
-    ) -> tuple[str, list[Turn]]:
-        """The session to answer in (created when the request names none) and its recent turns."""
-        if not request.session_id:
-            session = await self._call(
-                "CreateSession",
-                self.storage.CreateSession(
-                    storage_pb2.CreateSessionRequest(title=make_title(question), agent_id=agent.agent_id),
-                    metadata=metadata,
-                    timeout=within(STORAGE_TIMEOUT_S),
-                ),
-            )
-            return session.session_id, []
+    ) -> str:
+        """A new session for an exchange whose request names none; its id."""
+        session = await self._call(
+            "CreateSession",
+            self.storage.CreateSession(
+                storage_pb2.CreateSessionRequest(title=make_title(question), agent_id=agent.agent_id),
+                metadata=metadata,
+                timeout=within(STORAGE_TIMEOUT_S),
+            ),
+        )
+        return session.session_id
+
+    async def _load_history(
+        self, session_id: str, metadata: tuple[tuple[str, str], ...], within: Callable[[float], float]
+    ) -> list[Turn]:
+        """The recent turns of an existing session (NotFound when it is not the caller's)."""
         # Storage lists a session's messages oldest first; memory wants the newest, so page to the
         # end keeping only the last few (bounded: a very long session's memory may lag behind).
         recent: deque[storage_pb2.Message] = deque(maxlen=MEMORY_MESSAGES)
@@ -482,7 +499,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 "ListMessages",
                 self.storage.ListMessages(
                     storage_pb2.ListMessagesRequest(
-                        session_id=request.session_id, page_size=HISTORY_PAGE, page_token=page_token
+                        session_id=session_id, page_size=HISTORY_PAGE, page_token=page_token
                     ),
                     metadata=metadata,
                     timeout=within(STORAGE_TIMEOUT_S),
@@ -492,13 +509,31 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             page_token = page.next_page_token
             if not page_token:
                 break
-        messages = list(recent)
-        turns = [
+        return [
             Turn("assistant" if m.role == storage_pb2.ROLE_ASSISTANT else "user", m.content)
-            for m in messages
+            for m in recent
             if m.content
         ]
-        return request.session_id, turns
+
+    async def _lookup(
+        self,
+        user_id: str,
+        agent: AgentSpec,
+        question: str,
+        file_ids: Sequence[str],
+        metadata: tuple[tuple[str, str], ...],
+        within: Callable[[float], float],
+        history: asyncio.Future[list[Turn]] | None,
+    ) -> tuple[str, chat_pb2.ChatResponse | None]:
+        """The response-cache key for this exchange ("": not cached) and the answer cached under it."""
+        version = await self._docset_version(metadata, within)
+        # A follow-up depends on the conversation, so only a session's first question is cached.
+        if history is not None and await history:
+            return "", None
+        if version is None:
+            return "", None
+        key = cache_key(user_id, agent.agent_id, question, file_ids, version, self.llm.backend_name)
+        return key, await self.cache.get(key)
 
     async def _embed(self, question: str, within: Callable[[float], float]) -> list[float] | None:
         """The question's embedding; None (full-text search only) when the embedding service fails."""
@@ -579,7 +614,3 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             ),
         )
         return saved.messages[-1].message_id if saved.messages else ""
-
-
-async def _none() -> None:
-    return None

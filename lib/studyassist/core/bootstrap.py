@@ -6,6 +6,7 @@ ends the process with exit code 2 and one clear line on stderr, not a traceback.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,7 @@ def run_service(
 
     async def main() -> None:
         server, port = await build(settings, common, telemetry)
+        freeze_startup_objects()
         await run(
             server,
             grace=common.shutdown_grace_seconds,
@@ -65,3 +67,16 @@ def run_service(
         pass
     finally:
         telemetry.shutdown()
+
+
+def freeze_startup_objects() -> None:
+    """Keep what start-up created (modules, classes, the SDKs' and gRPC's objects: about 100,000)
+    out of the garbage collector's full collections from now on.
+
+    Each full collection otherwise walks all of them with the event loop stopped: 18-59 ms each
+    in chat on a busy 2-core machine, landing on whatever first token or token delta was under
+    way; about 1-3 ms once they are frozen. Those objects live as long as the process anyway.
+    Garbage is collected first so that none of it is kept for good.
+    """
+    gc.collect()
+    gc.freeze()
