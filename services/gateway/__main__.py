@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import uvicorn
 import uvloop
+from studyassist.core.bootstrap import freeze_startup_objects
 from studyassist.core.config import CommonSettings, ConfigError
 from studyassist.core.logs import setup_logging
 from studyassist.core.telemetry import resolve_endpoint, setup_telemetry
@@ -98,6 +99,7 @@ def main() -> None:
                 if server.should_exit:
                     return
                 await asyncio.sleep(0.02)
+            freeze_startup_objects()
             log.info("serving", extra={"fields": {"port": port, "host": common.bind_host}})
 
         announcer = asyncio.create_task(announce())

@@ -20,9 +20,11 @@ import time
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from studyassist.core.logs import new_request_id, request_id_var
+from studyassist.core.telemetry import ServerSpans, context_for
 
 from gateway.ratelimit import RateLimiter
 from gateway.responses import HttpError, error_response
@@ -53,6 +55,8 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # put their Route in scope["route"]).
 ROUTE_TEMPLATE_KEY = "studyassist.route_template"
 UNMATCHED_ROUTE = "unmatched"
+# X-Trace-Id while spans are off (OTEL_SDK_DISABLED): the invalid trace id, as a no-op tracer gives.
+_NO_TRACE = "0" * 32
 
 
 def route_template(scope: Scope) -> str:
@@ -66,10 +70,10 @@ def route_template(scope: Scope) -> str:
 
 
 class FrontDoor:
-    def __init__(self, app: ASGIApp, limiter: RateLimiter, meter: metrics.Meter, tracer: trace.Tracer) -> None:
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, meter: metrics.Meter, spans: ServerSpans) -> None:
         self.app = app
         self.limiter = limiter
-        self.tracer = tracer
+        self.spans = spans
         self._duration = meter.create_histogram(
             "http.server.duration", unit="ms", description="Gateway time to response headers"
         )
@@ -80,28 +84,33 @@ class FrontDoor:
             return
         started = time.perf_counter()
         request_id = ""
+        request_id_seen = False
+        carrier: dict[str, str] | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                candidate = value.decode("latin-1")
-                if _REQUEST_ID_RE.fullmatch(candidate):
-                    request_id = candidate
-                break
+                if not request_id_seen:  # the first one counts
+                    request_id_seen = True
+                    candidate = value.decode("latin-1")
+                    if _REQUEST_ID_RE.fullmatch(candidate):
+                        request_id = candidate
+            elif name in _TRACE_HEADERS:
+                if carrier is None:
+                    carrier = {}
+                carrier[name.decode("latin-1")] = value.decode("latin-1")
         status_seen: list[int] = []
         method: str = scope["method"]
-        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _TRACE_HEADERS}
-        span = self.tracer.start_span(
+        span = self.spans.start(
             method,
-            context=propagate.extract(carrier),
-            kind=trace.SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": scope["path"]},
+            # No trace headers (most requests): nothing to extract, the span starts a new trace.
+            propagate.extract(carrier) if carrier is not None else None,
+            {"http.request.method": method, "url.path": scope["path"]},
         )
-        span_context = span.get_span_context()
-        trace_hex = format(span_context.trace_id, "032x")
+        trace_hex = format(span.context.trace_id, "032x") if span is not None else _NO_TRACE
         trace_id = trace_hex.encode()
         # Without a request id of the client's own, the trace id is the request id: the response
         # header, the error body, every log line and the trace all carry the same one id.
-        # (A no-op tracer has no trace: a fresh id then.)
-        request_id = request_id or (trace_hex if span_context.trace_id else new_request_id())
+        # (With spans off there is no trace: a fresh id then.)
+        request_id = request_id or (trace_hex if span is not None else new_request_id())
         token = request_id_var.set(request_id)
 
         async def send_with_headers(message: Message) -> None:
@@ -125,11 +134,13 @@ class FrontDoor:
                     elapsed_ms,
                     {"http.route": route, "http.request.method": method, "http.response.status_code": status},
                 )
-                span.update_name(f"{method} {route}")
-                span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", status)
+                if span is not None:
+                    span.name = f"{method} {route}"
+                    span.attributes["http.route"] = route
+                    span.attributes["http.response.status_code"] = status
                 if status >= 500:
-                    span.set_status(trace.StatusCode.ERROR)
+                    if span is not None:
+                        span.set_status(trace.Status(trace.StatusCode.ERROR))
                     # One line per failed request, carrying request and trace id (the span is current).
                     log.warning(
                         "request failed",
@@ -139,25 +150,35 @@ class FrontDoor:
                     )
             await send(message)
 
+        # The span is current while the request is served (so every gRPC call made for it carries
+        # the trace on, and log lines name it) and ends when the response does, an SSE stream
+        # included; the histogram above stays time to headers, so a long answer stream does not
+        # read as a slow API.
+        context_token = otel_context.attach(context_for(span)) if span is not None else None
         try:
-            # The span ends when the response does (an SSE stream included); the histogram above
-            # stays time to headers, so a long answer stream does not read as a slow API.
-            with trace.use_span(span, end_on_exit=True):
-                path: str = scope["path"]
-                if path.startswith("/v1/") and scope.get("client"):
-                    try:
-                        await self.limiter.check_ip(scope["client"][0])
-                    except HttpError as exc:
-                        await error_response(exc)(scope, receive, send_with_headers)
-                        return
+            path: str = scope["path"]
+            if path.startswith("/v1/") and scope.get("client"):
                 try:
-                    await self.app(scope, receive, send_with_headers)
-                except Exception:
-                    # A bug, not bad input: log it whole, answer without internals.
-                    log.exception("unhandled error", extra={"fields": {"path": scope["path"]}})
-                    if status_seen:
-                        raise
-                    error = HttpError(grpc.StatusCode.INTERNAL, "internal error")
-                    await error_response(error)(scope, receive, send_with_headers)
+                    await self.limiter.check_ip(scope["client"][0])
+                except HttpError as exc:
+                    await error_response(exc)(scope, receive, send_with_headers)
+                    return
+            try:
+                await self.app(scope, receive, send_with_headers)
+            except Exception:
+                # A bug, not bad input: log it whole, answer without internals.
+                log.exception("unhandled error", extra={"fields": {"path": scope["path"]}})
+                if status_seen:
+                    raise
+                error = HttpError(grpc.StatusCode.INTERNAL, "internal error")
+                await error_response(error)(scope, receive, send_with_headers)
+        except Exception as exc:
+            if span is not None:
+                span.record_exception(exc)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
         finally:
+            if span is not None and context_token is not None:
+                otel_context.detach(context_token)
+                span.end()
             request_id_var.reset(token)

@@ -103,6 +103,8 @@ class Route:
     encode: ToDict = field(default=_unset_encoder, repr=False)
     # The grpc.aio multi-callable for this method on the backend's channel (set by the table).
     call: Any = field(default=None, repr=False)
+    # Request messages of bodiless calls by (query string, *path values), built once (transcode).
+    requests: dict[tuple[Any, ...], message.Message] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def operation_id(self) -> str:

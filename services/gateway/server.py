@@ -22,7 +22,7 @@ from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
 from studyassist.core.cache import connect_redis
 from studyassist.core.channels import create_channel
 from studyassist.core.config import CommonSettings
-from studyassist.core.telemetry import Telemetry
+from studyassist.core.telemetry import ServerSpans, Telemetry
 from studyassist.storage.v1 import storage_pb2_grpc
 
 from gateway.auth import (
@@ -114,6 +114,9 @@ class Gateway:
         self.web = WebApp(settings.web_dist_dir)
         self.meter = telemetry.meter
         self.tracer = telemetry.tracer
+        # The SERVER span of every request (see ServerSpans: the SDK tracer's span cost more than
+        # the rest of the telemetry together).
+        self.spans = ServerSpans(telemetry.tracer_provider, "studyassist.gateway")
         self._openapi: tuple[int, bytes, str] | None = None
 
     @contextlib.asynccontextmanager
@@ -221,7 +224,7 @@ class Gateway:
             Route("/v1/{rest:path}", self.transcoder.handle, methods=API_METHODS),
             Route("/{rest:path}", self.web.serve, methods=["GET", "HEAD"]),
         ]
-        middleware = [Middleware(FrontDoor, limiter=self.limiter, meter=self.meter, tracer=self.tracer)]
+        middleware = [Middleware(FrontDoor, limiter=self.limiter, meter=self.meter, spans=self.spans)]
         if self.settings.cors_origins:
             middleware.append(
                 Middleware(

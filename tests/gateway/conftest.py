@@ -4,6 +4,7 @@ in-process on a free port (real HTTP over TCP, so SSE and streamed uploads behav
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -15,7 +16,10 @@ import httpx
 import pytest
 import uvicorn
 from gateway.config import Settings
+from gateway.routes import Route
 from gateway.server import build_app
+from gateway.transcode import Transcoder
+from starlette.applications import Starlette
 from studyassist.core.config import CommonSettings
 from studyassist.core.server import Server
 from studyassist.core.telemetry import setup_telemetry
@@ -25,6 +29,8 @@ from tests.conftest import _create_database
 from tests.gateway.backend import FakeStorage, start_storage
 
 SECRET = "test-secret-" + "x" * 40
+# The app the last serve_gateway in this task built (for tests that look inside it).
+app_var: contextvars.ContextVar[Starlette] = contextvars.ContextVar("gateway_app")
 DEAD_ADDR = "127.0.0.1:9"
 
 
@@ -41,6 +47,7 @@ async def serve_gateway(env: dict[str, str], data_dir: Path) -> AsyncIterator[st
     settings = Settings.from_env(full)
     common = CommonSettings.from_env({"DATA_DIR": str(data_dir), "REDIS_URL": full.get("REDIS_URL", "")})
     app = build_app(settings, common, setup_telemetry("gateway-test", None), SECRET)
+    app_var.set(app)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
@@ -75,6 +82,15 @@ class Stack:
     client: httpx.AsyncClient
     storage: FakeStorage
     storage_addr: str
+    app: Starlette
+
+    def routes(self) -> list[Route]:
+        """The transcoder's routes (read from the backends' descriptors)."""
+        for route in self.app.routes:
+            transcoder = getattr(getattr(route, "endpoint", None), "__self__", None)
+            if isinstance(transcoder, Transcoder):
+                return transcoder.table.routes
+        raise AssertionError("no transcoder route")
 
     async def register(self, email: str | None = None) -> dict[str, str]:
         email = email or f"u{uuid.uuid4().hex[:8]}@example.edu.vn"
@@ -109,7 +125,7 @@ async def make_stack(tmp_path: Path) -> AsyncIterator[MakeStack]:
         contexts.append(context)
         client = httpx.AsyncClient(base_url=url, timeout=10)
         clients.append(client)
-        return Stack(url, client, servicer, address)
+        return Stack(url, client, servicer, address, app_var.get())
 
     yield make
     for client in clients:

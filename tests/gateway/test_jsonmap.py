@@ -93,3 +93,32 @@ def test_covers_every_api_message() -> None:
         assert mapper.to_dict(cls.DESCRIPTOR)(cls()) == json_format.MessageToDict(
             cls(), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
+
+
+def test_field_names_that_are_python_keywords_still_map() -> None:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    file = descriptor_pb2.FileDescriptorProto(name="kw_test.proto", package="kwtest", syntax="proto3")
+    kind = file.message_type.add(name="Route")
+    kind.field.add(name="from", number=1, type=descriptor.FieldDescriptor.TYPE_STRING, label=1)
+    kind.field.add(name="hops", number=2, type=descriptor.FieldDescriptor.TYPE_INT64, label=1)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("kwtest.Route"))
+    msg = cls(hops=3)
+    setattr(msg, "from", "Hà Nội")
+    assert JsonMapper().to_dict(cls.DESCRIPTOR)(msg) == {"from": "Hà Nội", "hops": "3"}
+
+
+def test_timestamps_printed_again_from_the_cache_are_the_same(monkeypatch: Any) -> None:
+    from gateway import jsonmap
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    monkeypatch.setattr(jsonmap, "TIMESTAMP_CACHE_SIZE", 3)
+    monkeypatch.setattr(jsonmap, "_TIMESTAMP_TEXT", {})
+    stamps = [Timestamp(seconds=s, nanos=n) for s in (0, 1_700_000_000, 253402300799) for n in (0, 5, 123_000_000)]
+    stamps.append(Timestamp(seconds=-1, nanos=0))
+    for _ in range(2):
+        for stamp in stamps:
+            assert jsonmap._timestamp(stamp) == stamp.ToJsonString()
+    assert len(jsonmap._TIMESTAMP_TEXT) <= 3

@@ -267,3 +267,20 @@ async def test_chat_calls_get_the_chat_deadline_and_others_the_default(make_stac
         assert remaining is not None and 5 < remaining < 10.5, remaining  # (clock granularity: a hair over is fine)
     finally:
         await server.stop(0)
+
+
+async def test_bodiless_requests_are_built_once_per_query(stack: Stack) -> None:
+    user = await stack.register()
+    auth = bearer(user["access"])
+    for size in ("3", "3", "4", "3"):
+        reply = await stack.client.get("/v1/sessions", params={"page_size": size}, headers=auth)
+        assert reply.status_code == 200, reply.text
+        request, user_id = stack.storage.requests["ListSessions"]
+        assert request.page_size == int(size) and user_id == user["user_id"]  # type: ignore[attr-defined]
+    route = next(r for r in stack.routes() if r.rpc_path.endswith("/ListSessions"))
+    assert sorted(key[0] for key in route.requests) == [b"page_size=3", b"page_size=4"]
+    # A query that does not map is refused every time, and never kept.
+    for _ in range(2):
+        bad = await stack.client.get("/v1/sessions", params={"page_size": "many"}, headers=auth)
+        assert bad.status_code == 400 and bad.json()["code"] == "INVALID_ARGUMENT"
+    assert len(route.requests) == 2
