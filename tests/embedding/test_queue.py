@@ -125,7 +125,7 @@ def test_batch_token_budget_follows_the_device_unless_set() -> None:
 
     unset = Settings.from_env({})
     assert unset.max_batch_tokens == 0
-    assert batch_token_budget(unset.max_batch_tokens, "cpu") == 4096
+    assert batch_token_budget(unset.max_batch_tokens, "cpu") == 2048
     assert batch_token_budget(unset.max_batch_tokens, "cuda") == 16384
     assert (
         batch_token_budget(Settings.from_env({"EMBEDDING_MAX_BATCH_TOKENS": "2048"}).max_batch_tokens, "cuda") == 2048
