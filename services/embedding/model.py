@@ -13,6 +13,7 @@ ONNX export needs them, so the CPU service does not carry them in its memory.
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import json
 import logging
 import os
@@ -94,24 +95,22 @@ class TokenizerParts:
     sep_id: int | None
     pad_id: int
     max_length: int | None
-    wants_token_types: bool
 
 
 def load_tokenizer(path: Path) -> TokenizerParts:
     """The fast tokenizer's Rust core, read from tokenizer.json without importing transformers
     (which imports torch); a model with only a slow tokenizer is converted by transformers."""
     config = _read_json(path / "tokenizer_config.json")
-    specials = {**_read_json(path / "special_tokens_map.json")}
+    specials = _read_json(path / "special_tokens_map.json")
     if (path / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 
         backend = Tokenizer.from_file(str(path / "tokenizer.json"))
-        names = config.get("model_input_names") or ["input_ids", "token_type_ids", "attention_mask"]
     else:
         from transformers import AutoTokenizer
 
         slow = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
-        backend, names = slow.backend_tokenizer, slow.model_input_names
+        backend = slow.backend_tokenizer
 
     def token_id(name: str) -> int | None:
         token = specials.get(name, config.get(name))
@@ -128,8 +127,15 @@ def load_tokenizer(path: Path) -> TokenizerParts:
         sep_id=token_id("sep_token"),
         pad_id=token_id("pad_token") or 0,
         max_length=max_length if isinstance(max_length, int) and 0 < max_length < 1_000_000 else None,
-        wants_token_types="token_type_ids" in names,
     )
+
+
+def _config_int(config: dict[str, Any], *names: str) -> int:
+    for name in names:
+        value = config.get(name)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 0
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -164,12 +170,14 @@ class SentenceEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         config = _read_json(path / "config.json")
-        try:
-            self.dimension = int(config["hidden_size"])
-            heads = int(config.get("num_attention_heads", 0))
-            positions = int(config.get("max_position_embeddings", 512))
-        except (KeyError, TypeError, ValueError):
-            raise StartupError(f"{path / 'config.json'} does not describe an encoder (no hidden_size)") from None
+        # Model families name these differently (BERT hidden_size, DistilBERT dim, ...); read without
+        # transformers' AutoConfig, which imports torch.
+        dimension = _config_int(config, "hidden_size", "dim", "d_model")
+        if not dimension:
+            raise StartupError(f"{path / 'config.json'} does not describe an encoder (no hidden_size)")
+        self.dimension = dimension
+        heads = _config_int(config, "num_attention_heads", "n_heads")  # 0: the optimiser finds them
+        positions = _config_int(config, "max_position_embeddings", "n_positions") or 512
         try:
             parts = load_tokenizer(path)
         except Exception as exc:  # tokenizers raises its own types for a bad file
@@ -178,7 +186,6 @@ class SentenceEncoder:
         self._tokenizer = parts.backend
         self._sep_id = parts.sep_id
         self._pad_id = parts.pad_id
-        self._wants_token_types = parts.wants_token_types
         self._onnx: OnnxEngine | None = None
         self._model: Any = None
         if self.runtime == "onnx":
@@ -223,7 +230,7 @@ class SentenceEncoder:
             mask[row, : len(ids)] = 1
         if self._onnx is not None:
             return self._onnx.run(input_ids, mask)
-        return _torch_embed(self._model, self.device, input_ids, mask, token_types=self._wants_token_types)
+        return _torch_embed(self._model, self.device, input_ids, mask)
 
     def encode(self, texts: list[str]) -> Vectors:
         """Tokenise and embed in one call (tests and benchmarks; the service batches instead)."""
@@ -251,15 +258,18 @@ def _load_torch_model(path: Path, device: str, dtype: str, threads: int) -> Any:
     return model.to(device)
 
 
-def _torch_embed(
-    model: Any, device: str, input_ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64], *, token_types: bool
-) -> Vectors:
+def takes_token_types(model: Any) -> bool:
+    """Whether the model's forward has token types (BERT does; DistilBERT does not)."""
+    return "token_type_ids" in inspect.signature(model.forward).parameters
+
+
+def _torch_embed(model: Any, device: str, input_ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]) -> Vectors:
     import torch
 
     ids_t = torch.from_numpy(input_ids).to(device)
     mask_t = torch.from_numpy(mask).to(device)
     inputs = {"input_ids": ids_t, "attention_mask": mask_t}
-    if token_types:
+    if takes_token_types(model):
         inputs["token_type_ids"] = torch.zeros_like(ids_t)
     with torch.inference_mode():
         hidden = model(**inputs).last_hidden_state.float()

@@ -68,6 +68,9 @@ def _export(model_dir: Path, target: Path, *, quantize: bool, num_heads: int, hi
     # Eager attention exports as the MatMul/Softmax pattern ONNX Runtime fuses into one kernel;
     # SDPA's export does not fuse.
     model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, attn_implementation="eager").eval()
+    from embedding.model import takes_token_types
+
+    token_types = takes_token_types(model)
 
     class Pooled(torch.nn.Module):
         def __init__(self, inner: Any) -> None:
@@ -77,9 +80,9 @@ def _export(model_dir: Path, target: Path, *, quantize: bool, num_heads: int, hi
         def forward(
             self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
         ) -> torch.Tensor:
-            hidden = self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
+            # A graph input the model does not use is left out of the graph; run() feeds only those present.
+            extra = {"token_type_ids": token_type_ids} if token_types else {}
+            hidden = self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
             weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, p=2, dim=1)

@@ -194,3 +194,25 @@ def test_another_local_model_directory_is_served_as_it_is(tmp_path: Path) -> Non
     assert vectors.shape == (len(TEXTS), 48)
     cosines = (vectors * reference).sum(axis=1)
     assert cosines.min() >= 0.9999, cosines
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_a_model_without_token_types_is_served_by_both_runtimes(tmp_path: Path, runtime: str) -> None:
+    """DistilBERT's forward takes no token_type_ids: neither runtime may pass them."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    directory = tmp_path / "tiny-distilbert"
+    tokenizer = AutoTokenizer.from_pretrained(str(packaged_model_dir()), local_files_only=True)
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(5)
+    config = DistilBertConfig(
+        vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64
+    )
+    DistilBertModel(config).save_pretrained(directory)
+
+    encoder = SentenceEncoder(str(directory), device="cpu", dtype="fp32", runtime=runtime, onnx_cache_dir=tmp_path)
+    reference = SentenceTransformer(str(directory), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    assert encoder.dimension == 32
+    cosines = (encoder.encode(TEXTS) * reference).sum(axis=1)
+    assert cosines.min() >= 0.9999, cosines
