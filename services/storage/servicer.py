@@ -65,33 +65,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _ts(value: datetime | None) -> Timestamp | None:
-    # Every column is timestamptz, so asyncpg gives timezone-aware datetimes. Timestamp.FromDatetime
-    # goes through utctimetuple and calendar.timegm: a third of the CPU of listing a page of sessions.
     if value is None:
         return None
+    stamp = Timestamp()
+    _set_ts(stamp, value)
+    return stamp
+
+
+def _set_ts(stamp: Timestamp, value: datetime) -> None:
+    # Every column is timestamptz, so asyncpg gives timezone-aware datetimes. Timestamp.FromDatetime
+    # goes through utctimetuple and calendar.timegm: a third of the CPU of listing a page of sessions.
     since = value - _EPOCH
-    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
-
-
-def _add_sessions(sessions: Any, rows: list[asyncpg.Record]) -> None:
-    """``rows`` appended to ``sessions`` (a repeated Session field), as ``_session`` builds each.
-
-    Each Session is made in place and its timestamps set field by field: building Session and
-    Timestamp messages first and handing them over copies every one of them again (a page of 20
-    sessions took about 100 us that way, 60 us this way).
-    """
-    add = sessions.add
-    for row in rows:
-        session = add(
-            session_id=str(row["id"]), title=row["title"], agent_id=row["agent_id"], message_count=row["message_count"]
-        )
-        for name in ("created_at", "updated_at", "last_message_at"):
-            value = row[name]
-            if value is not None:
-                since = value - _EPOCH
-                stamp = getattr(session, name)
-                stamp.seconds = since.days * 86_400 + since.seconds
-                stamp.nanos = since.microseconds * 1000
+    stamp.seconds = since.days * 86_400 + since.seconds
+    stamp.nanos = since.microseconds * 1000
 
 
 def _user(row: asyncpg.Record) -> storage_pb2.User:
@@ -121,15 +107,23 @@ def _file(row: asyncpg.Record) -> storage_pb2.File:
 
 
 def _session(row: asyncpg.Record) -> storage_pb2.Session:
-    return storage_pb2.Session(
-        session_id=str(row["id"]),
-        title=row["title"],
-        agent_id=row["agent_id"],
-        message_count=row["message_count"],
-        created_at=_ts(row["created_at"]),
-        updated_at=_ts(row["updated_at"]),
-        last_message_at=_ts(row["last_message_at"]),
-    )
+    session = storage_pb2.Session()
+    _fill_session(session, row)
+    return session
+
+
+def _fill_session(session: storage_pb2.Session, row: asyncpg.Record) -> None:
+    """``row`` written into ``session`` in place: a page of sessions is built inside its response,
+    since building each Session and Timestamp first and handing them over copies every one again
+    (a page of 20 took about 100 us that way, 60 us this way)."""
+    session.session_id = str(row["id"])
+    session.title = row["title"]
+    session.agent_id = row["agent_id"]
+    session.message_count = row["message_count"]
+    for name in ("created_at", "updated_at", "last_message_at"):
+        value = row[name]
+        if value is not None:
+            _set_ts(getattr(session, name), value)
 
 
 def _message(row: asyncpg.Record) -> storage_pb2.Message:
@@ -465,7 +459,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             page_token=request.page_token,
         )
         response = storage_pb2.ListSessionsResponse(next_page_token=token)
-        _add_sessions(response.sessions, rows)
+        for row in rows:
+            _fill_session(response.sessions.add(), row)
         return response
 
     async def GetSession(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from storage.servicer import _add_sessions, _session
+from storage.servicer import _fill_session, _session
 from studyassist.storage.v1 import storage_pb2
 
 
@@ -24,8 +24,13 @@ def test_sessions_built_in_place_equal_the_single_session_shape() -> None:
         for i, when in enumerate([now, datetime(1970, 1, 1, tzinfo=UTC), datetime(1969, 7, 20, 20, 17, tzinfo=UTC)])
     ]
     response = storage_pb2.ListSessionsResponse(next_page_token="t")
-    _add_sessions(response.sessions, rows)  # type: ignore[arg-type]
-    expected = storage_pb2.ListSessionsResponse(sessions=[_session(r) for r in rows], next_page_token="t")  # type: ignore[arg-type]
+    for row in rows:
+        _fill_session(response.sessions.add(), row)  # type: ignore[arg-type]
+    expected = storage_pb2.ListSessionsResponse(next_page_token="t")
+    for row in rows:  # each Session built whole first, then copied in, as GetSession returns one
+        expected.sessions.append(_session(row))  # type: ignore[arg-type]
     assert response == expected
     assert response.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
     assert response.sessions[1].HasField("created_at") and not response.sessions[1].HasField("last_message_at")
+    # A time at the epoch itself (all fields zero) is still a time, not "unset".
+    assert response.sessions[1].HasField("updated_at") and response.sessions[1].updated_at.seconds == 0
