@@ -31,10 +31,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pgserver
 from openai import AsyncOpenAI
 from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
 from studyassist.core.channels import create_channel, user_metadata
+from studyassist.core.embeddedpg import start_embedded_postgres
 from studyassist.core.testing import ServiceProcess, spawn_service
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
@@ -319,7 +319,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     processes: list[ServiceProcess] = []
-    pg = pgserver.get_server(Path("/tmp") / f"cb-pg-{uuid.uuid4().hex[:8]}", cleanup_mode="delete")
+    pg = start_embedded_postgres(Path("/tmp") / f"cb-pg-{uuid.uuid4().hex[:8]}", cleanup_mode="delete")
     llm: LlmServer | None = None
     relays: list[Relay] = []
     try:

@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 import uvloop
+from studyassist.core.embeddedpg import start_embedded_postgres
 from studyassist.core.testing import ServiceProcess, create_database, spawn_service
 
 from bench.report import record
@@ -305,9 +306,8 @@ async def gateway_over_memory_storage(tmp: Path, seconds: float, warmup: float) 
 
 
 def start_stack(tmp: Path) -> tuple[list[ServiceProcess], object]:
-    import pgserver
 
-    pg = pgserver.get_server(Path("/tmp") / f"sa-gwb-{uuid.uuid4().hex[:8]}", cleanup_mode="delete")
+    pg = start_embedded_postgres(Path("/tmp") / f"sa-gwb-{uuid.uuid4().hex[:8]}", cleanup_mode="delete")
     database_url = asyncio.run(create_database(pg.get_uri(), f"bench_{uuid.uuid4().hex[:8]}"))
     quiet = {"REDIS_URL": "", "LOG_LEVEL": "info"}
     storage = spawn_service(

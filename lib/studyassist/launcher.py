@@ -21,7 +21,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from studyassist.core.children import dying_with_this_process
 from studyassist.core.config import CommonSettings, ConfigError, env_service_port, env_str
+from studyassist.core.embeddedpg import start_embedded_postgres
 from studyassist.core.localmodel import DEFAULT_START_TIMEOUT_S, env_model_dir, openai_server_answers
 from studyassist.core.logs import setup_logging
 
@@ -89,16 +89,12 @@ def database(data_dir: Path) -> Iterator[str]:
     if url := os.environ.get("DATABASE_URL"):
         yield url
         return
-    # pgserver asks platformdirs for a runtime dir it does not need; XDG_RUNTIME_DIR is often unset.
-    warnings.filterwarnings("ignore", module="platformdirs")
-    import pgserver
-
     pg_dir = data_dir / "pg"
     pg_dir.mkdir(parents=True, exist_ok=True)
     log.info("starting embedded PostgreSQL", extra={"fields": {"data_dir": str(pg_dir)}})
     try:
-        server = pgserver.get_server(pg_dir, cleanup_mode="stop")
-    except (subprocess.CalledProcessError, OSError) as exc:
+        server = start_embedded_postgres(pg_dir, cleanup_mode="stop")
+    except (subprocess.CalledProcessError, OSError, RuntimeError) as exc:
         # pgserver logged PostgreSQL's own output above; this is the one line that says what failed.
         raise RuntimeError(f"embedded PostgreSQL in {pg_dir} did not start: {exc}") from None
     try:
