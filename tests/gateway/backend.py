@@ -45,6 +45,7 @@ class FakeStorage(storage_pb2_grpc.StorageServiceServicer):  # type: ignore[misc
         # Per method: the seconds left of the call's deadline and its metadata, as received.
         self.time_remaining: dict[str, float | None] = {}
         self.metadata: dict[str, dict[str, str]] = {}
+        self.email_lookups = 0
 
     def deactivate(self, user_id: str) -> None:
         self.users[user_id].active = False
@@ -64,6 +65,7 @@ class FakeStorage(storage_pb2_grpc.StorageServiceServicer):  # type: ignore[misc
     async def GetUserByEmail(
         self, request: storage_pb2.GetUserByEmailRequest, context: grpc.aio.ServicerContext
     ) -> storage_pb2.UserCredentials:
+        self.email_lookups += 1
         for user in self.users.values():
             if user.email == request.email:
                 return storage_pb2.UserCredentials(user=user, password_hash=self.hashes[user.user_id])

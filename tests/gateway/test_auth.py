@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -252,3 +253,17 @@ async def test_deactivated_user_is_refused(make_stack: MakeStack) -> None:
     assert refreshed.status_code == 401
     login = await stack.client.post("/v1/auth/login", json={"email": user["email"], "password": "correct horse"})
     assert login.status_code == 401
+
+
+async def test_a_refused_sign_in_is_refused_before_storage_is_asked(make_stack: MakeStack) -> None:
+    stack = await make_stack(PASSWORD_HASH_CONCURRENCY="1", PASSWORD_HASH_QUEUE="1")
+    account = await stack.register("queue@ptit.edu.vn")
+    stack.storage.email_lookups = 0
+    body = {"email": account["email"], "password": "correct horse"}
+    replies = await asyncio.gather(*(stack.client.post("/v1/auth/login", json=body) for _ in range(12)))
+    statuses = [r.status_code for r in replies]
+    assert set(statuses) == {200, 429}, statuses
+    refused = [r for r in replies if r.status_code == 429]
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in refused)
+    # Only the admitted sign-ins looked the account up.
+    assert stack.storage.email_lookups == statuses.count(200)
