@@ -25,7 +25,7 @@ from google.protobuf import descriptor, json_format, message
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from studyassist.core.channels import user_metadata
+from studyassist.core.channels import stream_unary_response, user_metadata
 
 from gateway.auth import Authenticator
 from gateway.middleware import ROUTE_TEMPLATE_KEY
@@ -540,7 +540,7 @@ class Transcoder:
 
         call = route.call(messages(), metadata=metadata, timeout=UPLOAD_TIMEOUT_S)
         try:
-            response = await call
+            response = await stream_unary_response(call)
         except grpc.aio.AioRpcError as exc:
             if failure:
                 raise failure[0] from None

@@ -108,6 +108,7 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
     except BaseException:
         for write in pending:
             write.cancel()  # those not started yet never start
+        await asyncio.gather(*pending, return_exceptions=True)  # (their outcome is moot; collect it)
         # Queued on the writer, the discard runs after a write still running, even when this call was
         # cancelled mid-write.
         await asyncio.wrap_future(writer.submit(temp.discard))

@@ -1,6 +1,7 @@
 """Client channels (studyassist.core.channels) against real servers on port 0: idempotent methods
 are retried on UNAVAILABLE by the channel's retry policy (and only those), every call gets the
-default deadline, and one channel spreads calls round robin over every address it resolves."""
+default deadline, one channel spreads calls round robin over every address it resolves, and a
+client-streaming call reports the status its server ended it with."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import grpc
 import pytest
-from studyassist.core.channels import create_channel
-from studyassist.core.errors import Unavailable
+from studyassist.core.channels import create_channel, stream_unary_response
+from studyassist.core.errors import InvalidArgument, Unavailable
+from studyassist.core.server import ServiceSpec, create_server
 from studyassist.core.testing import StandInServicer, stand_in_server
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
 SERVICE = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 
@@ -127,3 +130,79 @@ async def test_round_robin_spreads_calls_over_every_address() -> None:
         answered = [(await stub.Info(embedding_pb2.InfoRequest())).model_id for _ in range(20)]
     assert (first.calls["Info"], second.calls["Info"]) == (10, 10), answered
     assert all(a != b for a, b in itertools.pairwise(answered)), answered
+
+
+class RefusingUploads(storage_pb2_grpc.StorageServiceServicer):
+    """Refuses every upload after its first message, as storage refuses a file of the wrong type."""
+
+    async def UploadFile(
+        self, request_iterator: AsyncIterator[storage_pb2.UploadFileRequest], context: grpc.aio.ServicerContext
+    ) -> storage_pb2.File:
+        await anext(aiter(request_iterator))
+        raise InvalidArgument("unsupported file type")
+
+
+async def many_chunks() -> AsyncIterator[storage_pb2.UploadFileRequest]:
+    yield storage_pb2.UploadFileRequest(metadata=storage_pb2.UploadMetadata(file_name="a.exe"))
+    for _ in range(1000):
+        yield storage_pb2.UploadFileRequest(chunk=b"x" * 65536)
+
+
+@asynccontextmanager
+async def refusing_storage() -> AsyncIterator[int]:
+    name = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
+    server, port = create_server(
+        "127.0.0.1:0",
+        # (Only UploadFile is served: the other methods answer UNIMPLEMENTED.)
+        [ServiceSpec(name, RefusingUploads(), storage_pb2_grpc.add_StorageServiceServicer_to_server)],  # type: ignore[abstract]
+    )
+    await server.start()
+    try:
+        yield port
+    finally:
+        await server.stop(0.5)
+
+
+async def test_a_write_failing_as_the_server_ends_the_call_keeps_the_servers_status() -> None:
+    # grpc.aio's race (grpc/grpc#36066), made certain: a write fails just after the server's status
+    # arrived (what grpc.aio does then is done here by hand), and grpc.aio records its made-up
+    # INTERNAL over that status. The client writes nothing itself once the server has ended the call.
+    async with refusing_storage() as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = storage_pb2_grpc.StorageServiceStub(channel)
+        finish_writing = asyncio.Event()
+
+        async def one_chunk_then_wait() -> AsyncIterator[storage_pb2.UploadFileRequest]:
+            yield storage_pb2.UploadFileRequest(metadata=storage_pb2.UploadMetadata(file_name="a.exe"))
+            yield storage_pb2.UploadFileRequest(chunk=b"x" * 65536)
+            await finish_writing.wait()
+
+        def late_write_failure(call: grpc.aio.Call) -> None:
+            # As grpc.aio handles a failed write just after the server's status.
+            asyncio.get_running_loop().call_soon(call._cython_call.set_internal_error, "Failed execute_batch")  # type: ignore[attr-defined]
+
+        plain = stub.UploadFile(one_chunk_then_wait())
+        plain.add_done_callback(late_write_failure)
+        with pytest.raises(grpc.aio.AioRpcError) as overwritten:
+            await plain
+        assert overwritten.value.code() == grpc.StatusCode.INTERNAL  # what the caller saw before
+
+        call = stub.UploadFile(one_chunk_then_wait())
+        call.add_done_callback(late_write_failure)
+        with pytest.raises(grpc.aio.AioRpcError) as kept:
+            await stream_unary_response(call)
+        assert kept.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert kept.value.details() == "unsupported file type"
+        finish_writing.set()
+
+
+async def test_stream_unary_response_through_the_mesh_channel() -> None:
+    async with refusing_storage() as port, create_channel(f"127.0.0.1:{port}") as channel:
+        stub = storage_pb2_grpc.StorageServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stream_unary_response(stub.UploadFile(many_chunks()))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # A genuine failure of the call (here: nothing listens on port 1) is raised as it is.
+    async with create_channel("127.0.0.1:1") as nowhere:
+        with pytest.raises(grpc.aio.AioRpcError) as unreachable:
+            await stream_unary_response(storage_pb2_grpc.StorageServiceStub(nowhere).UploadFile(many_chunks()))
+        assert unreachable.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from storage.config import Settings
 from storage.server import build
-from studyassist.core.channels import create_channel, user_metadata
+from studyassist.core.channels import create_channel, stream_unary_response, user_metadata
 from studyassist.core.config import CommonSettings
 from studyassist.core.telemetry import setup_telemetry
 from studyassist.core.testing import ServiceProcess, serving
@@ -39,9 +39,11 @@ class StorageClient:
     async def upload(
         self, user_id: str, name: str, data: bytes, *, chunk_size: int = 256 * 1024, content_type: str = ""
     ) -> storage_pb2.File:
-        return await self.stub.UploadFile(
-            upload_requests(name, data, chunk_size=chunk_size, content_type=content_type),
-            metadata=user_metadata(user_id),
+        return await stream_unary_response(
+            self.stub.UploadFile(
+                upload_requests(name, data, chunk_size=chunk_size, content_type=content_type),
+                metadata=user_metadata(user_id),
+            )
         )
 
     async def wait_done(self, user_id: str, file_id: str, limit_s: float = 60.0) -> storage_pb2.File:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 import pytest
 from storage.embeddings import EmbeddingClient
-from studyassist.core.channels import user_metadata
+from studyassist.core.channels import stream_unary_response, user_metadata
 from studyassist.core.testing import ServiceProcess
 from studyassist.storage.v1 import storage_pb2
 
@@ -136,7 +136,7 @@ async def test_size_cap_is_enforced_while_streaming(storage_factory: object) -> 
                 yield storage_pb2.UploadFileRequest(chunk=b"a" * 65536)
 
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await storage.stub.UploadFile(endless(), metadata=user_metadata(user))  # type: ignore[arg-type]
+            await stream_unary_response(storage.stub.UploadFile(endless(), metadata=user_metadata(user)))  # type: ignore[arg-type]
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit" in (err.value.details() or "")
         assert sent < 100  # refused long before the end
         # Just under the cap is accepted.

@@ -7,8 +7,8 @@ request id and trace context in metadata, and idempotent methods are retried on 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Coroutine, Iterable
+from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import propagate
@@ -18,6 +18,12 @@ from studyassist.core.logs import REQUEST_ID_HEADER, request_id_var
 from studyassist.core.server import MAX_MESSAGE_BYTES
 
 USER_ID_HEADER = "x-user-id"
+
+ResponseT = TypeVar("ResponseT")
+ValueT = TypeVar("ValueT")
+
+# The status grpc.aio makes up when a request write fails in gRPC core.
+CORE_WRITE_FAILURE = "Internal error from Core"
 
 
 def _with_context(details: grpc.aio.ClientCallDetails, default_timeout: float) -> grpc.aio.ClientCallDetails:
@@ -114,3 +120,51 @@ def caller_user_id(context: grpc.aio.ServicerContext) -> str:
         if key == USER_ID_HEADER and isinstance(value, str) and value:
             return value
     raise Unauthenticated("no user in call metadata")
+
+
+def _finished(step: Coroutine[Any, Any, ValueT]) -> ValueT:
+    """The value of a call's status getter once the call is done: it returns without suspending."""
+    try:
+        step.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    step.close()
+    raise RuntimeError("the call has not finished")
+
+
+def _status_error(call: grpc.aio.Call) -> grpc.aio.AioRpcError | None:
+    code = _finished(call.code())
+    if code == grpc.StatusCode.OK:
+        return None
+    return grpc.aio.AioRpcError(
+        code,
+        _finished(call.initial_metadata()) or grpc.aio.Metadata(),
+        _finished(call.trailing_metadata()) or grpc.aio.Metadata(),
+        _finished(call.details()),
+        None,
+    )
+
+
+async def stream_unary_response(call: grpc.aio.StreamUnaryCall[Any, ResponseT]) -> ResponseT:
+    """Await a client-streaming call, raising the status the server ended it with.
+
+    When a server ends such a call while the client is still writing (storage refusing an upload
+    that is too large or of the wrong type), the write in flight fails, and grpc.aio then
+    overwrites the server's status with INTERNAL "Internal error from Core" if the status arrived
+    first (grpc/grpc#36066, still open in grpcio 1.85): the student would see a 500 instead of the
+    reason. Every status the call is given is noted as it is set, and the server's is raised instead.
+    """
+    seen: list[grpc.aio.AioRpcError] = []
+
+    def note(done: grpc.aio.Call) -> None:
+        status = _status_error(done)
+        if status is not None and status.details() != CORE_WRITE_FAILURE:
+            seen.append(status)
+
+    call.add_done_callback(note)
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == CORE_WRITE_FAILURE and seen:
+            raise seen[0] from None
+        raise
