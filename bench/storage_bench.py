@@ -36,6 +36,7 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 from pgvector.asyncpg import register_vector
+from storage.textfold import fold
 from studyassist.core.channels import create_channel, user_metadata
 from studyassist.core.embeddedpg import start_embedded_postgres
 from studyassist.core.testing import ServiceProcess, create_database, spawn_service
@@ -45,6 +46,29 @@ from bench.report import record
 
 DIM = 384
 MiB = 1024 * 1024
+# Chunk texts of a real chunk's length (CHUNK_TOKENS=200 is about 700 characters), so a search
+# pays for its snippets what it would on real material.
+SENTENCES = [
+    "Danh sách liên kết đơn gồm các nút; mỗi nút lưu dữ liệu và con trỏ tới nút kế tiếp.",
+    "Ngăn xếp hoạt động theo nguyên tắc vào sau ra trước, hàng đợi theo vào trước ra trước.",
+    "Cây nhị phân tìm kiếm giữ khóa nhỏ hơn ở cây con trái và khóa lớn hơn ở cây con phải.",
+    "A hash table maps keys to buckets; a good hash function spreads the keys evenly.",
+    "Thuật toán Dijkstra tìm đường đi ngắn nhất từ một đỉnh tới mọi đỉnh khi trọng số không âm.",
+    "Merge sort splits the array in halves, sorts each half and merges them in linear time.",
+    "Độ phức tạp thời gian của tìm kiếm nhị phân là O(log n) trên một mảng đã sắp xếp.",
+    "Quy hoạch động lưu lời giải của các bài toán con để không phải tính lại nhiều lần.",
+]
+FOLDED_SENTENCES = [fold(sentence) for sentence in SENTENCES]
+
+
+def chunk_text(index: int) -> tuple[str, str]:
+    """A passage of about 700 characters, and its folded form."""
+    order = [(index + k) % len(SENTENCES) for k in range(len(SENTENCES))]
+    opening = f"Đoạn {index}. "
+    return (
+        opening + " ".join(SENTENCES[k] for k in order),
+        fold(opening) + " ".join(FOLDED_SENTENCES[k] for k in order),
+    )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -171,11 +195,12 @@ async def load_chunks(database_url: str, user_id: str, vectors: np.ndarray) -> N
         )
         # Bulk load first, index after: how a real backfill would do it, and far faster.
         await conn.execute("DROP INDEX chunks_embedding_hnsw")
+        await conn.execute("DROP INDEX chunks_tsv")
         started = time.perf_counter()
         batch = 20_000
         for start in range(0, len(vectors), batch):
             records = [
-                (uuid.uuid4(), document_id, user, i, "bench", f"chunk {i}", f"chunk {i}", 0, "", 0, 8, vectors[i])
+                (uuid.uuid4(), document_id, user, i, "bench", *chunk_text(i), 0, "", 0, 700, vectors[i])
                 for i in range(start, min(len(vectors), start + batch))
             ]
             await conn.copy_records_to_table(
@@ -205,6 +230,7 @@ async def load_chunks(database_url: str, user_id: str, vectors: np.ndarray) -> N
             "WITH (m = 16, ef_construction = 64)"
         )
         index_s = time.perf_counter() - started
+        await conn.execute("CREATE INDEX chunks_tsv ON chunks USING gin (tsv)")
         await conn.execute("ANALYZE chunks")
         print(f"(loaded {len(vectors)} chunks in {load_s:.1f} s; HNSW index built in {index_s:.1f} s)")
     finally:
