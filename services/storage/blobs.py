@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import os
 import time
 import uuid
+from concurrent.futures import Executor, Future
 from pathlib import Path
 
 STALE_TEMP_S = 3600
+# While an upload streams, its written bytes are handed to the disk every this many bytes (fdatasync
+# on a side thread, the writer going on meanwhile), so the fsync that acknowledges the upload waits
+# only for the tail instead of the whole file.
+WRITEBACK_BYTES = 8 * 1024 * 1024
 
 
 class BlobStore:
@@ -30,8 +36,8 @@ class BlobStore:
     def path(self, blob_name: str) -> Path:
         return self.root / blob_name
 
-    def new_temp(self) -> TempBlob:
-        return TempBlob(self.tmp / f"{uuid.uuid4().hex}.part")
+    def new_temp(self, flusher: Executor | None = None) -> TempBlob:
+        return TempBlob(self.tmp / f"{uuid.uuid4().hex}.part", flusher)
 
     def commit(self, temp: TempBlob, blob_name: str) -> Path:
         """Move a finished (fsynced) temp file to its final name and make the rename durable."""
@@ -43,27 +49,50 @@ class BlobStore:
 
 
 class TempBlob:
-    """A temp file being written, hashed as it goes. Blocking: call from a worker thread."""
+    """A temp file being written, hashed as it goes. Blocking: call from one worker thread.
 
-    def __init__(self, path: Path) -> None:
+    With a ``flusher``, written bytes go to the disk in the background as the file grows.
+    """
+
+    def __init__(self, path: Path, flusher: Executor | None = None) -> None:
         self.path = path
         self._file = open(path, "wb")  # noqa: SIM115 (closed by finish/discard)
         self._hash = hashlib.sha256()
         self.size = 0
+        self._flusher = flusher
+        self._flushing: Future[None] | None = None
+        self._unflushed = 0
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
         self._hash.update(data)
         self.size += len(data)
+        self._unflushed += len(data)
+        if self._flusher is None or self._unflushed < WRITEBACK_BYTES:
+            return
+        if self._flushing is None or self._flushing.done():  # (never more than one at a time)
+            self._check_flushed()
+            self._unflushed = 0
+            self._flushing = self._flusher.submit(os.fdatasync, self._file.fileno())
+
+    def _check_flushed(self) -> None:
+        # A background flush's error is the upload's: after a failed fdatasync Linux may report
+        # nothing to the next fsync, though the data never reached the disk.
+        if self._flushing is not None:
+            flushing, self._flushing = self._flushing, None
+            flushing.result()
 
     def finish(self) -> str:
         """Flush and fsync; returns the sha256 hex digest."""
         self._file.flush()
+        self._check_flushed()
         os.fsync(self._file.fileno())
         self._file.close()
         return self._hash.hexdigest()
 
     def discard(self) -> None:
+        if self._flushing is not None:
+            concurrent.futures.wait([self._flushing])  # (it uses the file's descriptor)
         if not self._file.closed:
             self._file.close()
         self.path.unlink(missing_ok=True)

@@ -50,14 +50,17 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
     # shared pool does not promise. Text is checked on a second thread, in order too: hashing (it
     # releases the GIL) and the UTF-8 check (it holds it) then run at once, on two cores, instead of
     # one after the other (on one core they held text uploads to about the hash's own speed).
+    # A third thread hands written bytes to the disk as the file grows (TempBlob's flusher).
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-writer")
     checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-text-check")
+    flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-flush")
+    threads = (writer, checker, flusher)
     loop = asyncio.get_running_loop()
     try:
-        temp = await loop.run_in_executor(writer, blobs.new_temp)
+        temp = await loop.run_in_executor(writer, blobs.new_temp, flusher)
     except BaseException:
-        writer.shutdown(wait=False)
-        checker.shutdown(wait=False)
+        for thread in threads:
+            thread.shutdown(wait=False)
         raise
     head = b""
     family = ""
@@ -114,8 +117,8 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
         await asyncio.wrap_future(writer.submit(temp.discard))
         raise
     finally:
-        writer.shutdown(wait=False)
-        checker.shutdown(wait=False)
+        for thread in threads:
+            thread.shutdown(wait=False)
     return Received(temp, sha256, temp.size, kind, clean_file_name(metadata.file_name))
 
 
