@@ -36,6 +36,7 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 from pgvector.asyncpg import register_vector
+from storage.sniff import TextValidator
 from storage.textfold import fold
 from studyassist.core.channels import create_channel, user_metadata
 from studyassist.core.embeddedpg import start_embedded_postgres
@@ -48,7 +49,7 @@ DIM = 384
 MiB = 1024 * 1024
 # Chunk texts of a real chunk's length (CHUNK_TOKENS=200 is about 700 characters), so a search
 # pays for its snippets what it would on real material.
-SENTENCES = [
+CHUNK_SENTENCES = [
     "Danh sách liên kết đơn gồm các nút; mỗi nút lưu dữ liệu và con trỏ tới nút kế tiếp.",
     "Ngăn xếp hoạt động theo nguyên tắc vào sau ra trước, hàng đợi theo vào trước ra trước.",
     "Cây nhị phân tìm kiếm giữ khóa nhỏ hơn ở cây con trái và khóa lớn hơn ở cây con phải.",
@@ -58,16 +59,16 @@ SENTENCES = [
     "Độ phức tạp thời gian của tìm kiếm nhị phân là O(log n) trên một mảng đã sắp xếp.",
     "Quy hoạch động lưu lời giải của các bài toán con để không phải tính lại nhiều lần.",
 ]
-FOLDED_SENTENCES = [fold(sentence) for sentence in SENTENCES]
+FOLDED_CHUNK_SENTENCES = [fold(sentence) for sentence in CHUNK_SENTENCES]
 
 
 def chunk_text(index: int) -> tuple[str, str]:
     """A passage of about 700 characters, and its folded form."""
-    order = [(index + k) % len(SENTENCES) for k in range(len(SENTENCES))]
+    order = [(index + k) % len(CHUNK_SENTENCES) for k in range(len(CHUNK_SENTENCES))]
     opening = f"Đoạn {index}. "
     return (
-        opening + " ".join(SENTENCES[k] for k in order),
-        fold(opening) + " ".join(FOLDED_SENTENCES[k] for k in order),
+        opening + " ".join(CHUNK_SENTENCES[k] for k in order),
+        fold(opening) + " ".join(FOLDED_CHUNK_SENTENCES[k] for k in order),
     )
 
 
@@ -138,12 +139,25 @@ async def bench_upload(
         print(f"{label:10s} storage UploadFile, {files} concurrent   : {total_mb / concurrent_s:8.1f} MB/s")
         print(f"{label:10s} baseline plain write+fsync        : {total_mb / plain_s:8.1f} MB/s")
         print(f"{label:10s} baseline sha256 alone, one thread : {total_mb / hash_s:8.1f} MB/s")
+        check = ""
+        if suffix == "txt":
+            # Baseline: storage's UTF-8 check alone over the same bytes in 1 MiB pieces, one thread
+            # (in order, like the hash: it bounds one text upload too).
+            started = time.perf_counter()
+            for data in payloads:
+                validator = TextValidator()
+                for start in range(0, len(data), MiB):
+                    validator.feed(data[start : start + MiB])
+                assert validator.feed(b"", final=True)
+            check_s = time.perf_counter() - started
+            print(f"{label:10s} baseline UTF-8 check alone        : {total_mb / check_s:8.1f} MB/s")
+            check = f"; UTF-8 check alone {total_mb / check_s:.1f} MB/s"
         record(
             "storage_upload_pdf" if suffix == "pdf" else "storage_upload_text",
             total_mb / sequential_s,
             f"{total_mb / sequential_s:.1f} MB/s one at a time, {total_mb / concurrent_s:.1f} MB/s {files} at once "
             f"({files} x {size / 1e6:.0f} MB)",
-            f"plain write+fsync {total_mb / plain_s:.1f} MB/s; sha256 alone {total_mb / hash_s:.1f} MB/s",
+            f"plain write+fsync {total_mb / plain_s:.1f} MB/s; sha256 alone {total_mb / hash_s:.1f} MB/s{check}",
         )
     print()
 
