@@ -32,10 +32,14 @@ MIGRATION_LOCK_KEY = 0x5354_4F52  # "STOR"
 
 # pgvector keeps an HNSW scan going until enough rows pass its filters (hnsw.iterative_scan) since 0.8.0.
 ITERATIVE_SCAN_SINCE = (0, 8, 0)
-# hnsw.ef_search every pooled connection starts with: a search needing no more (up to 50
-# candidates, i.e. top-k up to 16) runs as one statement, with no transaction around a SET LOCAL
-# (three round trips). 128 gave recall@10 0.978 at 200,000 chunks; 200 keeps it above 0.98.
-HNSW_SESSION_EF_SEARCH = 200
+# hnsw.ef_search every pooled connection starts with: a search needing no more (up to 30
+# candidates, i.e. top-k up to 10) runs as one statement, with no transaction around a SET LOCAL
+# (three round trips). On the index of migration 0002 (ef_construction 128), 100-120 gave
+# recall@10 0.997-1.000 at 200,000 chunks. An index built with pgvector's default (64), which a
+# large database keeps, needed 200 for 0.983-0.993.
+HNSW_SESSION_EF_SEARCH = 120
+HNSW_SESSION_EF_SEARCH_DEFAULT_BUILD = 200
+HNSW_EF_CONSTRUCTION = 128
 # Distinct SQL texts whose metric attributes are remembered (the service has a few dozen).
 SUMMARY_CACHE_SIZE = 512
 _VERB = re.compile(r"\s*(\w+)")
@@ -111,12 +115,35 @@ def _connection_setup(timer: QueryTimer | None) -> Callable[[asyncpg.Connection]
 class Database:
     """The pool plus the figures SREs watch (size, max, in use, idle, waiting)."""
 
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float, pgvector: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        acquire_timeout_s: float,
+        pgvector: tuple[int, ...] = (),
+        *,
+        url: str = "",
+        server_settings: dict[str, str] | None = None,
+    ) -> None:
         self.pool = pool
         self.acquire_timeout_s = acquire_timeout_s
         self.waiting = 0
         # The installed pgvector extension's version, e.g. (0, 8, 0); () when it is not installed.
         self.pgvector = pgvector
+        self.url = url
+        # What each connection is opened with, and the hnsw.ef_search among it.
+        self.server_settings = dict(server_settings or {})
+        self.hnsw_ef_search = int(self.server_settings.get("hnsw.ef_search", HNSW_SESSION_EF_SEARCH_DEFAULT_BUILD))
+
+    async def tune_vector_search(self) -> None:
+        """Open connections from now on with the hnsw.ef_search the chunk index needs (call it after
+        the migrations: they may have rebuilt the index); the open ones are replaced."""
+        async with self.pool.acquire() as conn:
+            ef_search = await hnsw_ef_search(conn)
+        if ef_search != self.hnsw_ef_search:
+            self.hnsw_ef_search = ef_search
+            self.server_settings["hnsw.ef_search"] = str(ef_search)
+            self.pool.set_connect_args(self.url, server_settings=self.server_settings)
+            await self.pool.expire_connections()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
@@ -200,6 +227,15 @@ def instrument_sql(tracer_provider: TracerProvider) -> Callable[[], None]:
     return undo
 
 
+async def hnsw_ef_search(conn: Connection) -> int:
+    """The session ef_search the chunk vector index needs, from the settings it was built with."""
+    options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE oid = to_regclass('chunks_embedding_hnsw')")
+    built = dict(option.split("=", 1) for option in options or ())
+    if int(built.get("ef_construction", "64")) >= HNSW_EF_CONSTRUCTION:
+        return HNSW_SESSION_EF_SEARCH
+    return HNSW_SESSION_EF_SEARCH_DEFAULT_BUILD
+
+
 def parse_version(text: str) -> tuple[int, ...]:
     """A version's first three numbers: (0, 8, 0) for "0.8.0", (0, 7, 4) for "0.7.4-dev", () for none."""
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
@@ -224,7 +260,8 @@ async def connect(
         finally:
             await conn.close()
         # Session settings sent when each connection opens (they survive release: no RESET ALL).
-        hnsw = {"hnsw.ef_search": str(HNSW_SESSION_EF_SEARCH)}
+        # The ef_search an index of any build needs, until tune_vector_search knows the index.
+        hnsw = {"hnsw.ef_search": str(HNSW_SESSION_EF_SEARCH_DEFAULT_BUILD)}
         if pgvector >= ITERATIVE_SCAN_SINCE:
             hnsw["hnsw.iterative_scan"] = "relaxed_order"
         pool = await asyncio.wait_for(
@@ -240,7 +277,7 @@ async def connect(
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise StartupError(f"PostgreSQL at DATABASE_URL is not reachable: {exc or type(exc).__name__}") from None
-    return Database(pool, acquire_timeout_s, pgvector)
+    return Database(pool, acquire_timeout_s, pgvector, url=url, server_settings=hnsw)
 
 
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:

@@ -30,6 +30,7 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
     )
     try:
         await migrate(db, embedding_dim=settings.embedding_dim)
+        await db.tune_vector_search()
         db.register_gauges(telemetry.meter)
         iterative_scan = db.pgvector >= ITERATIVE_SCAN_SINCE
         blobs = BlobStore(settings.blob_dir or common.data_dir / "blobs")

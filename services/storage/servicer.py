@@ -23,7 +23,7 @@ from studyassist.core.errors import AlreadyExists, InvalidArgument, NotFound
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from storage.blobs import BlobStore
-from storage.db import HNSW_SESSION_EF_SEARCH, Connection, Database
+from storage.db import Connection, Database
 from storage.embeddings import EmbeddingClient, EmbeddingError
 from storage.ids import caller, decode_token, page_size, parse_id
 from storage.ingest import Ingestor
@@ -354,7 +354,14 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             if embedding is not None:
                 total = sum(r["chunks_done"] for r in ready)
                 vector_rows = await _vector_search(
-                    conn, user_id, documents, embedding, candidates, total, iterative_scan=self.hnsw_iterative_scan
+                    conn,
+                    user_id,
+                    documents,
+                    embedding,
+                    candidates,
+                    total,
+                    session_ef_search=self.db.hnsw_ef_search,
+                    iterative_scan=self.hnsw_iterative_scan,
                 )
             if terms:
                 text_rows = await conn.fetch(
@@ -631,6 +638,7 @@ async def _vector_search(
     limit: int,
     total_chunks: int,
     *,
+    session_ef_search: int,
     iterative_scan: bool = False,
 ) -> list[asyncpg.Record]:
     """Cosine top-k over the user's chunks of ``documents``, nearest first (HIT_COLUMNS and distance):
@@ -651,7 +659,7 @@ async def _vector_search(
             "SELECT * FROM near ORDER BY distance + 0"
         )
         ef_search = max(HNSW_MIN_EF_SEARCH, min(HNSW_MAX_EF_SEARCH, limit * 4))
-        if ef_search <= HNSW_SESSION_EF_SEARCH:
+        if ef_search <= session_ef_search:
             # Every pooled connection starts with this much (and with the iterative scan where
             # pgvector has it): one statement, one round trip.
             rows = await conn.fetch(query, user_id, embedding, documents, limit)

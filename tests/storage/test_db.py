@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -13,7 +14,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from storage.db import (
+    HNSW_SESSION_EF_SEARCH_DEFAULT_BUILD,
     ITERATIVE_SCAN_SINCE,
+    MIGRATIONS_DIR,
     Database,
     connect,
     instrument_sql,
@@ -174,3 +177,46 @@ async def test_pgvector_version_decides_iterative_scans(database_url: str) -> No
 async def test_unreachable_database_is_a_startup_error() -> None:
     with pytest.raises(StartupError, match="not reachable"):
         await connect("postgresql://nobody@127.0.0.1:9/none", min_size=1, max_size=1, acquire_timeout_s=1)
+
+
+async def test_a_large_chunk_table_keeps_its_vector_index_through_migration_0002(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Rebuilding the index of a large table would outlast a start-up (and roll back when the
+    # start-up probe kills the pod, forever): 0002 leaves such an index as it is.
+    first_only = tmp_path / "migrations"
+    first_only.mkdir()
+    (first_only / "0001_init.sql").write_text((MIGRATIONS_DIR / "0001_init.sql").read_text())
+    db = await connect(database_url, min_size=1, max_size=1, acquire_timeout_s=5)
+    try:
+        await migrate(db, embedding_dim=2, directory=first_only)
+        user, document = uuid.uuid4(), uuid.uuid4()
+        async with db.connection() as conn:
+            await conn.execute("DROP INDEX chunks_embedding_hnsw")  # (a faster load; rebuilt below)
+            await conn.execute("INSERT INTO users (id, email, password_hash) VALUES ($1, 'big@ptit.edu.vn', 'h')", user)
+            await conn.execute(
+                "INSERT INTO documents (id, user_id, sha256, kind, size_bytes, blob_name, status) "
+                "VALUES ($1, $2, 'x', 4, 0, 'none', 3)",
+                document,
+                user,
+            )
+            await conn.execute(
+                "INSERT INTO chunks (id, document_id, user_id, chunk_index, model, text, text_folded, "
+                "char_start, char_end, embedding) SELECT gen_random_uuid(), $1, $2, i, 'm', '', '', 0, 0, "
+                "ARRAY[1, i]::real[]::vector FROM generate_series(1, 20500) AS i",
+                document,
+                user,
+            )
+            await conn.execute(
+                "CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops) "
+                "WITH (m = 16, ef_construction = 64)"
+            )
+            await conn.execute("ANALYZE chunks")
+        assert await migrate(db, embedding_dim=2) == ["0002_hnsw_ef_construction.sql"]
+        async with db.connection() as conn:
+            options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'chunks_embedding_hnsw'")
+        assert "ef_construction=64" in options
+        await db.tune_vector_search()
+        assert db.hnsw_ef_search == HNSW_SESSION_EF_SEARCH_DEFAULT_BUILD
+    finally:
+        await db.close()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pgvector.asyncpg import register_vector
 from storage import servicer as storage_servicer
-from storage.db import HNSW_SESSION_EF_SEARCH
+from storage.db import HNSW_SESSION_EF_SEARCH, HNSW_SESSION_EF_SEARCH_DEFAULT_BUILD, connect, migrate
 from studyassist.storage.v1 import storage_pb2
 
 from tests.storage.conftest import StorageClient
@@ -138,15 +138,45 @@ async def test_hnsw_search_keeps_user_and_file_filters(
 
 
 async def test_pooled_connections_start_with_the_hnsw_search_settings(database_url: str) -> None:
-    from storage.db import connect
-
     db = await connect(database_url, min_size=1, max_size=2, acquire_timeout_s=2)
     try:
+        await migrate(db, embedding_dim=8)
+        await db.tune_vector_search()
+        # A new database's index is built by migration 0002: the narrower scan is enough.
+        assert db.hnsw_ef_search == HNSW_SESSION_EF_SEARCH
         async with db.connection() as conn:
             assert await conn.fetchval("SHOW hnsw.ef_search") == str(HNSW_SESSION_EF_SEARCH)
             async with conn.transaction():
                 await conn.execute("SET LOCAL hnsw.ef_search = 400")
         # A search's SET LOCAL ends with its transaction: the next user of the connection is unaffected.
+        async with db.connection() as conn:
+            assert await conn.fetchval("SHOW hnsw.ef_search") == str(HNSW_SESSION_EF_SEARCH)
+    finally:
+        await db.close()
+
+
+async def test_an_index_of_pgvectors_default_build_is_searched_wider(database_url: str) -> None:
+    # What a database that was large when migration 0002 arrived keeps.
+    db = await connect(database_url, min_size=2, max_size=2, acquire_timeout_s=2)
+    try:
+        await migrate(db, embedding_dim=8)
+        async with db.connection() as conn:
+            await conn.execute("DROP INDEX chunks_embedding_hnsw")
+            await conn.execute("CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops)")
+        await db.tune_vector_search()
+        assert db.hnsw_ef_search == HNSW_SESSION_EF_SEARCH_DEFAULT_BUILD > HNSW_SESSION_EF_SEARCH
+        for _ in range(3):  # every pooled connection, the ones open before included
+            async with db.connection() as conn:
+                assert await conn.fetchval("SHOW hnsw.ef_search") == str(HNSW_SESSION_EF_SEARCH_DEFAULT_BUILD)
+        # Rebuilt as the README says, it is searched narrower again.
+        async with db.connection() as conn:
+            await conn.execute(
+                "CREATE INDEX chunks_embedding_hnsw_new ON chunks USING hnsw (embedding vector_cosine_ops) "
+                "WITH (m = 16, ef_construction = 128)"
+            )
+            await conn.execute("DROP INDEX chunks_embedding_hnsw")
+            await conn.execute("ALTER INDEX chunks_embedding_hnsw_new RENAME TO chunks_embedding_hnsw")
+        await db.tune_vector_search()
         async with db.connection() as conn:
             assert await conn.fetchval("SHOW hnsw.ef_search") == str(HNSW_SESSION_EF_SEARCH)
     finally:
