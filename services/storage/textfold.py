@@ -20,12 +20,18 @@ def fold(text: str) -> str:
     return unicodedata.normalize("NFC", stripped).lower()
 
 
+# Vietnamese and English text use a few hundred distinct characters.
+MAX_CACHED_CHARS = 20_000
+
+
 class _CharFolds(dict[int, str]):
     """str.translate table folding one character at a time, each folded once (two normalisations)
     and then looked up: a snippet of a 2,000-character Vietnamese chunk got about 50x cheaper."""
 
     def __missing__(self, code: int) -> str:
-        folded = self[code] = fold(chr(code))
+        folded = fold(chr(code))
+        if len(self) < MAX_CACHED_CHARS:  # (text holding much of Unicode must not grow it unbounded)
+            self[code] = folded
         return folded
 
 

@@ -34,3 +34,12 @@ def test_highlight_without_terms_is_the_opening_words() -> None:
     snippet = highlight(text, [], width=60)
     assert "<mark>" not in snippet and text.startswith(snippet.removesuffix("…"))
     assert snippet.endswith("…") and len(snippet) <= 61 and not snippet.removesuffix("…").endswith(" ")
+
+
+def test_the_fold_cache_stays_bounded_on_text_with_any_characters() -> None:
+    from storage.textfold import _CHAR_FOLDS, MAX_CACHED_CHARS
+
+    every = "".join(chr(code) for code in range(0x20, 0x20 + 3 * MAX_CACHED_CHARS) if not 0xD800 <= code < 0xE000)
+    folded, origin = fold_with_offsets(every)
+    assert folded == "".join(fold(ch) for ch in every) and len(origin) == len(folded)
+    assert len(_CHAR_FOLDS) <= MAX_CACHED_CHARS
