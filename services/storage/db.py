@@ -130,9 +130,13 @@ class Database:
         # The installed pgvector extension's version, e.g. (0, 8, 0); () when it is not installed.
         self.pgvector = pgvector
         self.url = url
-        # What each connection is opened with, and the hnsw.ef_search among it.
+        # What each connection is opened with (hnsw.ef_search among it).
         self.server_settings = dict(server_settings or {})
-        self.hnsw_ef_search = int(self.server_settings.get("hnsw.ef_search", HNSW_SESSION_EF_SEARCH_DEFAULT_BUILD))
+
+    @property
+    def hnsw_ef_search(self) -> int:
+        """The hnsw.ef_search every pooled connection starts with."""
+        return int(self.server_settings.get("hnsw.ef_search", HNSW_SESSION_EF_SEARCH_DEFAULT_BUILD))
 
     async def tune_vector_search(self) -> None:
         """Open connections from now on with the hnsw.ef_search the chunk index needs (call it after
@@ -140,7 +144,6 @@ class Database:
         async with self.pool.acquire() as conn:
             ef_search = await hnsw_ef_search(conn)
         if ef_search != self.hnsw_ef_search:
-            self.hnsw_ef_search = ef_search
             self.server_settings["hnsw.ef_search"] = str(ef_search)
             self.pool.set_connect_args(self.url, server_settings=self.server_settings)
             await self.pool.expire_connections()
