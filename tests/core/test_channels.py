@@ -177,8 +177,11 @@ async def test_a_write_failing_as_the_server_ends_the_call_keeps_the_servers_sta
             await finish_writing.wait()
 
         def late_write_failure(call: grpc.aio.Call) -> None:
-            # As grpc.aio handles a failed write just after the server's status.
-            asyncio.get_running_loop().call_soon(call._cython_call.set_internal_error, "Failed execute_batch")  # type: ignore[attr-defined]
+            # As grpc.aio handles a failed write just after the server's status (once: the
+            # overwrite calls the done callbacks again).
+            if not getattr(call, "overwritten", False):
+                call.overwritten = True  # type: ignore[attr-defined]
+                call._cython_call.set_internal_error("Failed execute_batch")  # type: ignore[attr-defined]
 
         plain = stub.UploadFile(one_chunk_then_wait())
         plain.add_done_callback(late_write_failure)
@@ -187,9 +190,11 @@ async def test_a_write_failing_as_the_server_ends_the_call_keeps_the_servers_sta
         assert overwritten.value.code() == grpc.StatusCode.INTERNAL  # what the caller saw before
 
         call = stub.UploadFile(one_chunk_then_wait())
+        kept_status = asyncio.ensure_future(stream_unary_response(call))
+        await asyncio.sleep(0)  # the helper is watching the call before the overwrite is arranged
         call.add_done_callback(late_write_failure)
         with pytest.raises(grpc.aio.AioRpcError) as kept:
-            await stream_unary_response(call)
+            await kept_status
         assert kept.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert kept.value.details() == "unsupported file type"
         finish_writing.set()
