@@ -16,6 +16,17 @@ from studyassist.core.config import (
     env_str,
 )
 
+# The vector ranking's vote in a hybrid search, relative to BM25's (storage.ranking), measured with
+# the bundled English MiniLM on bench/retrieval_eval.py; a multilingual model earns more.
+DEFAULT_VECTOR_WEIGHT = 0.25
+
+
+def _weight(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env_float(env, name, default, minimum=0.0)
+    if value > 1.0:
+        raise ConfigError(f"{name}={value} must be between 0 and 1")
+    return value
+
 
 def _default_tokenizer_dir() -> str:
     # The embedding model's own tokenizer, shipped in the same pip package as its weights.
@@ -47,6 +58,7 @@ class Settings:
     ingest_max_attempts: int
     ingest_lease_s: float
     metrics_addr: str
+    search_vector_weight: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -87,4 +99,5 @@ class Settings:
             ingest_max_attempts=env_int(env, "INGEST_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
             ingest_lease_s=env_float(env, "INGEST_LEASE_S", 60.0, minimum=0.5),
             metrics_addr=env_peer_address(env, "metrics"),
+            search_vector_weight=_weight(env, "SEARCH_VECTOR_WEIGHT", DEFAULT_VECTOR_WEIGHT),
         )

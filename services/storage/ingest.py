@@ -25,8 +25,10 @@ from studyassist.core.errors import Unavailable
 from studyassist.storage.v1 import storage_pb2
 
 from storage.blobs import BlobStore
+from storage.bm25 import Postings, build_postings
 from storage.db import Database
 from storage.embeddings import EmbeddingClient, EmbeddingError
+from storage.termindex import write_document_terms
 from storage.textfold import fold
 
 log = logging.getLogger(__name__)
@@ -394,11 +396,13 @@ class Ingestor:
             await self._notify()
             if still_mine is None:
                 return  # our lease ran out and another worker owns the job now
-        if await self._finish(job):
+        # The BM25 index of the whole document, written with the status that makes it searchable.
+        postings = await asyncio.to_thread(build_postings, [chunk["text"] for chunk in chunks])
+        if await self._finish(job, postings):
             log.info("ingested", extra={"fields": {"document_id": str(job.document_id), "chunks": len(chunks)}})
 
-    async def _finish(self, job: Job) -> bool:
-        """Mark the job done and its document ready, if this worker still owns the job."""
+    async def _finish(self, job: Job, postings: Postings) -> bool:
+        """Mark the job done and its document ready with its term index, if this worker still owns the job."""
         async with self.db.connection() as conn, conn.transaction():
             owned = await conn.fetchval(
                 "UPDATE ingestion_jobs SET status = 'done', lease_until = NULL, last_error = '', updated_at = now() "
@@ -407,6 +411,7 @@ class Ingestor:
                 job.attempts,
             )
             if owned is not None:
+                await write_document_terms(conn, job.document_id, postings)
                 await conn.execute(
                     "UPDATE documents SET status = $2, error = '', chunks_done = chunks_total, updated_at = now() "
                     "WHERE id = $1",

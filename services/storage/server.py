@@ -12,7 +12,9 @@ from storage.config import Settings
 from storage.db import ITERATIVE_SCAN_SINCE, connect, instrument_sql, migrate
 from storage.embeddings import EmbeddingClient
 from storage.ingest import Ingestor, IngestSettings
+from storage.ranking import Ranking
 from storage.servicer import StorageServicer
+from storage.termindex import Reindexer
 
 SERVICE_NAME = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
 
@@ -61,6 +63,7 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
             embedding_dim=settings.embedding_dim,
             embeddings=embeddings,
             hnsw_iterative_scan=iterative_scan,
+            ranking=Ranking(vector_weight=settings.search_vector_weight),
         )
         server, port = create_server(
             f"{common.bind_host}:{settings.port}",
@@ -72,8 +75,11 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
         await db.close()
         raise
     ingestor.start()
+    reindexer = Reindexer(db, storage_pb2.FILE_STATUS_READY)
+    reindexer.start()
 
     async def close() -> None:
+        await reindexer.stop()
         await ingestor.stop()
         await embeddings.close()
         await db.close()

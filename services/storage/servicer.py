@@ -19,21 +19,27 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from studyassist.common.v1 import common_pb2
-from studyassist.core.errors import AlreadyExists, InvalidArgument, NotFound
+from studyassist.core.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from storage.blobs import BlobStore
+from storage.bm25 import TERMS_VERSION, build_postings, highlight_words, query_terms, query_words
+from storage.config import DEFAULT_VECTOR_WEIGHT
 from storage.db import Connection, Database
 from storage.embeddings import EmbeddingClient, EmbeddingError
 from storage.ids import caller, decode_token, page_size, parse_id
 from storage.ingest import Ingestor
 from storage.paging import newest_first, split_page
-from storage.textfold import fold, highlight, or_tsquery, query_terms
+from storage.ranking import Ranking
+from storage.termindex import append_session_terms, rank_chunks, rank_messages
+from storage.textfold import fold, highlight
 from storage.uploads import receive, store
 
 log = logging.getLogger(__name__)
 
-RRF_K = 60
+# Candidates each ranking brings to the fusion: 3x the hits asked for, at least this many.
+MIN_CANDIDATES = 30
+SEARCH_MODES = (storage_pb2.SEARCH_MODE_HYBRID, storage_pb2.SEARCH_MODE_LEXICAL, storage_pb2.SEARCH_MODE_VECTOR)
 # What a search hit shows, fetched with the ranking that found it.
 HIT_COLUMNS = "c.id, c.document_id, c.text, c.page, c.heading"
 DEFAULT_TOP_K = 8
@@ -159,6 +165,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         embedding_dim: int,
         embeddings: EmbeddingClient | None = None,
         hnsw_iterative_scan: bool = False,
+        ranking: Ranking | None = None,
     ) -> None:
         self.db = db
         self.blobs = blobs
@@ -168,6 +175,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         # Embeds the query of a search that came without a vector (a browser through the gateway).
         self.embeddings = embeddings
         self.hnsw_iterative_scan = hnsw_iterative_scan
+        self.ranking = ranking or Ranking(vector_weight=DEFAULT_VECTOR_WEIGHT)
         # While the embedding service is away, searches go keyword-only without asking it each time.
         self._embed_retry_at = 0.0
 
@@ -325,16 +333,31 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             embedding = np.asarray(request.query_embedding, dtype=np.float32)
             if not np.all(np.isfinite(embedding)) or not np.any(embedding):
                 raise InvalidArgument("query_embedding must be finite and non-zero")
+        mode = request.mode or storage_pb2.SEARCH_MODE_HYBRID
+        if mode not in SEARCH_MODES:
+            raise InvalidArgument("mode is not a known SearchMode")
         terms = query_terms(request.query)
-        if embedding is None and not terms:
+        if mode == storage_pb2.SEARCH_MODE_LEXICAL:
+            embedding = None
+        if embedding is None and not query_words(request.query):
             raise InvalidArgument("give a query with words or a query_embedding")
-        if embedding is None:
+        if embedding is None and not terms and mode != storage_pb2.SEARCH_MODE_VECTOR:
+            # Only stop words ("là gì", "what is"): nothing in it identifies a passage.
+            return storage_pb2.SearchChunksResponse()
+        if embedding is None and mode != storage_pb2.SEARCH_MODE_LEXICAL:
             embedding = await self._embed_query(request.query, context)
+        if mode == storage_pb2.SEARCH_MODE_VECTOR:
+            if embedding is None:
+                raise Unavailable("vector search needs the embedding service, which is not answering")
+            ranked_terms: list[str] = []
+        else:
+            ranked_terms = terms
         file_ids = [parse_id(f, "file_ids") for f in request.file_ids]
-        candidates = top_k * 3
+        candidates = max(top_k * 3, MIN_CANDIDATES)
         async with self.db.connection() as conn:
             files = await conn.fetch(
-                "SELECT f.id, f.file_name, f.document_id, d.chunks_done, d.status FROM uploaded_files f "
+                "SELECT f.id, f.file_name, f.document_id, d.chunks_done, d.status, "
+                "length(d.chunk_lengths) / 2 AS term_chunks, d.term_total FROM uploaded_files f "
                 "JOIN documents d ON d.id = f.document_id WHERE f.user_id = $1 AND f.deleted_at IS NULL "
                 "AND ($2::uuid[] IS NULL OR f.id = ANY($2::uuid[]))",
                 user_id,
@@ -347,11 +370,12 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 return storage_pb2.SearchChunksResponse()
             by_document = {r["document_id"]: r for r in ready}
             documents = list(by_document)
-            # Each ranking brings its candidates' text, page and heading along (one statement each,
-            # no third to fetch the winners: a round trip and a lookup less per search).
+            # The vector ranking brings its candidates' text, page and heading along; the lexical one
+            # is ranked from the term index and fetches its candidates' rows after.
             vector_rows: list[asyncpg.Record] = []
-            text_rows: list[asyncpg.Record] = []
-            if embedding is not None:
+            lexical_rows: list[asyncpg.Record] = []
+            lexical_scores: dict[uuid.UUID, float] = {}
+            if embedding is not None and (mode == storage_pb2.SEARCH_MODE_VECTOR or self.ranking.vector_weight > 0):
                 total = sum(r["chunks_done"] for r in ready)
                 vector_rows = await _vector_search(
                     conn,
@@ -363,26 +387,32 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                     session_ef_search=self.db.hnsw_ef_search,
                     iterative_scan=self.hnsw_iterative_scan,
                 )
-            if terms:
-                text_rows = await conn.fetch(
-                    f"SELECT {HIT_COLUMNS}, ts_rank_cd(c.tsv, q) AS rank FROM chunks c, to_tsquery('simple', $2) q "
-                    "WHERE c.user_id = $1 AND c.document_id = ANY($3::uuid[]) AND c.tsv @@ q "
-                    "ORDER BY rank DESC, c.id LIMIT $4",
-                    user_id,
-                    or_tsquery(terms),
-                    documents,
-                    candidates,
-                )
+            if ranked_terms:
+                stats = [
+                    {"id": r["document_id"], "term_chunks": r["term_chunks"], "term_total": r["term_total"]}
+                    for r in by_document.values()
+                ]
+                scored = await rank_chunks(conn, user_id, stats, ranked_terms, candidates)
+                if scored:
+                    lexical_rows = await conn.fetch(
+                        f"SELECT DISTINCT ON (c.document_id, c.chunk_index) {HIT_COLUMNS}, c.chunk_index FROM chunks c "
+                        "JOIN unnest($2::uuid[], $3::integer[]) AS k(document_id, chunk_index) "
+                        "ON c.document_id = k.document_id AND c.chunk_index = k.chunk_index WHERE c.user_id = $1",
+                        user_id,
+                        [s.owner for s in scored],
+                        [s.item for s in scored],
+                    )
+                    by_place = {(r["document_id"], r["chunk_index"]): r for r in lexical_rows}
+                    for s in scored:
+                        found = by_place.get((s.owner, s.item))
+                        if found is not None:
+                            lexical_scores[found["id"]] = s.score
         vector_scores = {r["id"]: 1.0 - float(r["distance"]) for r in vector_rows}
-        text_scores = {r["id"]: float(r["rank"]) for r in text_rows}
-        by_id = {r["id"]: r for r in (*vector_rows, *text_rows)}
-        fused: dict[uuid.UUID, float] = {}
-        for ranked in (vector_scores, text_scores):
-            for rank, chunk_id in enumerate(ranked, start=1):
-                fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
-        best = sorted(fused, key=lambda c: fused[c], reverse=True)[:top_k]
+        by_id = {r["id"]: r for r in (*vector_rows, *lexical_rows)}
+        fused = self.ranking.fuse(lexical_scores, vector_scores)[:top_k]
+        marks = highlight_words(terms)
         hits: list[storage_pb2.ChunkHit] = []
-        for chunk_id in best:
+        for chunk_id, score in fused:
             row = by_id[chunk_id]
             file_row = by_document[row["document_id"]]
             hits.append(
@@ -393,10 +423,10 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                     page=row["page"],
                     heading=row["heading"],
                     text=row["text"],
-                    snippet=highlight(row["text"], terms, width=SNIPPET_CHARS),
-                    score=fused[chunk_id],
+                    snippet=highlight(row["text"], marks, width=SNIPPET_CHARS),
+                    score=score,
                     vector_score=vector_scores.get(chunk_id, 0.0),
-                    text_score=text_scores.get(chunk_id, 0.0),
+                    text_score=lexical_scores.get(chunk_id, 0.0),
                 )
             )
         return storage_pb2.SearchChunksResponse(hits=hits)
@@ -437,12 +467,14 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         try:
             async with self.db.connection() as conn:
                 row = await conn.fetchrow(
-                    f"INSERT INTO chat_sessions (id, user_id, title, agent_id) VALUES ($1, $2, $3, $4) "
+                    "INSERT INTO chat_sessions (id, user_id, title, agent_id, terms_version) "
+                    f"VALUES ($1, $2, $3, $4, $5) "
                     f"RETURNING {SESSION_COLUMNS}",
                     uuid.uuid4(),
                     user_id,
                     _clean_text(request.title.strip(), "title", 300),
                     _clean_text(request.agent_id, "agent_id", 100),
+                    TERMS_VERSION,
                 )
         except asyncpg.ForeignKeyViolationError:
             raise NotFound("user not found") from None
@@ -570,22 +602,26 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 )
             )
         title = _clean_text(request.title.strip(), "title", 300)
+        # Numbered from 0 here; shifted to the session's next position under its row lock.
+        postings = build_postings([value[4] for value in values])
         async with self.db.connection() as conn, conn.transaction():
-            owned = await conn.fetchval(
-                "SELECT 1 FROM chat_sessions WHERE id = $1 AND user_id = $2 FOR UPDATE", session_id, user_id
+            first_position = await conn.fetchval(
+                "SELECT message_count FROM chat_sessions WHERE id = $1 AND user_id = $2 FOR UPDATE", session_id, user_id
             )
-            if owned is None:
+            if first_position is None:
                 raise NotFound("session not found")
             rows: list[asyncpg.Record] = []
-            for value in values:
+            for offset, value in enumerate(values):
                 rows.append(
                     await conn.fetchrow(  # type: ignore[arg-type]  # INSERT ... RETURNING: never None
                         "INSERT INTO messages (id, session_id, user_id, role, content, content_folded, citations, "
-                        "agent_id, backend, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, "
-                        f"clock_timestamp()) RETURNING {MESSAGE_COLUMNS}",
+                        "agent_id, backend, position, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, "
+                        f"$10, clock_timestamp()) RETURNING {MESSAGE_COLUMNS}",
                         *value,
+                        first_position + offset,
                     )
                 )
+            await append_session_terms(conn, session_id, user_id, postings.with_offset(first_position))
             await conn.execute(
                 "UPDATE chat_sessions SET message_count = message_count + $2, last_message_at = $3, "
                 "updated_at = $3, title = CASE WHEN title = '' THEN $4 ELSE title END WHERE id = $1",
@@ -602,32 +638,40 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         user_id = caller(context)
         if len(request.query) > MAX_QUERY_CHARS:
             raise InvalidArgument(f"query is longer than {MAX_QUERY_CHARS} characters")
-        terms = query_terms(request.query)
-        if not terms:
+        if not query_words(request.query):
             raise InvalidArgument("query must contain a word")
+        terms = query_terms(request.query)
         size = page_size(request.page_size)
         async with self.db.connection() as conn:
+            scored = await rank_messages(conn, user_id, terms, size)
+            if not scored:
+                return storage_pb2.SearchMessagesResponse()
             rows = await conn.fetch(
                 "SELECT m.id, m.session_id, m.role, m.content, m.citations, m.agent_id, m.backend, m.created_at, "
-                "m.seq, s.title, ts_rank_cd(m.tsv, q) AS rank "
-                "FROM messages m JOIN chat_sessions s ON s.id = m.session_id, to_tsquery('simple', $2) q "
-                "WHERE m.user_id = $1 AND s.user_id = $1 AND m.tsv @@ q "
-                "ORDER BY rank DESC, m.created_at DESC LIMIT $3",
+                "m.seq, m.position, s.title FROM messages m JOIN chat_sessions s ON s.id = m.session_id "
+                "JOIN unnest($2::uuid[], $3::integer[]) AS k(session_id, position) "
+                "ON m.session_id = k.session_id AND m.position = k.position "
+                "WHERE m.user_id = $1 AND s.user_id = $1",
                 user_id,
-                or_tsquery(terms),
-                size,
+                [s.owner for s in scored],
+                [s.item for s in scored],
             )
-        return storage_pb2.SearchMessagesResponse(
-            hits=[
+        by_place = {(r["session_id"], r["position"]): r for r in rows}
+        marks = highlight_words(terms)
+        hits = []
+        for found in scored:
+            row = by_place.get((found.owner, found.item))
+            if row is None:
+                continue
+            hits.append(
                 storage_pb2.MessageHit(
-                    message=_message(r),
-                    session_title=r["title"],
-                    highlighted=highlight(r["content"], terms),
-                    score=float(r["rank"]),
+                    message=_message(row),
+                    session_title=row["title"],
+                    highlighted=highlight(row["content"], marks),
+                    score=found.score,
                 )
-                for r in rows
-            ]
-        )
+            )
+        return storage_pb2.SearchMessagesResponse(hits=hits)
 
 
 async def _vector_search(

@@ -212,7 +212,7 @@ async def test_a_large_chunk_table_keeps_its_vector_index_through_migration_0002
                 "WITH (m = 16, ef_construction = 64)"
             )
             await conn.execute("ANALYZE chunks")
-        assert await migrate(db, embedding_dim=2) == ["0002_hnsw_ef_construction.sql"]
+        assert await migrate(db, embedding_dim=2) == ["0002_hnsw_ef_construction.sql", "0003_bm25.sql"]
         async with db.connection() as conn:
             options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'chunks_embedding_hnsw'")
         assert "ef_construction=64" in options

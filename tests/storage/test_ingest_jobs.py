@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from storage.blobs import BlobStore
+from storage.bm25 import build_postings
 from storage.db import Database, connect, migrate
 from storage.embeddings import EmbeddingClient
 from storage.ingest import Ingestor, IngestSettings, Job
@@ -93,10 +94,10 @@ async def test_a_worker_whose_claim_was_taken_over_changes_nothing(db: Database,
     before = await state(db, current)
     assert await ingestor._fail(stale, "the parser failed") is False
     assert await ingestor._retry(stale, "embedding service: UNAVAILABLE") is False
-    assert await ingestor._finish(stale) is False
+    assert await ingestor._finish(stale, build_postings(["stale"])) is False
     assert await state(db, current) == before
     # The owner's outcome applies.
-    assert await ingestor._finish(current) is True
+    assert await ingestor._finish(current, build_postings(["current"])) is True
     assert await state(db, current) == ("done", 2, "", storage_pb2.FILE_STATUS_READY, "")
     # Once the job has ended, a late failure from anyone leaves it as it is.
     assert await ingestor._fail(current, "late") is False
