@@ -47,6 +47,7 @@ class Benchmark:
 BENCHMARKS = [
     Benchmark("embedding_bench", ("--rounds", "3", "--texts", "32")),
     Benchmark("storage_bench", ("--chunks", "200000")),
+    Benchmark("retrieval_eval", ("--weights", "0,0.1,0.2,0.5,1")),
     Benchmark("chat_bench"),
     Benchmark("gateway_bench", ("--seconds", "8")),
     Benchmark("telemetry_bench", ("--quick",)),
@@ -97,6 +98,9 @@ ISSUE_METRICS = [
     Metric("embedding_int8", "embedding service int8 vs sentence-transformers encode", ">= 2x", ">=", 2.0),
     Metric("search_recall", "vector search recall@10 against exact search", ">= 0.98", ">=", 0.98),
     Metric("db_p99_strict", "vector search p99, one client (our aim)", "< 10 ms", "<", 10),
+    Metric("db_p99_hybrid", "hybrid search (BM25 + vectors) p99, one client, 200k chunks", "< 50 ms", "<", 50),
+    Metric("retrieval_recall5", "right passage in the top 5, our Vietnamese evaluation", ">= 0.65", ">=", 0.65),
+    Metric("retrieval_no_diacritics", "recall@5 lost when typed without diacritics", "<= 5 %", "<=", 5),
     Metric("db_p99_concurrent", "vector search p99, 32 concurrent clients", "< 50 ms", "<", 50),
     Metric("storage_upload_pdf", "upload into storage over gRPC, PDF (our aim)", ">= 200 MB/s", ">=", 200),
     Metric("storage_upload_text", "upload into storage over gRPC, UTF-8 text (our aim)", ">= 200 MB/s", ">=", 200),

@@ -18,7 +18,7 @@ from studyassist.core.config import (
 
 # The vector ranking's vote in a hybrid search, relative to BM25's (storage.ranking), measured with
 # the bundled English MiniLM on bench/retrieval_eval.py; a multilingual model earns more.
-DEFAULT_VECTOR_WEIGHT = 0.25
+DEFAULT_VECTOR_WEIGHT = 0.1
 
 
 def _weight(env: Mapping[str, str], name: str, default: float) -> float:

@@ -60,4 +60,4 @@ class Ranking:
             return sorted(vector.items(), key=lambda item: item[1], reverse=True)
         if not vector:
             return sorted(lexical.items(), key=lambda item: item[1], reverse=True)
-        return fuse_rrf(lexical, vector, self.vector_weight)
+        return fuse_convex(lexical, vector, self.vector_weight)
