@@ -100,6 +100,7 @@ ISSUE_METRICS = [
     Metric("db_p99_strict", "vector search p99, one client (our aim)", "< 10 ms", "<", 10),
     Metric("db_p99_hybrid", "hybrid search (BM25 + vectors) p99, one client, 200k chunks", "< 50 ms", "<", 50),
     Metric("retrieval_recall5", "right passage in the top 5, our Vietnamese evaluation", ">= 0.65", ">=", 0.65),
+    Metric("retrieval_chat_cites", "chat answers citing the gold passage (extractive)", ">= 65 %", ">=", 65),
     Metric("retrieval_no_diacritics", "recall@5 lost when typed without diacritics", "<= 5 %", "<=", 5),
     Metric("db_p99_concurrent", "vector search p99, 32 concurrent clients", "< 50 ms", "<", 50),
     Metric("storage_upload_pdf", "upload into storage over gRPC, PDF (our aim)", ">= 200 MB/s", ">=", 200),

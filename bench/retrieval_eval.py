@@ -40,6 +40,7 @@ from storage import bm25
 from storage.config import DEFAULT_VECTOR_WEIGHT
 from storage.ranking import fuse_convex, fuse_rrf
 from storage.textfold import fold, query_terms
+from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
 from studyassist.core.channels import create_channel, user_metadata
 from studyassist.core.embeddedpg import start_embedded_postgres
 from studyassist.core.testing import ServiceProcess, spawn_service
@@ -326,6 +327,19 @@ async def evaluate(args: argparse.Namespace) -> None:
             storage_env["EMBEDDING_DIM"] = os.environ["EMBEDDING_DIM"]
         storage = spawn_service("storage", storage_env)
         processes.append(storage)
+        # No LLM (a closed port): chat answers in extractive mode, quoting and citing what it retrieved.
+        chat = spawn_service(
+            "chat",
+            {
+                "CHAT_PORT": "0",
+                "STORAGE_ADDR": storage.address,
+                "EMBEDDING_ADDR": embedding.address,
+                "LLM_BASE_URL": "http://127.0.0.1:9/v1",
+                **quiet,
+                "LOG_LEVEL": "info",
+            },
+        )
+        processes.append(chat)
         product_weight = float(os.environ.get("SEARCH_VECTOR_WEIGHT", DEFAULT_VECTOR_WEIGHT))
         channel = create_channel(storage.address)
         stub = storage_pb2_grpc.StorageServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -394,6 +408,31 @@ async def evaluate(args: argparse.Namespace) -> None:
         print(line("product, typed without diacritics", without, len(picked)))
         loss = 1 - without["r@5"] / with_marks["r@5"] if with_marks["r@5"] else 0.0
         print(f"recall@5 lost without diacritics: {loss * 100:.1f} % (aim: at most 5 %)")
+
+        print("\n## Chat (POST /v1/chat's RPC, extractive mode: no LLM), every n-th question")
+        chat_channel = create_channel(chat.address, default_timeout=60)
+        chat_stub = chat_pb2_grpc.ChatServiceStub(chat_channel)  # type: ignore[no-untyped-call]
+        by_file = {file_id: passage for file_id, passage in files.items()}
+        cited_any = cited_first = 0
+        step = max(1, len(questions) // args.chat_questions)
+        picked_for_chat = list(range(0, len(questions), step))[: args.chat_questions]
+        asked = [questions[i] for i in picked_for_chat]
+        product_rows = rows[next(iter(rows))]
+        asked_recall = metrics([product_rows[i] for i in picked_for_chat], [golds[i] for i in picked_for_chat])["r@5"]
+        for question in asked:
+            answer = await chat_stub.Chat(chat_pb2.ChatRequest(message=question.query), metadata=metadata)
+            cited = [by_file.get(c.file_id) for c in answer.citations]
+            cited_any += question.gold in cited
+            cited_first += bool(cited) and cited[0] == question.gold
+        await chat_channel.close(None)
+        print(f"answers citing the gold passage's file      : {cited_any} of {len(asked)}")
+        print(f"answers whose first citation is the gold one: {cited_first} of {len(asked)}")
+        record(
+            "retrieval_chat_cites",
+            100 * cited_any / len(asked),
+            f"{cited_any} of {len(asked)} extractive answers cite the gold passage ({cited_first} first)",
+            f"SearchChunks recall@5 on the same questions {asked_recall:.3f}",
+        )
 
         print("\n## Lexical variants: plain BM25 in this process over the same chunks (design choices)")
         texts = await chunk_texts(pg.get_uri(), user.user_id, files)
@@ -469,6 +508,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA_DIR))
     parser.add_argument("--subjects", default="", help="comma-separated file stems (default: all)")
     parser.add_argument("--quick", action="store_true", help="two subjects")
+    parser.add_argument("--chat-questions", type=int, default=120, help="questions also asked through chat")
     parser.add_argument("--weights", default="0,0.1,0.25,0.5,0.75,1", help="vector weights for the fusion sweep")
     asyncio.run(evaluate(parser.parse_args()))
 

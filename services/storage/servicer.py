@@ -372,41 +372,40 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             documents = list(by_document)
             # The vector ranking brings its candidates' text, page and heading along; the lexical one
             # is ranked from the term index and fetches its candidates' rows after.
-            vector_rows: list[asyncpg.Record] = []
             lexical_rows: list[asyncpg.Record] = []
             lexical_scores: dict[uuid.UUID, float] = {}
+            vector_task: asyncio.Future[list[asyncpg.Record]] | None = None
             if embedding is not None and (mode == storage_pb2.SEARCH_MODE_VECTOR or self.ranking.vector_weight > 0):
-                total = sum(r["chunks_done"] for r in ready)
-                vector_rows = await _vector_search(
-                    conn,
-                    user_id,
-                    documents,
-                    embedding,
-                    candidates,
-                    total,
-                    session_ef_search=self.db.hnsw_ef_search,
-                    iterative_scan=self.hnsw_iterative_scan,
+                # On a connection of its own, so PostgreSQL walks the vector index while this
+                # process ranks by BM25 (a hybrid search takes the longer of the two, not their sum).
+                vector_task = asyncio.ensure_future(
+                    self._vector_candidates(user_id, documents, embedding, candidates, ready)
                 )
-            if ranked_terms:
-                stats = [
-                    {"id": r["document_id"], "term_chunks": r["term_chunks"], "term_total": r["term_total"]}
-                    for r in by_document.values()
-                ]
-                scored = await rank_chunks(conn, user_id, stats, ranked_terms, candidates)
-                if scored:
-                    lexical_rows = await conn.fetch(
-                        f"SELECT DISTINCT ON (c.document_id, c.chunk_index) {HIT_COLUMNS}, c.chunk_index FROM chunks c "
-                        "JOIN unnest($2::uuid[], $3::integer[]) AS k(document_id, chunk_index) "
-                        "ON c.document_id = k.document_id AND c.chunk_index = k.chunk_index WHERE c.user_id = $1",
-                        user_id,
-                        [s.owner for s in scored],
-                        [s.item for s in scored],
-                    )
-                    by_place = {(r["document_id"], r["chunk_index"]): r for r in lexical_rows}
-                    for s in scored:
-                        found = by_place.get((s.owner, s.item))
-                        if found is not None:
-                            lexical_scores[found["id"]] = s.score
+            try:
+                if ranked_terms:
+                    stats = [
+                        {"id": r["document_id"], "term_chunks": r["term_chunks"], "term_total": r["term_total"]}
+                        for r in by_document.values()
+                    ]
+                    scored = await rank_chunks(conn, user_id, stats, ranked_terms, candidates)
+                    if scored:
+                        lexical_rows = await conn.fetch(
+                            f"SELECT DISTINCT ON (c.document_id, c.chunk_index) {HIT_COLUMNS}, c.chunk_index "
+                            "FROM chunks c JOIN unnest($2::uuid[], $3::integer[]) AS k(document_id, chunk_index) "
+                            "ON c.document_id = k.document_id AND c.chunk_index = k.chunk_index WHERE c.user_id = $1",
+                            user_id,
+                            [s.owner for s in scored],
+                            [s.item for s in scored],
+                        )
+                        by_place = {(r["document_id"], r["chunk_index"]): r for r in lexical_rows}
+                        for s in scored:
+                            found = by_place.get((s.owner, s.item))
+                            if found is not None:
+                                lexical_scores[found["id"]] = s.score
+                vector_rows = await vector_task if vector_task is not None else []
+            finally:
+                if vector_task is not None and not vector_task.done():
+                    vector_task.cancel()
         vector_scores = {r["id"]: 1.0 - float(r["distance"]) for r in vector_rows}
         by_id = {r["id"]: r for r in (*vector_rows, *lexical_rows)}
         fused = self.ranking.fuse(lexical_scores, vector_scores)[:top_k]
@@ -430,6 +429,26 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 )
             )
         return storage_pb2.SearchChunksResponse(hits=hits)
+
+    async def _vector_candidates(
+        self,
+        user_id: uuid.UUID,
+        documents: list[uuid.UUID],
+        embedding: np.ndarray,
+        limit: int,
+        ready: list[asyncpg.Record],
+    ) -> list[asyncpg.Record]:
+        async with self.db.connection() as conn:
+            return await _vector_search(
+                conn,
+                user_id,
+                documents,
+                embedding,
+                limit,
+                sum(r["chunks_done"] for r in ready),
+                session_ef_search=self.db.hnsw_ef_search,
+                iterative_scan=self.hnsw_iterative_scan,
+            )
 
     async def _embed_query(self, query: str, context: grpc.aio.ServicerContext) -> np.ndarray | None:
         """The query's vector from the embedding service, or None (keyword search only) without one."""
