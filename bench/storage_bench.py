@@ -37,7 +37,7 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 from pgvector.asyncpg import register_vector
-from storage.bm25 import Postings, build_postings
+from storage.bm25 import build_postings
 from storage.sniff import TextValidator
 from storage.termindex import write_document_terms
 from storage.textfold import fold
@@ -73,29 +73,6 @@ def chunk_text(index: int) -> tuple[str, str]:
     """A passage of real length (numbered, so no two chunks are the same), and its folded form."""
     text = f"Đoạn {index}. {PASSAGES[index % len(PASSAGES)]}"
     return text, fold(text)
-
-
-def document_postings(count: int, part_size: int = 20_000) -> Postings:
-    """The BM25 index of the bench document's ``count`` chunks, built a part at a time (all 200,000
-    chunks' tokens at once would take gigabytes) and joined: items are ascending within each part."""
-    merged: dict[str, tuple[list[bytes], list[bytes]]] = {}
-    lengths: list[bytes] = []
-    total = 0
-    for start in range(0, count, part_size):
-        part = build_postings([chunk_text(i)[0] for i in range(start, min(count, start + part_size))], start)
-        for term, items, tfs in zip(part.terms, part.items, part.tfs, strict=True):
-            entry = merged.setdefault(term, ([], []))
-            entry[0].append(items)
-            entry[1].append(tfs)
-        lengths.append(part.lengths)
-        total += part.total_length
-    return Postings(
-        terms=list(merged),
-        items=[b"".join(items) for items, _ in merged.values()],
-        tfs=[b"".join(tfs) for _, tfs in merged.values()],
-        lengths=b"".join(lengths),
-        total_length=total,
-    )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -270,7 +247,7 @@ async def load_chunks(database_url: str, user_id: str, vectors: np.ndarray) -> N
         index_s = time.perf_counter() - started
         # The BM25 index, as ingestion writes it when the document becomes ready.
         started = time.perf_counter()
-        postings = document_postings(len(vectors))
+        postings = build_postings([chunk_text(i)[0] for i in range(len(vectors))])
         async with conn.transaction():
             await write_document_terms(conn, document_id, postings)  # type: ignore[arg-type]
         terms_s = time.perf_counter() - started

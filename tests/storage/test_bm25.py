@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from storage import bm25
@@ -146,3 +147,14 @@ def test_pruning_never_changes_the_top_k(passages: list[list[str]], query: list[
     assert len(full) == len(pruned)
     for a, b in zip(full, pruned, strict=True):
         assert math.isclose(a.score, b.score, rel_tol=1e-5)
+
+
+def test_a_large_document_is_built_in_parts_with_the_same_postings(monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = [f"{TEXTS[i % len(TEXTS)]} đoạn {i}" for i in range(50)]
+    whole = bm25.build_postings(texts, 7)
+    monkeypatch.setattr(bm25, "BUILD_PART", 8)
+    parts = bm25.build_postings(texts, 7)
+    assert dict(zip(whole.terms, zip(whole.items, whole.tfs, strict=True), strict=True)) == dict(
+        zip(parts.terms, zip(parts.items, parts.tfs, strict=True), strict=True)
+    )
+    assert (whole.lengths, whole.total_length) == (parts.lengths, parts.total_length)
