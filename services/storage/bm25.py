@@ -400,47 +400,59 @@ def rank(
         df[term] += len(items) // 4
     weight = dict(zip(df, idf(np.fromiter(df.values(), dtype=np.float64), count).tolist(), strict=True))
     # One flat score array over the items of the owners that matched, each owner at an offset.
+    # Everything below is a few numpy passes per term, not per (term, owner) row: a student's 500
+    # one-page files give a query thousands of rows.
     offsets: dict[object, int] = {}
     sizes: dict[object, int] = {}
-    norms: list[np.ndarray] = []
     size = 0
     for owner in owners:
-        owner_lengths = np.frombuffer(lengths.get(owner, b""), dtype="<u2").astype(np.float64)
-        offsets[owner], sizes[owner] = size, len(owner_lengths)
-        norms.append((K1 * (1.0 - B + B * owner_lengths / avg_length)).astype(np.float32))
-        size += len(owner_lengths)
-    norm = np.concatenate(norms)
+        offsets[owner], sizes[owner] = size, len(lengths.get(owner, b"")) // 2
+        size += sizes[owner]
+    owner_lengths = np.frombuffer(b"".join(lengths.get(owner, b"")[: 2 * sizes[owner]] for owner in owners), "<u2")
+    norm = (K1 * (1.0 - B + B * owner_lengths.astype(np.float64) / avg_length)).astype(np.float32)
     scores = np.zeros(size, dtype=np.float32)
 
-    def postings_of(owner: object, items: bytes, tfs: bytes) -> tuple[np.ndarray, np.ndarray]:
-        found = np.frombuffer(items, dtype="<i4")
-        frequencies = np.frombuffer(tfs, dtype=np.uint8)[: len(found)]
-        if len(found) and found[-1] >= sizes[owner]:  # never written so; a corrupt row must not crash
-            keep = found < sizes[owner]
-            found, frequencies = found[keep], frequencies[keep]
-        return found, frequencies
+    def postings_of(term: str) -> tuple[np.ndarray, np.ndarray]:
+        """The term's postings over every owner: flat item numbers and frequencies."""
+        term_rows = by_term[term]
+        found = np.frombuffer(b"".join(items for _, items, _ in term_rows), dtype="<i4")
+        frequencies = np.frombuffer(b"".join(tfs[: len(items) // 4] for _, items, tfs in term_rows), dtype=np.uint8)
+        if len(term_rows) == 1:
+            owner = term_rows[0][0]
+            starts, ends = offsets[owner], offsets[owner] + sizes[owner]
+            where = found + starts if starts else found.astype(np.int64)
+            if len(found) and found[-1] >= sizes[owner]:  # never written so; a corrupt row must not crash
+                keep = where < ends
+                where, frequencies = where[keep], frequencies[keep]
+            return where, frequencies
+        counts = [len(items) // 4 for _, items, _ in term_rows]
+        base = np.repeat(np.fromiter((offsets[o] for o, _, _ in term_rows), dtype=np.int64, count=len(counts)), counts)
+        limit_of = np.repeat(
+            np.fromiter((sizes[o] for o, _, _ in term_rows), dtype=np.int64, count=len(counts)), counts
+        )
+        keep = found < limit_of
+        where = found + base
+        if not keep.all():
+            where, frequencies = where[keep], frequencies[keep]
+        return where, frequencies
 
     def add_everywhere(term: str) -> None:
-        for owner, items, tfs in by_term[term]:
-            found, frequencies = postings_of(owner, items, tfs)
-            where = found + offsets[owner] if offsets[owner] else found
-            tf = frequencies.astype(np.float32)
-            # w * tf * (k1 + 1) / (tf + norm), in place: a pass less per step over long postings.
-            part = norm[where]
-            part += tf
-            np.divide(tf, part, out=part)
-            part *= np.float32(weight[term] * (K1 + 1.0))
-            scores[where] += part
+        where, frequencies = postings_of(term)
+        tf = frequencies.astype(np.float32)
+        # w * tf * (k1 + 1) / (tf + norm), in place: a pass less per step over long postings.
+        part = norm[where]
+        part += tf
+        np.divide(tf, part, out=part)
+        part *= np.float32(weight[term] * (K1 + 1.0))
+        scores[where] += part
 
     def add_on(term: str, candidates: np.ndarray) -> None:
-        for owner, items, tfs in by_term[term]:
-            found, frequencies = postings_of(owner, items, tfs)
-            where = found + offsets[owner] if offsets[owner] else found
-            keep = candidates[where]
-            where = where[keep]
-            if len(where):
-                tf = frequencies[keep].astype(np.float32)
-                scores[where] += np.float32(weight[term] * (K1 + 1.0)) * tf / (tf + norm[where])
+        where, frequencies = postings_of(term)
+        keep = candidates[where]
+        where = where[keep]
+        if len(where):
+            tf = frequencies[keep].astype(np.float32)
+            scores[where] += np.float32(weight[term] * (K1 + 1.0)) * tf / (tf + norm[where])
 
     bound = {term: weight[term] * (K1 + 1.0) for term in df}
     rarest_first = sorted(df, key=lambda term: df[term])
