@@ -368,44 +368,29 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             ready = [r for r in files if r["status"] == storage_pb2.FILE_STATUS_READY]
             if not ready:
                 return storage_pb2.SearchChunksResponse()
-            by_document = {r["document_id"]: r for r in ready}
-            documents = list(by_document)
-            # The vector ranking brings its candidates' text, page and heading along; the lexical one
-            # is ranked from the term index and fetches its candidates' rows after.
-            lexical_rows: list[asyncpg.Record] = []
-            lexical_scores: dict[uuid.UUID, float] = {}
-            vector_task: asyncio.Future[list[asyncpg.Record]] | None = None
-            if embedding is not None and (mode == storage_pb2.SEARCH_MODE_VECTOR or self.ranking.vector_weight > 0):
-                # On a connection of its own, so PostgreSQL walks the vector index while this
-                # process ranks by BM25 (a hybrid search takes the longer of the two, not their sum).
-                vector_task = asyncio.ensure_future(
-                    self._vector_candidates(user_id, documents, embedding, candidates, ready)
+        by_document = {r["document_id"]: r for r in ready}
+        documents = list(by_document)
+        # The two rankings run at once, each on a connection of its own taken after the one above is
+        # given back (a search never holds one connection while it waits for another: 32 searches
+        # holding one each and waiting for a second starved a 20-connection pool). PostgreSQL walks
+        # the vector index while this process ranks by BM25: a hybrid search takes the longer of
+        # the two, not their sum. The vector ranking brings its candidates' rows along; the lexical
+        # one fetches its winners' rows after ranking.
+        lexical: asyncio.Future[tuple[dict[uuid.UUID, float], list[asyncpg.Record]]] | None = None
+        vector: asyncio.Future[list[asyncpg.Record]] | None = None
+        if embedding is not None and (mode == storage_pb2.SEARCH_MODE_VECTOR or self.ranking.vector_weight > 0):
+            vector = asyncio.ensure_future(self._vector_candidates(user_id, documents, embedding, candidates, ready))
+        try:
+            if ranked_terms:
+                lexical = asyncio.ensure_future(
+                    self._lexical_candidates(user_id, list(by_document.values()), ranked_terms, candidates)
                 )
-            try:
-                if ranked_terms:
-                    stats = [
-                        {"id": r["document_id"], "term_chunks": r["term_chunks"], "term_total": r["term_total"]}
-                        for r in by_document.values()
-                    ]
-                    scored = await rank_chunks(conn, user_id, stats, ranked_terms, candidates)
-                    if scored:
-                        lexical_rows = await conn.fetch(
-                            f"SELECT DISTINCT ON (c.document_id, c.chunk_index) {HIT_COLUMNS}, c.chunk_index "
-                            "FROM chunks c JOIN unnest($2::uuid[], $3::integer[]) AS k(document_id, chunk_index) "
-                            "ON c.document_id = k.document_id AND c.chunk_index = k.chunk_index WHERE c.user_id = $1",
-                            user_id,
-                            [s.owner for s in scored],
-                            [s.item for s in scored],
-                        )
-                        by_place = {(r["document_id"], r["chunk_index"]): r for r in lexical_rows}
-                        for s in scored:
-                            found = by_place.get((s.owner, s.item))
-                            if found is not None:
-                                lexical_scores[found["id"]] = s.score
-                vector_rows = await vector_task if vector_task is not None else []
-            finally:
-                if vector_task is not None and not vector_task.done():
-                    vector_task.cancel()
+            lexical_scores, lexical_rows = await lexical if lexical is not None else ({}, [])
+            vector_rows = await vector if vector is not None else []
+        finally:
+            for task in (lexical, vector):
+                if task is not None and not task.done():
+                    task.cancel()
         vector_scores = {r["id"]: 1.0 - float(r["distance"]) for r in vector_rows}
         by_id = {r["id"]: r for r in (*vector_rows, *lexical_rows)}
         fused = self.ranking.fuse(lexical_scores, vector_scores)[:top_k]
@@ -429,6 +414,33 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 )
             )
         return storage_pb2.SearchChunksResponse(hits=hits)
+
+    async def _lexical_candidates(
+        self, user_id: uuid.UUID, ready: list[asyncpg.Record], terms: list[str], limit: int
+    ) -> tuple[dict[uuid.UUID, float], list[asyncpg.Record]]:
+        """The best ``limit`` chunks of the ready documents by BM25: their scores and rows."""
+        stats = [
+            {"id": r["document_id"], "term_chunks": r["term_chunks"], "term_total": r["term_total"]} for r in ready
+        ]
+        scores: dict[uuid.UUID, float] = {}
+        async with self.db.connection() as conn:
+            scored = await rank_chunks(conn, user_id, stats, terms, limit)
+            if not scored:
+                return scores, []
+            rows = await conn.fetch(
+                f"SELECT DISTINCT ON (c.document_id, c.chunk_index) {HIT_COLUMNS}, c.chunk_index "
+                "FROM chunks c JOIN unnest($2::uuid[], $3::integer[]) AS k(document_id, chunk_index) "
+                "ON c.document_id = k.document_id AND c.chunk_index = k.chunk_index WHERE c.user_id = $1",
+                user_id,
+                [s.owner for s in scored],
+                [s.item for s in scored],
+            )
+        by_place = {(r["document_id"], r["chunk_index"]): r for r in rows}
+        for s in scored:
+            found = by_place.get((s.owner, s.item))
+            if found is not None:
+                scores[found["id"]] = s.score
+        return scores, rows
 
     async def _vector_candidates(
         self,

@@ -3,6 +3,7 @@ re-indexer for rows that predate the index, and message search on the same ranki
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -191,3 +192,21 @@ async def test_message_search_ranks_by_bm25_per_user(storage: StorageClient) -> 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await search(alice, "?!")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_concurrent_hybrid_searches_do_not_starve_a_small_pool(storage_factory: object) -> None:
+    # Each hybrid search runs its two rankings on two connections at once; holding one while
+    # waiting for the other would deadlock searches against each other in a pool this small.
+    async with storage_factory(DB_POOL_MIN="1", DB_POOL_MAX="2") as storage:  # type: ignore[operator]
+        user = await storage.new_user()
+        await ready(storage, user, "stack.txt", STACK)
+        await ready(storage, user, "queue.txt", QUEUE)
+        me = user_metadata(user)
+
+        async def one() -> int:
+            response = await storage.stub.SearchChunks(
+                storage_pb2.SearchChunksRequest(query="ngăn xếp vào sau ra trước", top_k=5), metadata=me, timeout=20
+            )
+            return len(response.hits)
+
+        assert all(found > 0 for found in await asyncio.gather(*(one() for _ in range(16))))
