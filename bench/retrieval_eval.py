@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import itertools
 import json
 import os
@@ -223,13 +224,15 @@ def tokens_bigrams(text: str) -> list[str]:
 
 
 def pyvi_tokenizer() -> Tokenizer | None:
+    """pyvi's word segmenter, where it is installed (`pip install pyvi`: not a project dependency)."""
     try:
-        from pyvi import ViTokenizer  # type: ignore[import-untyped]  # optional: pip install pyvi
+        segmenter = importlib.import_module("pyvi.ViTokenizer")
     except ImportError:
         return None
 
     def words(text: str) -> list[str]:
-        return [fold(w).replace("_", " ") for w in ViTokenizer.tokenize(text).split() if any(c.isalnum() for c in w)]
+        segmented: str = segmenter.tokenize(text)
+        return [fold(w).replace("_", " ") for w in segmented.split() if any(c.isalnum() for c in w)]
 
     return words
 
