@@ -40,7 +40,7 @@ import grpc
 from storage import bm25
 from storage.config import DEFAULT_VECTOR_WEIGHT
 from storage.ranking import fuse_convex, fuse_rrf
-from storage.textfold import fold, query_terms
+from storage.textfold import fold, or_tsquery, query_terms
 from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
 from studyassist.core.channels import create_channel, user_metadata
 from studyassist.core.embeddedpg import start_embedded_postgres
@@ -191,11 +191,10 @@ async def ts_rank_cd_baseline(
             if not terms:
                 out.append([])
                 continue
-            tsquery = " | ".join("'" + t.replace("'", "") + "'" for t in terms)
             found = await conn.fetch(
                 "SELECT file_id, ts_rank_cd(tsv, q) AS rank FROM baseline, to_tsquery('simple', $1) q "
                 "WHERE tsv @@ q ORDER BY rank DESC, id LIMIT $2",
-                tsquery,
+                or_tsquery(terms),
                 CANDIDATES,
             )
             out.append(dedupe([files[str(r["file_id"])] for r in found]))

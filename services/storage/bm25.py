@@ -46,6 +46,7 @@ MAX_TF = 255
 # gives no "truc du".
 _CLAUSE_BREAK = re.compile(r"[^\w \t]|_")
 _WORD = re.compile(r"[^\W_]+")
+_PAIR = "{} {}".format
 
 # Syllables that nearly every question or passage holds: function words, question words, copulas,
 # pronouns; and English ones. Written with their diacritics: a query typed with diacritics drops
@@ -186,20 +187,26 @@ def _clauses(text: str) -> list[list[str]]:
     return [words for part in _CLAUSE_BREAK.split(text) if (words := part.split())]
 
 
-def document_terms(text: str) -> tuple[Counter[str], int]:
-    """The terms of one passage with their frequencies, and its length (its number of syllables).
+def passage_tokens(text: str) -> tuple[list[str], int]:
+    """The term occurrences of one passage, in order, and its length (its number of syllables).
 
     Terms are folded syllables (English words too) and the pairs of adjacent syllables within a
     clause, joined by a space (a syllable never holds one, so the two kinds cannot collide)."""
-    counts: Counter[str] = Counter()
+    tokens: list[str] = []
     length = 0
     for words in _clauses(fold_fast(text)):
-        if any(len(w) > MAX_TERM_CHARS for w in words):
+        if max(map(len, words)) > MAX_TERM_CHARS:
             words = [w[:MAX_TERM_CHARS] for w in words]
         length += len(words)
-        counts.update(words)
-        counts.update(f"{a} {b}" for a, b in itertools.pairwise(words))
-    return counts, min(length, MAX_LENGTH)
+        tokens += words
+        tokens += map(_PAIR, words, words[1:])
+    return tokens, min(length, MAX_LENGTH)
+
+
+def document_terms(text: str) -> tuple[Counter[str], int]:
+    """The terms of one passage with their frequencies, and its length."""
+    tokens, length = passage_tokens(text)
+    return Counter(tokens), length
 
 
 def query_terms(query: str, limit: int = MAX_QUERY_TERMS) -> list[str]:
@@ -261,9 +268,6 @@ class Postings:
         return Postings(self.terms, shifted, self.tfs, self.lengths, self.total_length)
 
 
-_PAIR = "{} {}".format
-
-
 def _build_part(texts: Sequence[str], first_item: int) -> Postings:
     """The postings of a part of a document: its tokens are collected as they come, numbered by one
     dict built from them, and numpy counts and groups the (term, item) pairs (several times faster
@@ -272,16 +276,10 @@ def _build_part(texts: Sequence[str], first_item: int) -> Postings:
     per_item = array("q")
     lengths = array("H")
     for text in texts:
-        before = len(tokens)
-        length = 0
-        for words in _clauses(fold_fast(text)):
-            if max(map(len, words)) > MAX_TERM_CHARS:
-                words = [w[:MAX_TERM_CHARS] for w in words]
-            length += len(words)
-            tokens += words
-            tokens += map(_PAIR, words, words[1:])
-        per_item.append(len(tokens) - before)
-        lengths.append(min(length, MAX_LENGTH))
+        passage, length = passage_tokens(text)
+        tokens += passage
+        per_item.append(len(passage))
+        lengths.append(length)
     vocabulary = dict(zip(dict.fromkeys(tokens), itertools.count()))
     term_ids = np.fromiter(map(vocabulary.__getitem__, tokens), dtype=np.int64, count=len(tokens))
     items = np.repeat(np.arange(len(texts), dtype=np.int64), np.frombuffer(per_item, dtype=np.int64))

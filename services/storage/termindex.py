@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import asyncpg
+
 from storage.bm25 import TERMS_VERSION, Postings, Scored, build_postings, rank
 from storage.db import Connection, Database
 
@@ -125,6 +127,12 @@ async def rank_messages(conn: Connection, user_id: uuid.UUID, terms: list[str], 
     )
 
 
+def _dense(rows: Sequence[asyncpg.Record], number: str, text: str) -> list[str]:
+    """Texts by their item number from 0; a gap (never written so) becomes an empty item."""
+    by_number = {r[number]: r[text] for r in rows}
+    return [by_number.get(i, "") for i in range(max(by_number, default=-1) + 1)]
+
+
 class Reindexer:
     """Indexes, in the background after start, the ready documents and the sessions whose index is
     missing (they predate migration 0003) or was built by an older tokenisation (TERMS_VERSION).
@@ -184,10 +192,7 @@ class Reindexer:
                     "ORDER BY chunk_index",
                     row["id"],
                 )
-                # chunk_index values are dense from 0; a gap (never expected) gets an empty item.
-                by_index = {r["chunk_index"]: r["text"] for r in texts}
-                ordered = [by_index.get(i, "") for i in range(max(by_index, default=-1) + 1)]
-                postings = await asyncio.to_thread(build_postings, ordered)
+                postings = await asyncio.to_thread(build_postings, _dense(texts, "chunk_index", "text"))
                 await write_document_terms(conn, row["id"], postings)
                 done += 1
         return done
@@ -204,9 +209,7 @@ class Reindexer:
                 contents = await conn.fetch(
                     "SELECT position, content FROM messages WHERE session_id = $1 ORDER BY position", row["id"]
                 )
-                by_position = {r["position"]: r["content"] for r in contents}
-                ordered = [by_position.get(i, "") for i in range(max(by_position, default=-1) + 1)]
-                postings = await asyncio.to_thread(build_postings, ordered)
+                postings = await asyncio.to_thread(build_postings, _dense(contents, "position", "content"))
                 await conn.execute("DELETE FROM message_terms WHERE session_id = $1", row["id"])
                 await conn.execute(
                     "UPDATE chat_sessions SET message_lengths = '', term_total = 0, terms_version = $2 WHERE id = $1",
