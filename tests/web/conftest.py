@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -31,7 +32,12 @@ def web_dist() -> Path:
     require_chromium()  # first, so a machine without Chromium skips before building or starting the mesh
     if shutil.which("npm") is None:
         pytest.fail("npm is needed to build the web app (services/gateway/web)")
-    built = subprocess.run(["make", "-s", "-C", str(WEB_DIR), "build"], capture_output=True, text=True, timeout=600)
+    # One build at a time on this machine: test runs started side by side share web/dist.
+    with open(WEB_DIR / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = subprocess.run(
+            ["make", "-s", "-C", str(WEB_DIR), "build"], capture_output=True, text=True, timeout=600
+        )
     if built.returncode != 0:
         pytest.fail(f"building the web app failed:\n{built.stdout[-2000:]}\n{built.stderr[-2000:]}")
     dist = WEB_DIR / "dist"
