@@ -263,7 +263,7 @@ def build_openapi(routes: list[Route], *, admin_backends: frozenset[str] = froze
             bound.add(route.body)
         if route.body != "*":
             parameters += _query_parameters(route, builder, bound)
-        if route.server_streaming:
+        if route.server_streaming and not route.http_body:
             parameters.append(
                 {
                     "name": "access_token",
@@ -276,7 +276,13 @@ def build_openapi(routes: list[Route], *, admin_backends: frozenset[str] = froze
         if parameters:
             operation["parameters"] = parameters
         output = builder.ref(route.output_class.DESCRIPTOR)
-        if route.server_streaming:
+        if route.http_body:
+            ok = {
+                "description": "The content itself, with its own Content-Type; a named file comes as an "
+                "attachment (Content-Disposition).",
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        elif route.server_streaming:
             ok = {
                 "description": "Server-sent events; each `data:` line is one JSON message of the schema. "
                 "A failure after the stream started arrives as `event: error` with an Error body.",

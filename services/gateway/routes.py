@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # Services every server exposes that are no business of browsers.
 _INFRASTRUCTURE_PREFIXES = ("grpc.",)
+# A response of this type is sent as it is: its content_type and data become the HTTP response.
+HTTP_BODY = "google.api.HttpBody"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,8 @@ class Route:
     body: str  # "", "*" or a field name
     client_streaming: bool
     server_streaming: bool
+    # The response is google.api.HttpBody: raw bytes with their own content type (a download), not JSON.
+    http_body: bool = False
     # Response message -> JSON-ready dict (compiled per type, see jsonmap).
     encode: ToDict = field(default=_unset_encoder, repr=False)
     # The grpc.aio multi-callable for this method on the backend's channel (set by the table).
@@ -184,6 +188,7 @@ def load_routes(backend: str, address: str, *, timeout_s: float = 3.0) -> list[R
                                 body=body,
                                 client_streaming=method_proto.client_streaming,
                                 server_streaming=method_proto.server_streaming,
+                                http_body=method.output_type.full_name == HTTP_BODY,
                                 encode=mapper.to_dict(method.output_type),
                             )
                         )

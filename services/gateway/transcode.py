@@ -28,6 +28,7 @@ from starlette.responses import Response, StreamingResponse
 from studyassist.core.channels import stream_unary_response, user_metadata
 
 from gateway.auth import Authenticator
+from gateway.downloads import send_download
 from gateway.middleware import ROUTE_TEMPLATE_KEY
 from gateway.ratelimit import RateLimiter
 from gateway.responses import (
@@ -416,7 +417,10 @@ class Transcoder:
     async def handle(self, request: Request) -> Response:
         route, path_values = await self._match(request)
         user_id = await self._auth.authenticate(
-            request, allow_query_token=route.server_streaming, admin_only=route.backend in self._admin_backends
+            request,
+            # EventSource cannot send headers; a download is fetched with one (no token in URLs or logs).
+            allow_query_token=route.server_streaming and not route.http_body,
+            admin_only=route.backend in self._admin_backends,
         )
         await self._limiter.check_user(user_id)
         metadata = user_metadata(user_id)
@@ -431,6 +435,8 @@ class Transcoder:
         else:
             rpc_request = _bodiless_request(route, path_values, request)
         if route.server_streaming:
+            if route.http_body:
+                return await send_download(route, rpc_request, metadata)
             return await self._stream(route, rpc_request, metadata, user_id)
         try:
             response = await route.call(rpc_request, metadata=metadata, timeout=self._unary_timeouts.get(route.backend))

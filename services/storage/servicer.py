@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import grpc
 import numpy as np
+from google.api import httpbody_pb2
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from studyassist.common.v1 import common_pb2
@@ -27,6 +28,7 @@ from storage.bm25 import TERMS_VERSION, build_postings, highlight_words, query_t
 from storage.config import DEFAULT_VECTOR_WEIGHT
 from storage.db import Connection, Database
 from storage.embeddings import EmbeddingClient, EmbeddingError
+from storage.filecontent import FILE_NAME_METADATA, list_file_chunks, media_type, owned_file, read_blob
 from storage.ids import caller, decode_token, page_size, parse_id
 from storage.ingest import Ingestor
 from storage.paging import newest_first, split_page
@@ -300,6 +302,33 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             async with self.ingestor.progress:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.ingestor.progress.wait(), timeout=1.0)
+
+    async def ListFileChunks(
+        self, request: storage_pb2.ListFileChunksRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.ListFileChunksResponse:
+        user_id = caller(context)
+        file_id = parse_id(request.file_id, "file_id")
+        async with self.db.connection() as conn:
+            response = await list_file_chunks(conn, user_id, file_id, request)
+        response.file.CopyFrom(await self._get_file(user_id, file_id))
+        return response
+
+    async def DownloadFile(
+        self, request: storage_pb2.DownloadFileRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        user_id = caller(context)
+        file_id = parse_id(request.file_id, "file_id")
+        async with self.db.connection() as conn:
+            file = await owned_file(conn, user_id, file_id)
+        await context.send_initial_metadata(((FILE_NAME_METADATA, file.file_name.encode()),))
+        content_type = media_type(file.kind)
+        sent = False
+        async for piece in read_blob(self.blobs, file.blob_name):
+            # The content type goes with the first piece only (google.api.HttpBody streaming).
+            yield httpbody_pb2.HttpBody(content_type="" if sent else content_type, data=piece)
+            sent = True
+        if not sent:  # an empty file: one message still says what it is
+            yield httpbody_pb2.HttpBody(content_type=content_type)
 
     async def GetDocumentSetVersion(
         self, request: storage_pb2.GetDocumentSetVersionRequest, context: grpc.aio.ServicerContext
