@@ -32,11 +32,12 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import grpc
+from chat.grounding import Grounding
 from storage import bm25
 from storage.config import DEFAULT_VECTOR_WEIGHT
 from storage.ranking import fuse_convex, fuse_rrf
@@ -71,6 +72,28 @@ class Ranked:
     passages: list[str]
     scores: dict[str, float]  # chunk id -> score
     chunk_passage: dict[str, str]  # chunk id -> passage id
+    hits: list[storage_pb2.ChunkHit] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Unanswerable:
+    query: str
+    kind: str  # off_topic | out_of_material
+    subject: str  # general, or the subject whose field it is on
+
+
+def load_unanswerable(data_dir: Path, subjects: Sequence[str] | None) -> list[Unanswerable]:
+    """Questions no passage answers: off-topic ones, and ones on a subject's field that its
+    passages do not cover (bench/data/retrieval/unanswerable.json)."""
+    path = data_dir / "unanswerable.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return [
+        Unanswerable(q["query"], q["kind"], q["subject"])
+        for q in data["questions"]
+        if not subjects or q["subject"] in subjects or q["subject"] == "general"
+    ]
 
 
 def load(data_dir: Path, subjects: Sequence[str] | None) -> tuple[dict[str, str], list[Question]]:
@@ -80,6 +103,8 @@ def load(data_dir: Path, subjects: Sequence[str] | None) -> tuple[dict[str, str]
         if subjects and path.stem not in subjects:
             continue
         data = json.loads(path.read_text(encoding="utf-8"))
+        if "passages" not in data:
+            continue  # unanswerable.json: questions only (load_unanswerable)
         for passage in data["passages"]:
             passages[passage["id"]] = passage["text"]
         questions += [Question(q["query"], q["gold"], q["kind"]) for q in data["questions"]]
@@ -170,6 +195,7 @@ async def search(
         dedupe([files[h.file_id] for h in response.hits]),
         {h.chunk_id: h.score for h in response.hits},
         chunk_passage,
+        list(response.hits),
     )
 
 
@@ -299,9 +325,184 @@ def fused(
     return dedupe([where[c] for c in order[:TOP_K]])
 
 
+Rule = Callable[[storage_pb2.ChunkHit], bool]
+
+
+def abstains(ranked: Ranked, relevant: Rule) -> bool:
+    return not any(relevant(hit) for hit in ranked.hits)
+
+
+def abstention_counts(
+    answerable: Sequence[Ranked], unanswerable: Sequence[Ranked], relevant: Rule
+) -> tuple[float, float, float]:
+    """Abstention precision, recall and F1 (the positive class: questions the material does not answer)."""
+    false_abstentions = sum(abstains(r, relevant) for r in answerable)
+    true_abstentions = sum(abstains(r, relevant) for r in unanswerable)
+    made = true_abstentions + false_abstentions
+    precision = true_abstentions / made if made else 1.0
+    recall = true_abstentions / len(unanswerable) if unanswerable else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+COVERAGES = [round(0.05 * i, 2) for i in range(1, 20)]
+COSINES = [round(0.3 + 0.05 * i, 2) for i in range(14)] + [2.0]  # 2.0: vectors never decide
+
+
+def fit_grounding(answerable: Sequence[Ranked], unanswerable: Sequence[Ranked]) -> Grounding:
+    """The thresholds with the best abstention F1 on these questions (ties: the lower thresholds)."""
+    best: tuple[float, Grounding] | None = None
+    for coverage in COVERAGES:
+        for cosine in COSINES:
+            grounding = Grounding(coverage, cosine)
+            f1 = abstention_counts(answerable, unanswerable, grounding.relevant)[2]
+            if best is None or f1 > best[0] + 1e-12:
+                best = (f1, grounding)
+    assert best is not None
+    return best[1]
+
+
+def fit_one_threshold(
+    answerable: Sequence[Ranked], unanswerable: Sequence[Ranked], score: Callable[[storage_pb2.ChunkHit], float]
+) -> tuple[float, tuple[float, float, float]]:
+    """A baseline: one threshold on one score, the best F1 over the scores seen."""
+    candidates = sorted({score(h) for r in (*answerable, *unanswerable) for h in r.hits})
+    best = (0.0, (0.0, 0.0, 0.0))
+    for threshold in candidates:
+
+        def passes(hit: storage_pb2.ChunkHit, at: float = threshold) -> bool:
+            return score(hit) >= at
+
+        counts = abstention_counts(answerable, unanswerable, passes)
+        if counts[2] > best[1][2]:
+            best = (threshold, counts)
+    return best
+
+
+def report_abstention(
+    answerable_questions: Sequence[Question],
+    answerable: Sequence[Ranked],
+    english_vi_questions: Sequence[Question],
+    english_vi: Sequence[Ranked],
+    unanswerable_questions: Sequence[Unanswerable],
+    unanswerable: Sequence[Ranked],
+    chat_abstained: Sequence[bool],
+) -> None:
+    print(
+        f"\n## Abstention: {len(answerable)} answerable questions (English about the Vietnamese notes aside), "
+        f"{len(unanswerable)} that no passage answers "
+        f"({sum(u.kind == 'off_topic' for u in unanswerable_questions)} off-topic, "
+        f"{sum(u.kind == 'out_of_material' for u in unanswerable_questions)} on a subject but not in its notes)"
+    )
+    print("positive class: the material does not answer; precision = abstentions that were right")
+    print(f"{'rule':64s} {'prec':>6s} {'recall':>6s} {'F1':>6s}")
+
+    def previous(hit: storage_pb2.ChunkHit) -> bool:
+        # What chat kept before (context.relevant_hits): any shared word, or a cosine of 0.25.
+        return hit.text_score > 0 or hit.vector_score >= 0.25
+
+    rows: list[tuple[str, tuple[float, float, float]]] = [
+        (
+            "baseline: the previous filter (any shared word, or cosine >= 0.25)",
+            abstention_counts(answerable, unanswerable, previous),
+        ),
+    ]
+    bm25_threshold, bm25_counts = fit_one_threshold(answerable, unanswerable, lambda h: h.text_score)
+    rows.append((f"baseline: best BM25 score threshold ({bm25_threshold:.2f}), fitted here", bm25_counts))
+    cosine_threshold, cosine_counts = fit_one_threshold(answerable, unanswerable, lambda h: h.vector_score)
+    rows.append((f"baseline: best cosine threshold ({cosine_threshold:.2f}), fitted here", cosine_counts))
+    coverage_threshold, coverage_counts = fit_one_threshold(answerable, unanswerable, lambda h: h.query_coverage)
+    rows.append((f"coverage alone ({coverage_threshold:.2f}), fitted here", coverage_counts))
+    fitted = fit_grounding(answerable, unanswerable)
+    rows.append(
+        (
+            f"coverage >= {fitted.min_coverage:g} or cosine >= {fitted.min_vector:g}, fitted here",
+            abstention_counts(answerable, unanswerable, fitted.relevant),
+        )
+    )
+    product = Grounding()
+    product_counts = abstention_counts(answerable, unanswerable, product.relevant)
+    rows.append((f"product: coverage >= {product.min_coverage:g} or cosine >= {product.min_vector:g}", product_counts))
+    # Leave one subject out: thresholds fitted on the other subjects' questions (off-topic ones dealt
+    # round the folds), judged on the subject left out; the predictions of every fold pooled.
+    subjects = sorted({q.gold.split("-")[0] for q in answerable_questions})
+    general = [i for i, u in enumerate(unanswerable_questions) if u.subject == "general"]
+    fold_of_general = {index: subjects[n % len(subjects)] for n, index in enumerate(general)}
+
+    held_answerable: list[Ranked] = []
+    held_unanswerable: list[Ranked] = []
+    held_rules: list[tuple[list[Ranked], list[Ranked], Grounding]] = []
+    for subject in subjects:
+        train_a = [r for q, r in zip(answerable_questions, answerable, strict=True) if q.gold.split("-")[0] != subject]
+        test_a = [r for q, r in zip(answerable_questions, answerable, strict=True) if q.gold.split("-")[0] == subject]
+        fold_u = [fold_of_general.get(i, u.subject) for i, u in enumerate(unanswerable_questions)]
+        train_u = [r for f, r in zip(fold_u, unanswerable, strict=True) if f != subject]
+        test_u = [r for f, r in zip(fold_u, unanswerable, strict=True) if f == subject]
+        rule = fit_grounding(train_a, train_u)
+        held_rules.append((test_a, test_u, rule))
+        held_answerable += test_a
+        held_unanswerable += test_u
+    false_abstentions = sum(abstains(r, g.relevant) for a, _, g in held_rules for r in a)
+    true_abstentions = sum(abstains(r, g.relevant) for _, u, g in held_rules for r in u)
+    made = true_abstentions + false_abstentions
+    cv_precision = true_abstentions / made if made else 1.0
+    cv_recall = true_abstentions / len(held_unanswerable) if held_unanswerable else 0.0
+    cv_f1 = 2 * cv_precision * cv_recall / (cv_precision + cv_recall) if cv_precision + cv_recall else 0.0
+    fitted_rules = ", ".join(f"{g.min_coverage:g}/{g.min_vector:g}" for _, _, g in held_rules)
+    rows.append(
+        (f"fitted leaving each subject out (coverage/cosine: {fitted_rules})", (cv_precision, cv_recall, cv_f1))
+    )
+    for label, (precision, recall, f1) in rows:
+        print(f"{label:64s} {precision:6.3f} {recall:6.3f} {f1:6.3f}")
+    for kind in ("off_topic", "out_of_material"):
+        picked = [r for u, r in zip(unanswerable_questions, unanswerable, strict=True) if u.kind == kind]
+        if picked:
+            print(
+                f"product abstains on {sum(abstains(r, product.relevant) for r in picked)} of {len(picked)} "
+                f"{kind} questions"
+            )
+    golds = [q.gold for q in answerable_questions]
+    found = [i for i, r in enumerate(answerable) if golds[i] in r.passages[:5]]
+    lost = sum(abstains(answerable[i], product.relevant) for i in found)
+    print(f"answerable questions whose gold passage is in the top 5, abstained on anyway: {lost} of {len(found)}")
+    cross = sum(abstains(r, product.relevant) for r in english_vi)
+    print(
+        f"English questions about the Vietnamese notes abstained on (chat then says that cross-language "
+        f"questions need an LLM or a multilingual model): {cross} of {len(english_vi)}"
+    )
+    if chat_abstained:
+        print(
+            f"chat (extractive) abstained, citing nothing, on {sum(chat_abstained)} of {len(chat_abstained)} "
+            "unanswerable questions"
+        )
+    record(
+        "retrieval_abstain_precision",
+        product_counts[0],
+        f"abstention precision {product_counts[0]:.3f}, recall {product_counts[1]:.3f} "
+        f"({len(answerable)} answerable, {len(unanswerable)} unanswerable questions)",
+        f"previous filter: precision {rows[0][1][0]:.3f}, recall {rows[0][1][1]:.3f}; "
+        f"leaving each subject out: {cv_precision:.3f} / {cv_recall:.3f}",
+    )
+
+
+async def abstention_through_chat(
+    address: str, metadata: tuple[tuple[str, str], ...], questions: Sequence[Unanswerable]
+) -> list[bool]:
+    """Whether chat's answer to each unanswerable question cites nothing (it said the material lacks it)."""
+    channel = create_channel(address, default_timeout=60)
+    stub = chat_pb2_grpc.ChatServiceStub(channel)  # type: ignore[no-untyped-call]
+    try:
+        return [
+            not (await stub.Chat(chat_pb2.ChatRequest(message=q.query), metadata=metadata)).citations for q in questions
+        ]
+    finally:
+        await channel.close(None)
+
+
 async def evaluate(args: argparse.Namespace) -> None:
     subjects = args.subjects.split(",") if args.subjects else (["dsa", "net"] if args.quick else None)
     passages, questions = load(Path(args.data), subjects)
+    unanswerable = load_unanswerable(Path(args.data), subjects)
     if not questions:
         raise SystemExit(f"no data under {args.data}")
     weights = [float(w) for w in args.weights.split(",")]
@@ -435,6 +636,20 @@ async def evaluate(args: argparse.Namespace) -> None:
             f"{cited_any} of {len(asked)} extractive answers cite the gold passage ({cited_first} first)",
             f"SearchChunks recall@5 on the same questions {asked_recall:.3f}",
         )
+
+        if unanswerable:
+            answerable = [i for i, q in enumerate(questions) if q.kind != "english_vi"]
+            unanswered = [await run(u.query, storage_pb2.SEARCH_MODE_HYBRID, TOP_K) for u in unanswerable]
+            chat_abstained = await abstention_through_chat(chat.address, metadata, unanswerable)
+            report_abstention(
+                [questions[i] for i in answerable],
+                [product[i] for i in answerable],
+                [questions[i] for i, q in enumerate(questions) if q.kind == "english_vi"],
+                [product[i] for i, q in enumerate(questions) if q.kind == "english_vi"],
+                unanswerable,
+                unanswered,
+                chat_abstained,
+            )
 
         print("\n## Lexical variants: plain BM25 in this process over the same chunks (design choices)")
         texts = await chunk_texts(pg.get_uri(), user.user_id, files)

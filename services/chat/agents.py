@@ -10,6 +10,8 @@ from typing import Any
 from studyassist.core.config import ConfigError
 from studyassist.core.errors import InvalidArgument
 
+from chat.extractive import STYLES
+
 
 @dataclass(frozen=True, slots=True)
 class Sampling:
@@ -29,6 +31,9 @@ class AgentSpec:
     instructions_en: str
     top_k: int
     sampling: Sampling
+    # What the agent answers without an LLM (chat.extractive.STYLES): quotes, summary, definition,
+    # questions or socratic.
+    extractive: str = "quotes"
 
     def instructions(self, language: str) -> str:
         return self.instructions_vi if language == "vi" else self.instructions_en
@@ -73,6 +78,9 @@ def _agent(entry: dict[str, Any]) -> AgentSpec:
     retrieval = entry.get("retrieval", {})
     sampling = entry.get("sampling", {})
     top_k = int(retrieval.get("top_k", 6))
+    extractive = str(entry.get("extractive", "quotes"))
+    if extractive not in STYLES:
+        raise ValueError(f"{entry['id']}: extractive must be one of {', '.join(STYLES)}")
     if not 1 <= top_k <= 50:
         raise ValueError(f"{entry['id']}: top_k must be in [1, 50]")
     return AgentSpec(
@@ -89,4 +97,5 @@ def _agent(entry: dict[str, Any]) -> AgentSpec:
             top_p=float(sampling.get("top_p", 0.9)),
             max_tokens=int(sampling.get("max_tokens", 512)),
         ),
+        extractive=extractive,
     )

@@ -18,6 +18,8 @@ from studyassist.core.config import (
 )
 from studyassist.core.localmodel import env_model_dir
 
+from chat.grounding import DEFAULT_MIN_COVERAGE, DEFAULT_MIN_VECTOR
+
 DEFAULT_AGENTS_FILE = Path(__file__).with_name("agents.toml")
 MAX_TASK_TTL_S = 30 * 86400.0
 
@@ -51,6 +53,10 @@ class Settings:
     # Prefix of every Redis key this service writes (answers under "answer:", tasks under "task:").
     redis_prefix: str
     metrics_addr: str
+    # Chat abstains when no retrieved passage holds this idf-weighted share of the question's terms
+    # and none is this close in meaning (cosine); chat.grounding says how they were chosen.
+    abstain_min_coverage: float
+    abstain_min_vector: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -83,4 +89,13 @@ class Settings:
             task_ttl_s=task_ttl_s,
             redis_prefix=redis_prefix,
             metrics_addr=env_peer_address(env, "metrics"),
+            abstain_min_coverage=_share(env, "CHAT_ABSTAIN_MIN_COVERAGE", DEFAULT_MIN_COVERAGE),
+            abstain_min_vector=env_float(env, "CHAT_ABSTAIN_MIN_VECTOR", DEFAULT_MIN_VECTOR, minimum=-1.0),
         )
+
+
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env_float(env, name, default, minimum=0.0)
+    if value > 1.0:
+        raise ConfigError(f"{name}={value} must be between 0 and 1")
+    return value

@@ -35,9 +35,27 @@ class Passage:
             score=self.hit.score,
         )
 
-    def source_label(self) -> str:
-        where = f", page {self.hit.page}" if self.hit.page else ""
-        return f"{self.hit.file_name}{where}"
+    def source_label(self, language: str) -> str:
+        where = location(self.hit.file_name, self.hit.page, self.hit.heading, language)
+        return f"{self.hit.file_name}, {where}" if where else self.hit.file_name
+
+
+_PLACE = {
+    "vi": {"page": "trang {n}", "slide": "trang chiếu {n}"},
+    "en": {"page": "page {n}", "slide": "slide {n}"},
+}
+
+
+def location(file_name: str, page: int, heading: str, language: str) -> str:
+    """Where in its file a passage is, in the answer's language: a PPTX passage's page is its slide;
+    the heading path when the chunk has one ("Chương 2 › Ngăn xếp")."""
+    parts: list[str] = []
+    if page:
+        kind = "slide" if file_name.lower().endswith(".pptx") else "page"
+        parts.append(_PLACE[language][kind].format(n=page))
+    if heading:
+        parts.append(f"«{heading}»" if language == "vi" else f"“{heading}”")
+    return ", ".join(parts)
 
 
 def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
@@ -45,17 +63,6 @@ def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
     if len(text) <= limit:
         return text
     return text[:limit].rsplit(" ", 1)[0] + "…"
-
-
-# Cosine similarity under which a hit that shares no word with the question is noise: vector search
-# always returns its nearest neighbours, relevant or not. (MiniLM: unrelated text scores ~0-0.2.)
-MIN_VECTOR_SCORE = 0.25
-
-
-def relevant_hits(hits: Sequence[storage_pb2.ChunkHit]) -> list[storage_pb2.ChunkHit]:
-    """Hits that match the question's words or are close in meaning; the rest are dropped so that an
-    off-topic question gets "nothing found" instead of quotes from unrelated passages."""
-    return [h for h in hits if h.text_score > 0 or h.vector_score >= MIN_VECTOR_SCORE]
 
 
 def pack_passages(hits: Sequence[storage_pb2.ChunkHit], budget_tokens: int) -> list[Passage]:
@@ -84,8 +91,8 @@ def pack_passages(hits: Sequence[storage_pb2.ChunkHit], budget_tokens: int) -> l
     return passages
 
 
-def format_context(passages: Sequence[Passage]) -> str:
-    return "\n\n".join(f"[{p.index}] ({p.source_label()})\n{p.text}" for p in passages)
+def format_context(passages: Sequence[Passage], language: str) -> str:
+    return "\n\n".join(f"[{p.index}] ({p.source_label(language)})\n{p.text}" for p in passages)
 
 
 def cited_indices(answer: str, count: int) -> list[int]:
@@ -106,29 +113,47 @@ def answer_citations(answer: str, passages: Sequence[Passage]) -> list[common_pb
     return [p.citation() for p in chosen]
 
 
-NO_LLM_NOTICE = {
-    "vi": "Chưa kết nối mô hình ngôn ngữ nào, nên đây là các đoạn liên quan nhất "
-    "được trích nguyên văn từ tài liệu của bạn:",
-    "en": "No language model is connected, so here are the most relevant passages quoted from your documents:",
-}
-NOTHING_FOUND = {
-    "vi": "Mình không tìm thấy nội dung liên quan trong tài liệu của bạn cho câu hỏi này.",
-    "en": "I found nothing relevant to this question in your documents.",
-}
-NO_LLM_SHORT = {
-    "vi": "(Chưa kết nối mô hình ngôn ngữ nào.)",
-    "en": "(No language model is connected.)",
-}
+QUOTE_CHARS = 600
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+# A line of code that lost its fence in extraction (PDF, DOCX): a statement end, a brace, an include.
+_CODE_LINE = re.compile(r"(;|\{|\})\s*$|^\s*(#include|def |class |return\b|for\s*\(|while\s*\(|if\s*\()|^\s*\}")
 
 
-def extractive_answer(passages: Sequence[Passage], language: str, max_quotes: int = 3) -> str:
-    """The answer when no LLM is reachable: a plain notice, then the best passages quoted and cited."""
-    if not passages:
-        return f"{NOTHING_FOUND[language]} {NO_LLM_SHORT[language]}"
-    lines = [NO_LLM_NOTICE[language], ""]
-    for passage in passages[:max_quotes]:
-        quote = snippet(passage.hit.text, 600)
-        lines.append(f"> {quote} [{passage.index}]")
-        lines.append(f"> — {passage.source_label()}")
-        lines.append("")
-    return "\n".join(lines).rstrip()
+def format_quote(text: str, limit: int = QUOTE_CHARS) -> list[str]:
+    """A passage as Markdown block-quote lines that show it as it was written: line breaks kept,
+    code kept in a fenced block (a fence the passage has, or one put around runs of code-looking
+    lines), headings demoted to bold (a "# Title" line would render as a page-wide heading), display
+    math on its own lines. Cut at a line end after about ``limit`` characters, closing an open fence."""
+    lines: list[str] = []
+    used = 0
+    in_fence = False
+    in_code = False  # a run of unfenced code lines we fenced
+    for raw in text.strip().splitlines():
+        line = raw.rstrip()
+        if used >= limit:
+            lines.append("…")
+            break
+        if _FENCE.match(line):
+            if in_code:
+                lines.append("```")
+                in_code = False
+            in_fence = not in_fence
+            lines.append(line.strip())
+        elif in_fence:
+            lines.append(line)
+        elif _CODE_LINE.search(line):
+            if not in_code:
+                lines.append("```")
+                in_code = True
+            lines.append(line)
+        else:
+            if in_code:
+                lines.append("```")
+                in_code = False
+            heading = _HEADING.match(line)
+            lines.append(f"**{heading.group(1)}**" if heading else line.strip())
+        used += len(line) + 1
+    if in_fence or in_code:
+        lines.append("```")
+    return [f"> {line}".rstrip() for line in lines]

@@ -25,9 +25,24 @@ _RULES = {
         "Answer in English."
     ),
 }
-_NO_PASSAGES = {
-    "vi": "Không tìm thấy đoạn tài liệu nào liên quan. Hãy nói rõ điều đó trước, rồi mới trả lời từ kiến thức chung.",
-    "en": "No relevant passages were found. Say so first, then answer from general knowledge if you can.",
+# When no passage is about the question, chat has already told the student so (grounding); the model
+# only suggests what to upload or where to look, and never answers from general knowledge.
+_ABSTAIN = {
+    "vi": (
+        "Tài liệu của sinh viên không có đoạn nào về câu hỏi này, và sinh viên vừa được báo điều đó. "
+        "Đừng trả lời câu hỏi và đừng trích dẫn. Trong một hoặc hai câu, gợi ý nên tải lên tài liệu nào "
+        "(môn học, chương, chủ đề) hoặc tìm ở đâu. Trả lời bằng tiếng Việt."
+    ),
+    "en": (
+        "The student's material has no passage about this question, and the student has just been told so. "
+        "Do not answer the question and cite nothing. In one or two sentences, suggest what material to "
+        "upload (subject, chapter, topic) or where to look. Answer in English."
+    ),
+}
+# The translation of a question into the material's language, for retrieval only.
+_TRANSLATE = {
+    "vi": "Dịch câu hỏi của sinh viên sang tiếng Việt. Chỉ trả lời bằng bản dịch, không giải thích.",
+    "en": "Translate the student's question into English. Reply with the translation only, no explanation.",
 }
 
 
@@ -57,11 +72,10 @@ def trim_memory(turns: Sequence[Turn], budget_tokens: int) -> list[Turn]:
 def build_messages(
     agent: AgentSpec, language: str, passages: Sequence[Passage], memory: Sequence[Turn], question: str
 ) -> list[ChatCompletionMessageParam]:
-    system = f"{agent.instructions(language)}\n\n{_RULES[language]}"
     if passages:
-        system += "\n\n" + format_context(passages)
+        system = f"{agent.instructions(language)}\n\n{_RULES[language]}\n\n{format_context(passages, language)}"
     else:
-        system += "\n\n" + _NO_PASSAGES[language]
+        system = _ABSTAIN[language]
     messages: list[ChatCompletionMessageParam] = [{"role": "system", "content": system}]
     for turn in memory:
         if turn.role == "assistant":
@@ -70,3 +84,7 @@ def build_messages(
             messages.append({"role": "user", "content": turn.content})
     messages.append({"role": "user", "content": question})
     return messages
+
+
+def translation_messages(question: str, target_language: str) -> list[ChatCompletionMessageParam]:
+    return [{"role": "system", "content": _TRANSLATE[target_language]}, {"role": "user", "content": question}]

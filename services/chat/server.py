@@ -35,6 +35,7 @@ from studyassist.storage.v1 import storage_pb2_grpc
 
 from chat.agents import AgentRegistry
 from chat.config import Settings
+from chat.grounding import Grounding
 from chat.llm import LlmBackend
 from chat.responses import ResponseCache
 from chat.servicer import ChatServicer
@@ -158,6 +159,7 @@ async def _build(
         cache,
         tasks,
         settings.context_tokens,
+        grounding=Grounding(settings.abstain_min_coverage, settings.abstain_min_vector),
         meter=telemetry.meter,
     )
     server, port = create_server(

@@ -21,10 +21,12 @@ from studyassist.core.errors import DeadlineExceeded, InvalidArgument, NotFound,
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
-from chat.agents import AgentRegistry, AgentSpec
-from chat.context import Passage, answer_citations, extractive_answer, pack_passages, relevant_hits
+from chat.agents import AgentRegistry, AgentSpec, Sampling
+from chat.context import Passage, answer_citations, pack_passages
+from chat.extractive import extractive_answer
+from chat.grounding import Grounding, abstention_notice, fuse_hits, material_language
 from chat.llm import LlmBackend, LlmUnavailable, StreamUsage
-from chat.prompts import Turn, build_messages, trim_memory
+from chat.prompts import Turn, build_messages, translation_messages, trim_memory
 from chat.responses import ResponseCache, cache_key
 from chat.tasks import TaskStore
 from chat.text import detect_language, estimate_tokens, greeting_reply, is_greeting, make_title
@@ -45,6 +47,11 @@ HISTORY_PAGE = 100
 MAX_HISTORY_PAGES = 20
 # Messages considered for memory before trimming to the token budget.
 MEMORY_MESSAGES = 40
+# A question translated into the material's language for retrieval (cross-language questions).
+TRANSLATE_TIMEOUT_S = 20.0
+TRANSLATE_SAMPLING = Sampling(temperature=0.0, top_p=1.0, max_tokens=200)
+# What the model may add after chat has said that the material does not answer (a suggestion).
+ABSTAIN_MAX_TOKENS = 160
 GREETING = "greeting"
 EXTRACTIVE = "extractive"
 # Buckets of llm.tokens_per_second: from a big model on a CPU to a small one on a GPU.
@@ -125,9 +132,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         tasks: TaskStore,
         context_tokens: int,
         *,
+        grounding: Grounding | None = None,
         meter: metrics.Meter | None = None,
     ) -> None:
         self.agents = agents
+        self.grounding = grounding or Grounding()
         self.storage = storage
         self.embedding = embedding
         self.llm = llm
@@ -335,14 +344,34 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 embedding = await embed_task
                 retrieval_started = time.perf_counter()
                 hits = await self._search(question, embedding, agent.top_k, request.file_ids, metadata, within)
+                material = material_language(hits)
+                cross_language = material is not None and material != language
+                if cross_language and self.llm.available:
+                    assert material is not None
+                    hits = await self._search_translated(
+                        question, material, hits, agent.top_k, request.file_ids, metadata, within
+                    )
                 answer.retrieval_ms = (time.perf_counter() - retrieval_started) * 1000
                 memory_turns = trim_memory(memory, int(self.context_tokens * MEMORY_SHARE))
                 fixed = estimate_tokens(agent.instructions(language)) + estimate_tokens(question) + 200
                 memory_cost = sum(estimate_tokens(t.content) + 4 for t in memory_turns)
-                passages = pack_passages(relevant_hits(hits), max(256, self.context_tokens - fixed - memory_cost))
+                grounded = self.grounding.passages(hits)
+                passages = pack_passages(grounded, max(256, self.context_tokens - fixed - memory_cost))
+                lead = ""
+                if not passages:
+                    # Nothing is about the question: say so, with what to upload or where to look,
+                    # and quote nothing (the nearest passages of an off-topic question are noise).
+                    closest = hits[0] if hits and hits[0].query_coverage > 0 else None
+                    lead = abstention_notice(
+                        language,
+                        hits,
+                        selected_files=len(request.file_ids),
+                        cross_language=cross_language and not self.llm.available,
+                        closest=Passage(1, closest, "").source_label(language) if closest is not None else "",
+                    )
                 messages = build_messages(agent, language, passages, memory_turns, question)
                 async for event in self._generate(
-                    answer, agent, messages, passages, language, streaming, within, started, session_id
+                    answer, agent, messages, passages, question, lead, language, streaming, within, started, session_id
                 ):
                     yield event
 
@@ -378,27 +407,40 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         agent: AgentSpec,
         messages: list[ChatCompletionMessageParam],
         passages: list[Passage],
+        question: str,
+        lead: str,
         language: str,
         streaming: bool,
         within: Callable[[float], float],
         started: float,
         session_id: Callable[[], Awaitable[str]],
     ) -> AsyncIterator[chat_pb2.ChatEvent]:
-        """Started, then the deltas: from the LLM when it is up, else the extractive answer."""
+        """Started, then the deltas: from the LLM when it is up, else the extractive answer; ``lead``
+        (chat's own abstention notice) first, whoever writes the rest."""
+        sampling = agent.sampling
+        lead_text = ""
+        if lead:
+            sampling = Sampling(sampling.temperature, sampling.top_p, min(sampling.max_tokens, ABSTAIN_MAX_TOKENS))
+            lead_text = f"{lead}\n\n"
         if self.llm.available:
             try:
                 # The caller's deadline (inf: none) bounds the request; so does LLM_TIMEOUT_S.
                 llm_deadline_s = within(math.inf) - FINISH_RESERVE_S
                 if streaming:
-                    stream = await self.llm.open_stream(messages, agent.sampling, llm_deadline_s)
+                    stream = await self.llm.open_stream(messages, sampling, llm_deadline_s)
                     broke = False
                     try:
                         answer.backend = self.llm.model_backend_name
                         yield chat_pb2.ChatEvent(
                             started=chat_pb2.ChatStarted(session_id=await session_id(), backend=answer.backend)
                         )
+                        if lead:
+                            answer.text.append(lead_text)
+                            yield chat_pb2.ChatEvent(delta=chat_pb2.ChatDelta(text=lead_text))
+                        first = True
                         async for piece in stream.deltas():
-                            if not answer.text:
+                            if first:
+                                first = False
                                 answer.first_token_ms = (time.perf_counter() - started) * 1000
                                 self._time_to_first_token.record(
                                     answer.first_token_ms / 1000, self._llm_attributes(streamed=True)
@@ -423,11 +465,14 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     speed = None if broke else stream.tokens_per_second(answer.usage.completion_tokens)
                 else:
                     asked = time.perf_counter()
-                    text, usage = await self.llm.complete(messages, agent.sampling, llm_deadline_s)
+                    text, usage = await self.llm.complete(messages, sampling, llm_deadline_s)
                     answered = time.perf_counter()
                     answer.backend = self.llm.model_backend_name
                     answer.first_token_ms = (answered - started) * 1000
                     self._time_to_first_token.record(answer.first_token_ms / 1000, self._llm_attributes(streamed=False))
+                    generated = text
+                    if lead:
+                        text = lead_text + text
                     answer.text.append(text)
                     answer.usage = usage
                     yield chat_pb2.ChatEvent(
@@ -436,7 +481,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     yield chat_pb2.ChatEvent(delta=chat_pb2.ChatDelta(text=text))
                     self._estimate_usage(answer, messages)
                     elapsed = answered - asked
-                    speed = answer.usage.completion_tokens / elapsed if text and elapsed > 0 else None
+                    speed = answer.usage.completion_tokens / elapsed if generated and elapsed > 0 else None
                 if speed is not None:
                     self._tokens_per_second.record(speed, self._llm_attributes(streamed=streaming))
                 return
@@ -445,7 +490,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     return
                 log.warning("llm unavailable, answering extractively", extra={"fields": {"error": str(exc)}})
         answer.backend = EXTRACTIVE
-        text = extractive_answer(passages, language)
+        text = extractive_answer(agent.extractive, passages, question, language) if passages else lead
         answer.first_token_ms = (time.perf_counter() - started) * 1000
         answer.text.append(text)
         answer.usage = StreamUsage(0, estimate_tokens(text))
@@ -579,6 +624,36 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             ),
         )
         return list(response.hits)
+
+    async def _search_translated(
+        self,
+        question: str,
+        material: str,
+        hits: list[storage_pb2.ChunkHit],
+        top_k: int,
+        file_ids: Sequence[str],
+        metadata: tuple[tuple[str, str], ...],
+        within: Callable[[float], float],
+    ) -> list[storage_pb2.ChunkHit]:
+        """``hits`` fused with those of the question translated by the LLM into the material's
+        language (an English question about Vietnamese notes shares no word with them); ``hits``
+        alone when the model cannot translate."""
+        try:
+            text, _ = await self.llm.complete(
+                translation_messages(question, material), TRANSLATE_SAMPLING, within(TRANSLATE_TIMEOUT_S)
+            )
+        except LlmUnavailable as exc:
+            log.warning("translating the question failed", extra={"fields": {"error": str(exc)}})
+            return hits
+        translated = " ".join(text.split())[:MAX_MESSAGE_CHARS]
+        if not translated or translated.casefold() == question.casefold():
+            return hits
+        embedding = await self._embed(translated, within)
+        try:
+            more = await self._search(translated, embedding, top_k, file_ids, metadata, within)
+        except InvalidArgument:  # the model's output held no word to search by
+            return hits
+        return fuse_hits(hits, more, top_k)
 
     async def _save(
         self,

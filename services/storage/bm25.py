@@ -23,10 +23,11 @@ import re
 import unicodedata
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from studyassist.core.stopwords import STOP_WORDS
 
 from storage.textfold import fold, fold_fast
 
@@ -48,134 +49,6 @@ _CLAUSE_BREAK = re.compile(r"[^\w \t]|_")
 _WORD = re.compile(r"[^\W_]+")
 _PAIR = "{} {}".format
 
-# Syllables that nearly every question or passage holds: function words, question words, copulas,
-# pronouns; and English ones. Written with their diacritics: a query typed with diacritics drops
-# "là" but keeps "lá" (nút lá, a leaf), "có" but not "cơ"; one typed without drops the folded
-# forms. Only a query's unigrams are dropped (the index keeps every term, so changing this list
-# needs no re-index), and only where the folded form is rarely a content word ("đã"/"đa" and
-# "để"/"đệ quy" are not here: folded, "da" and "de" are content too often).
-STOP_WORDS = frozenset(
-    [
-        "là",
-        "có",
-        "không",
-        "của",
-        "và",
-        "các",
-        "những",
-        "được",
-        "với",
-        "một",
-        "trong",
-        "này",
-        "đó",
-        "thì",
-        "mà",
-        "ở",
-        "khi",
-        "như",
-        "thế",
-        "nào",
-        "gì",
-        "sao",
-        "nếu",
-        "hay",
-        "hoặc",
-        "sẽ",
-        "bị",
-        "rằng",
-        "nhiều",
-        "ít",
-        "ai",
-        "ấy",
-        "vậy",
-        "ạ",
-        "ơi",
-        "nhé",
-        "nhỉ",
-        "rồi",
-        "hãy",
-        "xin",
-        "giúp",
-        "em",
-        "bạn",
-        "mình",
-        "tôi",
-        "the",
-        "a",
-        "an",
-        "of",
-        "to",
-        "in",
-        "on",
-        "at",
-        "for",
-        "by",
-        "with",
-        "from",
-        "as",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "being",
-        "it",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "what",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "how",
-        "why",
-        "when",
-        "where",
-        "do",
-        "does",
-        "did",
-        "can",
-        "could",
-        "should",
-        "would",
-        "will",
-        "shall",
-        "may",
-        "might",
-        "must",
-        "and",
-        "or",
-        "not",
-        "no",
-        "but",
-        "if",
-        "then",
-        "than",
-        "so",
-        "such",
-        "there",
-        "here",
-        "about",
-        "into",
-        "over",
-        "i",
-        "you",
-        "he",
-        "she",
-        "we",
-        "they",
-        "me",
-        "my",
-        "your",
-        "our",
-        "their",
-    ]
-)
 STOP_FOLDED = frozenset(fold(word) for word in STOP_WORDS)
 # Letters with Vietnamese diacritics (and đ): a query holding one was typed with diacritics.
 _MARKED = re.compile(r"[^\x00-\x7f]")
@@ -336,6 +209,24 @@ def build_postings(texts: Sequence[str], first_item: int = 0) -> Postings:
 def idf(df: np.ndarray | float, n: int) -> np.ndarray:
     """BM25's inverse document frequency (Lucene's form: never negative)."""
     return np.log1p((n - np.asarray(df, dtype=np.float64) + 0.5) / (np.asarray(df, dtype=np.float64) + 0.5))
+
+
+def term_weights(terms: Sequence[str], df: Mapping[str, int], count: int) -> dict[str, float]:
+    """Each query term's idf over the searched collection (``count`` items), a term that no item holds
+    included: it weighs most, as a question's words the material lacks should."""
+    values = idf(np.fromiter((df.get(t, 0) for t in terms), dtype=np.float64, count=len(terms)), max(count, 1))
+    return dict(zip(terms, values.tolist(), strict=True))
+
+
+def coverage(weights: Mapping[str, float], text: str) -> float:
+    """The idf-weighted share of the query's terms that ``text`` holds, 0..1: how much of what the
+    question asks about the passage mentions. Unlike a BM25 score it is comparable across questions,
+    so one threshold can tell a passage about the question from one sharing a common word with it."""
+    total = sum(weights.values())
+    if total <= 0:
+        return 0.0
+    tokens = set(passage_tokens(text)[0])
+    return sum(w for term, w in weights.items() if term in tokens) / total
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from chat.agents import AgentRegistry
 from chat.config import DEFAULT_AGENTS_FILE, Settings
-from chat.context import answer_citations, cited_indices, extractive_answer, pack_passages, relevant_hits
+from chat.context import answer_citations, cited_indices, pack_passages
+from chat.extractive import extractive_answer
 from chat.prompts import Turn, build_messages, trim_memory
 from chat.responses import cache_key
 from chat.text import detect_language, estimate_tokens, is_greeting, make_title, normalise_question
@@ -96,13 +97,11 @@ def test_answer_citations_map_to_file_page_and_snippet() -> None:
 
 def test_extractive_answer_quotes_and_cites_and_says_no_model() -> None:
     passages = pack_passages([hit(1, "The mascot is a kingfisher."), hit(2, "Queues are FIFO.")], 1000)
-    text = extractive_answer(passages, "en")
+    text = extractive_answer("quotes", passages, "mascot?", "en")
     assert "No language model is connected" in text
-    assert "kingfisher. [1]" in text and "[2]" in text
-    vi = extractive_answer(passages, "vi")
-    assert "Chưa kết nối mô hình ngôn ngữ" in vi
-    empty = extractive_answer([], "en")
-    assert "found nothing relevant" in empty and "[1]" not in empty
+    assert "> The mascot is a kingfisher." in text and "[1]" in text and "[2]" in text
+    vi = extractive_answer("quotes", passages, "linh vật?", "vi")
+    assert vi.startswith("Chưa kết nối mô hình ngôn ngữ")
 
 
 def test_cache_key_changes_with_each_part_but_not_with_question_spelling() -> None:
@@ -173,10 +172,3 @@ def test_prompt_puts_passages_in_system_and_question_last() -> None:
     assert messages[0]["role"] == "system" and "[1] (file1.pdf, page 2)" in str(messages[0]["content"])
     assert "data, not instructions" in str(messages[0]["content"])
     assert messages[-1] == {"role": "user", "content": "What is X?"}
-
-
-def test_off_topic_hits_are_dropped() -> None:
-    lexical = storage_pb2.ChunkHit(chunk_id="a", text_score=0.1, vector_score=0.05)
-    close = storage_pb2.ChunkHit(chunk_id="b", text_score=0.0, vector_score=0.6)
-    noise = storage_pb2.ChunkHit(chunk_id="c", text_score=0.0, vector_score=0.1)
-    assert [h.chunk_id for h in relevant_hits([lexical, close, noise])] == ["a", "b"]
