@@ -24,16 +24,17 @@ from studyassist.core.errors import AlreadyExists, InvalidArgument, NotFound, Un
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from storage.blobs import BlobStore
-from storage.bm25 import TERMS_VERSION, build_postings, highlight_words, query_terms, query_words
+from storage.bm25 import build_postings, highlight_words, query_terms, query_words
 from storage.config import DEFAULT_VECTOR_WEIGHT
 from storage.db import Connection, Database
 from storage.embeddings import EmbeddingClient, EmbeddingError
 from storage.filecontent import FILE_NAME_METADATA, list_file_chunks, media_type, owned_file, read_blob
 from storage.ids import caller, decode_token, page_size, parse_id
 from storage.ingest import Ingestor
+from storage.message_text import searchable_text
 from storage.paging import newest_first, split_page
 from storage.ranking import Ranking
-from storage.termindex import append_session_terms, rank_chunks, rank_messages
+from storage.termindex import SESSION_TERMS_VERSION, append_session_terms, rank_chunks, rank_messages
 from storage.textfold import fold, highlight
 from storage.uploads import receive, store
 
@@ -237,9 +238,11 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     ) -> storage_pb2.File:
         user_id = caller(context)
         received = await receive(request_iterator, self.blobs, self.upload_max_bytes)
-        file_id = await store(self.db, self.blobs, user_id, received)
+        stored = await store(self.db, self.blobs, user_id, received)
         self.ingestor.wake()
-        return await self._get_file(user_id, file_id)
+        file = await self._get_file(user_id, stored.file_id)
+        file.merged = stored.merged
+        return file
 
     async def _get_file(self, user_id: uuid.UUID, file_id: uuid.UUID) -> storage_pb2.File:
         async with self.db.connection() as conn:
@@ -534,7 +537,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                     user_id,
                     _clean_text(request.title.strip(), "title", 300),
                     _clean_text(request.agent_id, "agent_id", 100),
-                    TERMS_VERSION,
+                    SESSION_TERMS_VERSION,
                 )
         except asyncpg.ForeignKeyViolationError:
             raise NotFound("user not found") from None
@@ -663,7 +666,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             )
         title = _clean_text(request.title.strip(), "title", 300)
         # Numbered from 0 here; shifted to the session's next position under its row lock.
-        postings = build_postings([value[4] for value in values])
+        # The index holds what history search should find (storage.message_text: no stock sentences).
+        postings = build_postings([searchable_text(value[3], value[4]) for value in values])
         async with self.db.connection() as conn, conn.transaction():
             first_position = await conn.fetchval(
                 "SELECT message_count FROM chat_sessions WHERE id = $1 AND user_id = $2 FOR UPDATE", session_id, user_id
@@ -727,7 +731,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 storage_pb2.MessageHit(
                     message=_message(row),
                     session_title=row["title"],
-                    highlighted=highlight(row["content"], marks),
+                    highlighted=highlight(searchable_text(row["role"], row["content"]), marks),
                     score=found.score,
                 )
             )

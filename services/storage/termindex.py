@@ -11,11 +11,23 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
+from studyassist.storage.v1 import storage_pb2
 
 from storage.bm25 import TERMS_VERSION, Postings, Scored, build_postings, rank
 from storage.db import Connection, Database
+from storage.message_text import SESSION_TEXT_VERSION, searchable_text
 
 log = logging.getLogger(__name__)
+
+# A session's index is built by the tokenisation (TERMS_VERSION) from what message_text keeps of
+# each message (SESSION_TEXT_VERSION): a change of either re-indexes it. Both only grow.
+SESSION_TERMS_VERSION = 100 * TERMS_VERSION + SESSION_TEXT_VERSION
+# History search is for finding what one said or was told: among messages matching about as well,
+# the student's own come first (their words name the topic; an answer's are many and generic).
+USER_MESSAGE_BOOST = 1.5
+# Candidates ranked by BM25 before the boost reorders them: enough for a boosted message from
+# below the page to reach it.
+MESSAGE_CANDIDATES = 3
 
 # The re-indexer's batch: documents (or sessions) per look at the table.
 REINDEX_BATCH = 20
@@ -98,7 +110,8 @@ async def rank_chunks(
 
 
 async def rank_messages(conn: Connection, user_id: uuid.UUID, terms: list[str], limit: int) -> list[Scored]:
-    """The caller's best ``limit`` messages by BM25 over all of their sessions."""
+    """The caller's best ``limit`` messages by BM25 over all of their sessions, the student's own
+    weighted up by USER_MESSAGE_BOOST."""
     if not terms:
         return []
     stats = await conn.fetchrow(
@@ -118,13 +131,31 @@ async def rank_messages(conn: Connection, user_id: uuid.UUID, terms: list[str], 
         terms,
     )
     lengths = {r["session_id"]: r["lengths"] for r in rows if r["lengths"] is not None}
-    return rank(
+    candidates = rank(
         ((r["session_id"], r["term"], r["positions"], r["tfs"]) for r in rows),
         lengths,
         count=int(stats["n"]),
         total_length=int(stats["total"]),
-        limit=limit,
+        limit=limit * MESSAGE_CANDIDATES,
     )
+    if not candidates:
+        return []
+    roles = await conn.fetch(
+        "SELECT m.session_id, m.position, m.role FROM messages m "
+        "JOIN unnest($2::uuid[], $3::integer[]) AS k(session_id, position) "
+        "ON m.session_id = k.session_id AND m.position = k.position WHERE m.user_id = $1",
+        user_id,
+        [c.owner for c in candidates],
+        [c.item for c in candidates],
+    )
+    user_places = {(r["session_id"], r["position"]) for r in roles if r["role"] == storage_pb2.ROLE_USER}
+    boosted = [
+        Scored(c.owner, c.item, c.score * USER_MESSAGE_BOOST) if (c.owner, c.item) in user_places else c
+        for c in candidates
+    ]
+    # Stable: equal scores keep rank's order (session, then position).
+    boosted.sort(key=lambda c: -c.score)
+    return boosted[:limit]
 
 
 def _dense(rows: Sequence[asyncpg.Record], number: str, text: str) -> list[str]:
@@ -202,19 +233,23 @@ class Reindexer:
         async with self.db.connection() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT id, user_id FROM chat_sessions WHERE terms_version < $1 LIMIT $2 FOR UPDATE SKIP LOCKED",
-                TERMS_VERSION,
+                SESSION_TERMS_VERSION,
                 REINDEX_BATCH,
             )
             for row in rows:
                 contents = await conn.fetch(
-                    "SELECT position, content FROM messages WHERE session_id = $1 ORDER BY position", row["id"]
+                    "SELECT position, role, content FROM messages WHERE session_id = $1 ORDER BY position", row["id"]
                 )
-                postings = await asyncio.to_thread(build_postings, _dense(contents, "position", "content"))
+                roles = {r["position"]: r["role"] for r in contents}
+                texts = [
+                    searchable_text(roles.get(i, 0), t) for i, t in enumerate(_dense(contents, "position", "content"))
+                ]
+                postings = await asyncio.to_thread(build_postings, texts)
                 await conn.execute("DELETE FROM message_terms WHERE session_id = $1", row["id"])
                 await conn.execute(
                     "UPDATE chat_sessions SET message_lengths = '', term_total = 0, terms_version = $2 WHERE id = $1",
                     row["id"],
-                    TERMS_VERSION,
+                    SESSION_TERMS_VERSION,
                 )
                 await append_session_terms(conn, row["id"], row["user_id"], postings)
                 done += 1

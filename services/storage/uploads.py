@@ -122,8 +122,16 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
     return Received(temp, sha256, temp.size, kind, clean_file_name(metadata.file_name))
 
 
-async def store(db: Database, blobs: BlobStore, user_id: uuid.UUID, received: Received) -> uuid.UUID:
-    """Commit the blob and its rows; returns the live file id. Same user + same bytes: no new work."""
+@dataclass(frozen=True, slots=True)
+class Stored:
+    file_id: uuid.UUID
+    # The caller already had these bytes as a live file and ``file_id`` is that file: the client
+    # says "merged" instead of showing what looks like a second copy.
+    merged: bool = False
+
+
+async def store(db: Database, blobs: BlobStore, user_id: uuid.UUID, received: Received) -> Stored:
+    """Commit the blob and its rows; returns the live file. Same user + same bytes: no new work."""
     try:
         async with db.connection() as conn:
             for _ in range(3):  # a concurrent upload of the same bytes can win a race; look again
@@ -162,12 +170,12 @@ async def store(db: Database, blobs: BlobStore, user_id: uuid.UUID, received: Re
                             document_id,
                             received.file_name,
                         )
-                        return file_id
+                        return Stored(file_id)
                     live = await conn.fetchval(
                         "SELECT id FROM uploaded_files WHERE document_id = $1 AND deleted_at IS NULL", existing["id"]
                     )
                     if live is not None:
-                        return uuid.UUID(str(live))
+                        return Stored(uuid.UUID(str(live)), merged=True)
                     file_id = uuid.uuid4()
                     inserted = await conn.fetchval(
                         "INSERT INTO uploaded_files (id, user_id, document_id, file_name) VALUES ($1, $2, $3, $4) "
@@ -178,7 +186,7 @@ async def store(db: Database, blobs: BlobStore, user_id: uuid.UUID, received: Re
                         received.file_name,
                     )
                     if inserted is not None:
-                        return file_id
+                        return Stored(file_id)
             raise InvalidArgument("the same file is being uploaded concurrently; try again")
     except asyncpg.ForeignKeyViolationError:
         raise NotFound("user not found") from None
