@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from studyassist.metrics.v1 import metrics_pb2
@@ -29,6 +29,8 @@ class AlertStatus:
     state: metrics_pb2.AlertState = OK
     value: float = 0.0
     detail: str = ""
+    # The figures behind value, by name (metrics.proto Alert.args): the web app's text from them.
+    args: dict[str, str] = field(default_factory=dict)
     since: float = 0.0
 
     def to_proto(self) -> metrics_pb2.Alert:
@@ -42,6 +44,8 @@ class AlertStatus:
             threshold=self.threshold,
             since=since,
             description=description,
+            code=self.name,
+            args=self.args,
         )
 
 
@@ -78,11 +82,19 @@ class AlertEvaluator:
         settings = self._settings
         views = self._store.window(settings.alert_window_s)
         pool_value, pool_detail = 0.0, ""
+        pool_args: dict[str, str] = {}
         for use in pools(views):
             if use.mean_utilisation > pool_value:
                 pool_value = use.mean_utilisation
                 pool_detail = f"{use.service} pool {use.pool}: {use.in_use_mean:.1f} of {use.max_size:g} in use"
+                pool_args = {
+                    "service": use.service,
+                    "pool": use.pool,
+                    "in_use": f"{use.in_use_mean:.1f}",
+                    "max": f"{use.max_size:g}",
+                }
         p95_value, p95_detail = 0.0, ""
+        p95_args: dict[str, str] = {}
         total = errors = 0
         for endpoint in endpoints(views):
             total += endpoint.count
@@ -92,17 +104,19 @@ class AlertEvaluator:
             p95 = endpoint.percentile_ms(0.95) / 1000
             if p95 > p95_value:
                 p95_value, p95_detail = p95, f"{endpoint.service} {endpoint.method}: {endpoint.count} calls"
+                p95_args = {"service": endpoint.service, "method": endpoint.method, "calls": str(endpoint.count)}
         error_value = errors / total if total >= settings.alert_min_requests else 0.0
         error_detail = f"{errors} of {total} calls failed" if total else ""
-        self._set("pool_utilisation", pool_value, pool_detail)
-        self._set("response_time_p95", p95_value, p95_detail)
-        self._set("error_rate", error_value, error_detail)
+        error_args = {"errors": str(errors), "calls": str(total)} if total else {}
+        self._set("pool_utilisation", pool_value, pool_detail, pool_args)
+        self._set("response_time_p95", p95_value, p95_detail, p95_args)
+        self._set("error_rate", error_value, error_detail, error_args)
         return list(self.alerts.values())
 
-    def _set(self, name: str, value: float, detail: str) -> None:
+    def _set(self, name: str, value: float, detail: str, args: dict[str, str]) -> None:
         alert = self.alerts[name]
         state = FIRING if value > alert.threshold else OK
-        alert.value, alert.detail = value, detail
+        alert.value, alert.detail, alert.args = value, detail, args
         if state != alert.state:
             alert.state, alert.since = state, self._clock()
             log.warning(

@@ -428,6 +428,10 @@ class MetricStore:
     def all_series(self) -> list[Series]:
         return list(self._series.values())
 
+    def slot_indices(self, window_s: float) -> range:
+        """The time slots the last ``window_s`` seconds cover, oldest first (slot i starts at i * slot_s)."""
+        return range(self._first_index(window_s), self._slot_index(self._clock()) + 1)
+
 
 def _number(point: metrics_pb2.NumberDataPoint) -> float:
     return float(point.as_int) if point.WhichOneof("value") == "as_int" else point.as_double
