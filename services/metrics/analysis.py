@@ -149,6 +149,7 @@ def _gauge_values(views: list[WindowView], window_s: float) -> list[metrics_pb2.
                     attributes=attributes,
                     value=view.gauge.last,
                     kind=series.kind,
+                    unit=series.unit,
                 )
             )
         elif series.kind == "counter":
@@ -160,6 +161,7 @@ def _gauge_values(views: list[WindowView], window_s: float) -> list[metrics_pb2.
                     value=view.increase,
                     kind="counter",
                     per_second=view.increase / window_s if window_s else 0.0,
+                    unit=series.unit,
                 )
             )
     return values
@@ -189,6 +191,7 @@ def _hit_ratios(views: list[WindowView]) -> list[metrics_pb2.GaugeValue]:
                     attributes=dict(attributes),
                     value=hits / (hits + misses),
                     kind="ratio",
+                    unit="1",
                 )
             )
     return values

@@ -3,7 +3,8 @@ from the slots already held, and alerts as a stable code with the figures behind
 
 from __future__ import annotations
 
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.metrics.v1 import metrics_pb2 as otlp
 from studyassist.core.channels import create_channel
 from studyassist.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 
@@ -65,3 +66,24 @@ async def test_alerts_carry_a_code_and_their_figures() -> None:
         assert dict(alerts["error_rate"].args) == {"errors": "30", "calls": "100"}
         # The English description stays for logs and API readers.
         assert "30 of 100 calls failed" in alerts["error_rate"].description
+
+
+async def test_gauges_carry_their_unit() -> None:
+    request = metrics_service_pb2.ExportMetricsServiceRequest()
+    resource = request.resource_metrics.add()
+    resource.resource.attributes.add(key="service.name").value.string_value = "chat"
+    scope = resource.scope_metrics.add()
+    scope.metrics.add(name="process.memory.rss", unit="By").gauge.data_points.add(as_int=150 * 1024 * 1024)
+    hits = scope.metrics.add(name="chat.cache.hits", unit="{lookup}").sum
+    hits.is_monotonic, hits.aggregation_temporality = True, otlp.AGGREGATION_TEMPORALITY_DELTA
+    hits.data_points.add(as_int=3)
+    misses = scope.metrics.add(name="chat.cache.misses", unit="{lookup}").sum
+    misses.is_monotonic, misses.aggregation_temporality = True, otlp.AGGREGATION_TEMPORALITY_DELTA
+    misses.data_points.add(as_int=1)
+    async with metrics_service(ENV) as app, create_channel(f"127.0.0.1:{app.port}") as channel:
+        await metrics_service_pb2_grpc.MetricsServiceStub(channel).Export(request)  # type: ignore[no-untyped-call]
+        board = await metrics_pb2_grpc.MetricsServiceStub(channel).GetDashboard(metrics_pb2.GetDashboardRequest())
+    units = {g.name: (g.unit, g.value) for g in board.gauges}
+    assert units["process.memory.rss"] == ("By", 150 * 1024 * 1024)
+    assert units["chat.cache.hits"] == ("{lookup}", 3)
+    assert units["chat.cache.hit_ratio"] == ("1", 0.75)
