@@ -307,7 +307,10 @@ def build_openapi(routes: list[Route], *, admin_backends: frozenset[str] = froze
         "get": {
             "operationId": "readyz",
             "tags": ["health"],
-            "responses": {"200": {"description": "backends serving"}, "503": {"description": "a backend is not"}},
+            "responses": {
+                "200": {"description": "required backends serving; status 'degraded' names optional ones that are not"},
+                "503": {"description": "a required backend (storage) is not serving"},
+            },
         }
     }
     return {

@@ -47,8 +47,16 @@ log = logging.getLogger(__name__)
 
 # Every route of these backends is for administrators only (ADMIN_EMAILS).
 ADMIN_BACKENDS = frozenset({"metrics"})
-# Readiness needs these; the metrics service is optional (telemetry is dropped when it is away).
-REQUIRED_BACKENDS = ("chat", "storage")
+# What /readyz asks of the backends. Kubernetes' readinessProbe (deploy/k8s/base/gateway.yaml) takes
+# a gateway pod out of the Service while it fails, so it must say whether *this* gateway is worth
+# sending traffic to. Storage is required: every API route, sign-in included, goes through it, and
+# a gateway that cannot reach it (while another replica may) serves nothing but the page shell.
+# Chat and metrics are optional: without chat, documents, history and the web app itself still
+# work and the web app can say that the assistant is restarting; without metrics, telemetry is
+# dropped. Every gateway replica shares the same chat, so failing readiness on it would take all
+# of them out at once and turn one degraded feature into a whole outage. An optional backend that
+# is not serving is reported as degraded with 200; a required one makes it 503.
+REQUIRED_BACKENDS = ("storage",)
 API_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 # Each readiness question to a backend (its health, chat's backend) is bounded by this.
 READY_TIMEOUT_S = 1.0
@@ -182,8 +190,18 @@ class Gateway:
             self._chat_backend(), asyncio.gather(*(self._serving(name) for name in names))
         )
         backends = {name: "SERVING" if ok else "NOT_SERVING" for name, ok in zip(names, results, strict=True)}
-        ready = all(backends[name] == "SERVING" for name in REQUIRED_BACKENDS)
-        return json_response({"ready": ready, "backends": backends, "chat": chat}, 200 if ready else 503)
+        down = [name for name in names if backends[name] != "SERVING"]
+        ready = not any(name in REQUIRED_BACKENDS for name in down)
+        body = {
+            # "ok", "degraded" (an optional backend is down; still 200) or "unavailable" (503).
+            "status": "unavailable" if not ready else "degraded" if down else "ok",
+            "ready": ready,
+            "backends": backends,
+            "degraded": down,
+            "required": list(REQUIRED_BACKENDS),
+            "chat": chat,
+        }
+        return json_response(body, 200 if ready else 503, headers={"Cache-Control": "no-store"})
 
     async def config(self, request: Request) -> Response:
         """What the web app needs to know of this gateway's settings, for the signed-in user."""

@@ -51,8 +51,9 @@ async def test_health_and_readiness(tmp_path: Path) -> None:
             httpx.AsyncClient(base_url=url) as client,
         ):
             assert (await client.get("/healthz")).json() == {"status": "ok"}
+            # Chat is optional: degraded, still ready (test_readyz covers required storage).
             not_ready = await client.get("/readyz")
-            assert not_ready.status_code == 503
+            assert not_ready.status_code == 200 and not_ready.json()["status"] == "degraded"
             assert not_ready.json()["backends"]["storage"] == "SERVING"
             assert not_ready.json()["backends"]["chat"] == "NOT_SERVING"
             chat, _ = create_server(f"127.0.0.1:{chat_port}", [])
@@ -61,7 +62,7 @@ async def test_health_and_readiness(tmp_path: Path) -> None:
                 # The channel reconnects with back-off; probes repeat, so poll like one.
                 for _ in range(50):
                     ready = await client.get("/readyz")
-                    if ready.status_code == 200:
+                    if ready.json()["backends"]["chat"] == "SERVING":
                         break
                     await asyncio.sleep(0.2)
                 assert ready.status_code == 200 and ready.json()["ready"] is True

@@ -1,6 +1,8 @@
-"""The gateway in front of the real chat service: /readyz says which backend chat answers with
-(from GetChatStatus) and still answers at once while chat is down; a chat task's watch streams
-as SSE from the annotation alone."""
+"""The gateway's /readyz: which backends are degraded, and chat's backend (from GetChatStatus).
+
+Chat and metrics are optional (a gateway without them still serves documents, history and the web
+app, so it stays in the Service with 200 and "degraded"); storage is required (503). Also: a chat
+task's watch streams as SSE from the annotation alone."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import NO_LLM, spawn_chat
-from tests.gateway.backend import start_storage
+from tests.gateway.backend import start_chat, start_metrics, start_storage
 from tests.gateway.conftest import DEAD_ADDR, bearer, free_port, serve_gateway
 
 
@@ -38,21 +40,28 @@ async def test_readyz_shows_the_chat_backend_and_a_task_watch_streams(tmp_path: 
             down = await client.get("/readyz")
             # Bounded by the gateway's short per-backend timeout, not by chat.
             assert time.monotonic() - asked_at < 5
-            assert down.status_code == 503
-            assert down.json()["chat"] == {"backend": "unknown", "llm_available": False, "error": "UNAVAILABLE"}
+            # Chat is away: degraded, not unready (storage, the one required backend, serves).
+            assert down.status_code == 200, down.text
+            degraded = down.json()
+            assert degraded["status"] == "degraded" and degraded["ready"] is True
+            assert degraded["backends"] == {"chat": "NOT_SERVING", "storage": "SERVING", "metrics": "NOT_SERVING"}
+            assert degraded["degraded"] == ["chat", "metrics"] and degraded["required"] == ["storage"]
+            assert degraded["chat"] == {"backend": "unknown", "llm_available": False, "error": "UNAVAILABLE"}
+            assert down.headers["cache-control"] == "no-store"
 
             # Chat with no LLM reachable (its storage and embedding are not needed to say so).
             chat = await asyncio.to_thread(
                 spawn_chat, DEAD_ADDR, DEAD_ADDR, {"CHAT_PORT": str(chat_port), "LLM_BASE_URL": NO_LLM}
             )
-            for _ in range(50):  # the gateway's channel reconnects with back-off; poll like a probe
+            for _ in range(100):  # the gateway's channel reconnects with back-off; poll like a probe
                 ready = await client.get("/readyz")
-                if ready.status_code == 200:
+                if ready.json()["backends"]["chat"] == "SERVING":
                     break
                 await asyncio.sleep(0.2)
             assert ready.status_code == 200, ready.text
             body = ready.json()
             assert body["ready"] is True and body["backends"]["chat"] == "SERVING"
+            assert body["degraded"] == ["metrics"] and body["status"] == "degraded"
             assert body["chat"] == {"backend": "extractive", "llm_available": False}
 
             # WatchChatTask as SSE: the task's states until the terminal one, then the stream ends.
@@ -81,3 +90,38 @@ async def test_readyz_shows_the_chat_backend_and_a_task_watch_streams(tmp_path: 
         if chat is not None:
             chat.stop()
         await storage.stop(0)
+
+
+async def test_readyz_is_503_without_storage_and_200_once_it_is_back(tmp_path: Path) -> None:
+    """Storage is required: the probe takes this gateway out of the Service until it reaches storage
+    again (on the same address, as after a restart), and then reports everything serving."""
+    storage, _, storage_addr = await start_storage()
+    chat, chat_addr = await start_chat()
+    metrics, metrics_addr = await start_metrics()
+    port = int(storage_addr.rsplit(":", 1)[1])
+    env = {"STORAGE_ADDR": storage_addr, "CHAT_ADDR": chat_addr, "METRICS_ADDR": metrics_addr}
+    try:
+        async with serve_gateway(env, tmp_path) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+            ok = await client.get("/readyz")
+            assert ok.status_code == 200, ok.text
+            assert ok.json()["status"] == "ok" and ok.json()["degraded"] == []
+
+            await storage.stop(0)
+            gone = await client.get("/readyz")
+            assert gone.status_code == 503, gone.text
+            assert gone.json()["status"] == "unavailable" and gone.json()["ready"] is False
+            assert gone.json()["degraded"] == ["storage"]
+            assert gone.json()["backends"]["chat"] == "SERVING"
+
+            storage, _, _ = await start_storage(port)
+            for _ in range(100):  # the channel reconnects with back-off; poll like a probe
+                back = await client.get("/readyz")
+                if back.status_code == 200:
+                    break
+                await asyncio.sleep(0.2)
+            assert back.status_code == 200, back.text
+            assert back.json()["status"] == "ok"
+    finally:
+        await storage.stop(0)
+        await chat.stop(0)
+        await metrics.stop(0)

@@ -65,7 +65,7 @@ def token(gateway_process: ServiceProcess) -> str:
 def api_schema(gateway_process: ServiceProcess, tmp_path_factory: pytest.TempPathFactory) -> Any:
     document = httpx.get(f"http://{gateway_process.address}/openapi.json").json()
     # Auth routes are covered by test_auth (random accounts here would only cost argon2 time);
-    # /readyz answers 503 by design while chat is away (test_front_door covers it).
+    # /readyz answers 503 by design while storage is away (test_readyz covers it).
     document["paths"] = {p: v for p, v in document["paths"].items() if p.startswith("/v1/") and "/auth/" not in p}
     schema = schemathesis.openapi.from_dict(document)
     schema.config.update(base_url=f"http://{gateway_process.address}")
