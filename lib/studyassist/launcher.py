@@ -4,7 +4,10 @@ Starts an embedded PostgreSQL (pgserver, data in DATA_DIR/pg) unless DATABASE_UR
 Redis at REDIS_URL and the LLM at LLM_BASE_URL when they answer (or, with LLM_MODEL_DIR, the local
 transformers model directory that the chat service serves itself with `transformers serve`, see
 studyassist.core.localmodel), starts the five services in dependency order, waits for each one's
-health, prints the address and what it found. Ctrl-C or SIGTERM stops the services in reverse
+health, prints the address and what it found. A service that dies later is started again on its
+port with back-off while the others and PostgreSQL keep running (studyassist.core.supervision),
+each restart logged and counted in the ``launcher.child_restarts`` metric (Prometheus:
+``launcher_child_restarts_total{child=...}``). Ctrl-C or SIGTERM stops the services in reverse
 order, then PostgreSQL; children also die with the launcher (PR_SET_PDEATHSIG), so nothing is left
 behind (chat stops its model server, which also dies with chat).
 """
@@ -21,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +32,12 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from studyassist.core.children import dying_with_this_process
 from studyassist.core.config import CommonSettings, ConfigError, env_service_port, env_str
 from studyassist.core.embeddedpg import start_embedded_postgres
 from studyassist.core.localmodel import DEFAULT_START_TIMEOUT_S, env_model_dir, openai_server_answers
 from studyassist.core.logs import setup_logging
+from studyassist.core.supervision import POLL_S, Supervisor
+from studyassist.core.telemetry import resolve_endpoint, setup_telemetry
 
 log = logging.getLogger("launcher")
 
@@ -121,50 +125,6 @@ def http_ready(url: str) -> bool:
         return False
 
 
-class Mesh:
-    """The processes the launcher started, in start order."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(
-        self, name: str, command: list[str], ready: Callable[[], bool], timeout_s: float = START_TIMEOUT_S
-    ) -> None:
-        # If the launcher dies, its children get SIGTERM (no preexec_fn: it hung here in a fork).
-        process = subprocess.Popen(dying_with_this_process(command), env=self.env)
-        self.processes.append((name, process))
-        deadline = time.monotonic() + timeout_s
-        while not ready():
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {process.returncode} during start")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} was not healthy within {timeout_s:.0f}s")
-            time.sleep(0.2)
-        log.info("service ready", extra={"fields": {"service": name}})
-
-    def exited(self) -> tuple[str, int] | None:
-        for name, process in self.processes:
-            if process.poll() is not None:
-                return name, process.returncode
-        return None
-
-    def stop(self, timeout: float = 20.0) -> None:
-        # One at a time, callers first: each service drains while the services it calls (and
-        # the metrics service receiving its last telemetry) are still up.
-        for name, process in reversed(self.processes):
-            if process.poll() is not None:
-                continue
-            log.info("stopping", extra={"fields": {"service": name}})
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("killing", extra={"fields": {"service": name}})
-                process.kill()
-                process.wait()
-
-
 def chat_llm(address: str) -> tuple[bool, str]:
     """What chat says of its LLM: (answers, base URL); (False, "") when it cannot say."""
     from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
@@ -229,11 +189,15 @@ def main() -> int:
         )
         return 2
 
+    # Set by the signal handler; the supervisor reads it before every start (see supervision).
+    meshes: list[Supervisor] = []
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
+        for mesh in meshes:
+            mesh.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -262,15 +226,32 @@ def main() -> int:
             "EMBEDDING_ADDR": addresses["embedding"],
             "METRICS_ADDR": addresses["metrics"],
         }
-        mesh = Mesh(env)
+        # The launcher's own metrics go where the services' go (the metrics service it starts first).
+        telemetry = setup_telemetry(
+            "launcher",
+            resolve_endpoint(common.otlp_endpoint, addresses["metrics"]),
+            export_interval_s=common.metric_export_interval_s,
+        )
+        restarts = telemetry.meter.create_counter(
+            "launcher.child_restarts",
+            unit="{restart}",
+            description="Services the launcher started again after they exited",
+        )
+        for service in SERVICES:
+            # Every series exists from the start at 0, so a rate over the first restart is right.
+            restarts.add(0, {"child": service.name})
+        mesh = Supervisor(env, on_restart=lambda name: restarts.add(1, {"child": name}))
+        meshes.append(mesh)
+        if stopping:
+            mesh.request_stop()
         try:
             for service in SERVICES:
-                if stopping:
+                if mesh.stopping:
                     break
                 command = [sys.executable, "-m", service.name]
                 if service.http:
                     url = f"http://127.0.0.1:{ports[service.name]}/readyz"
-                    mesh.start(service.name, command, lambda url=url: http_ready(url))  # type: ignore[misc]
+                    mesh.start(service.name, command, lambda url=url: http_ready(url), START_TIMEOUT_S)  # type: ignore[misc]
                 else:
                     address = addresses[service.name]
                     # With LLM_MODEL_DIR, chat reports healthy once its model server answers.
@@ -278,22 +259,23 @@ def main() -> int:
                     if service.name == "chat" and model_dir is not None:
                         timeout_s += DEFAULT_START_TIMEOUT_S
                     mesh.start(service.name, command, lambda address=address: grpc_serving(address), timeout_s)  # type: ignore[misc]
-            if model_dir is not None and not stopping:
+            if model_dir is not None and not mesh.stopping:
                 found_llm, llm_base_url = chat_llm(addresses["chat"])
-            if not stopping:
+            if not mesh.stopping:
                 print(
                     summary(host, ports["gateway"], found_redis, redis_url, found_llm, llm_base_url, model_dir),
                     flush=True,
                 )
-            while not stopping:
-                if (dead := mesh.exited()) is not None:
-                    log.error("service exited", extra={"fields": {"service": dead[0], "code": dead[1]}})
-                    return 1
-                time.sleep(0.5)
+            # Supervise until Ctrl-C / SIGTERM: a child that dies is restarted, the others keep running.
+            while not mesh.stopping:
+                mesh.tick()
+                time.sleep(POLL_S)
         except RuntimeError as exc:
             print(f"launcher: {exc}", file=sys.stderr)
             return 1
         finally:
+            # The last export (restarts counted since the previous one) while the metrics service is up.
+            telemetry.shutdown()
             mesh.stop()
     log.info("stopped")
     return 0

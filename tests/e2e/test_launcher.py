@@ -43,8 +43,9 @@ class Launched:
 
 
 @contextmanager
-def launched(data_dir: Path, extra_env: dict[str, str]) -> Iterator[Launched]:
-    """Run the launcher on free ports until it prints its summary; Ctrl-C it afterwards."""
+def launched(data_dir: Path, extra_env: dict[str, str], *, logs: bool = False) -> Iterator[Launched]:
+    """Run the launcher on free ports until it prints its summary; Ctrl-C it afterwards. With
+    ``logs``, the log lines (stderr, the launcher's and its children's) are in ``output`` too."""
     ports = {name: free_port() for name in ("GATEWAY", "CHAT", "STORAGE", "EMBEDDING", "METRICS", "METRICS_HTTP")}
     env = {
         **os.environ,
@@ -55,7 +56,11 @@ def launched(data_dir: Path, extra_env: dict[str, str]) -> Iterator[Launched]:
     }
     env.pop("DATABASE_URL", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "studyassist.launcher"], env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "studyassist.launcher"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if logs else None,
+        text=True,
     )
     run = Launched(process, ports)
     up = threading.Event()

@@ -22,6 +22,13 @@ USER_ID_HEADER = "x-user-id"
 ResponseT = TypeVar("ResponseT")
 ValueT = TypeVar("ValueT")
 
+# The longest wait between two attempts to reach a backend that is down. gRPC's default (120 s,
+# growing 1.6x from 1 s) meant that after a backend was away for a few minutes (the launcher
+# restarting a crashing chat with back-off, a rollout), callers went on failing fast for up to two
+# minutes after it was back: calls fail at once while the channel waits to reconnect. Measured
+# after a 40 s outage: the health check passed 5.0 s after the backend was back, 0.6 s with this.
+MAX_RECONNECT_BACKOFF_MS = 5_000
+
 # The status grpc.aio makes up when a request write fails in gRPC core.
 CORE_WRITE_FAILURE = "Internal error from Core"
 
@@ -99,6 +106,7 @@ def create_channel(
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
