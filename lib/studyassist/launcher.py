@@ -117,6 +117,16 @@ def grpc_serving(address: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+def grpc_answers(address: str) -> bool:
+    """The process answers its health check, with whatever status (alive, if not ready)."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+        except grpc.RpcError:
+            return False
+    return True
+
+
 def http_ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1.0) as response:
@@ -250,15 +260,28 @@ def main() -> int:
                     break
                 command = [sys.executable, "-m", service.name]
                 if service.http:
-                    url = f"http://127.0.0.1:{ports[service.name]}/readyz"
-                    mesh.start(service.name, command, lambda url=url: http_ready(url), START_TIMEOUT_S)  # type: ignore[misc]
+                    # Ready: its backends answer (/readyz); alive, after a restart: it answers (/healthz).
+                    url = f"http://127.0.0.1:{ports[service.name]}"
+                    mesh.start(
+                        service.name,
+                        command,
+                        lambda url=url: http_ready(f"{url}/readyz"),  # type: ignore[misc]
+                        START_TIMEOUT_S,
+                        alive=lambda url=url: http_ready(f"{url}/healthz"),  # type: ignore[misc]
+                    )
                 else:
                     address = addresses[service.name]
                     # With LLM_MODEL_DIR, chat reports healthy once its model server answers.
                     timeout_s = START_TIMEOUT_S
                     if service.name == "chat" and model_dir is not None:
                         timeout_s += DEFAULT_START_TIMEOUT_S
-                    mesh.start(service.name, command, lambda address=address: grpc_serving(address), timeout_s)  # type: ignore[misc]
+                    mesh.start(
+                        service.name,
+                        command,
+                        lambda address=address: grpc_serving(address),  # type: ignore[misc]
+                        timeout_s,
+                        alive=lambda address=address: grpc_answers(address),  # type: ignore[misc]
+                    )
             if model_dir is not None and not mesh.stopping:
                 found_llm, llm_base_url = chat_llm(addresses["chat"])
             if not mesh.stopping:

@@ -128,7 +128,7 @@ def test_a_killed_child_is_restarted_and_the_others_keep_running(
     assert exits[0].fields["child"] == "first"  # type: ignore[attr-defined]
     assert exits[0].fields["exit"] == "signal SIGKILL"  # type: ignore[attr-defined]
     assert exits[0].fields["restart_in_s"] == 0.05  # type: ignore[attr-defined]
-    assert any(r.getMessage() == "service ready again" for r in caplog.records)
+    assert any(r.getMessage() == "service answering again" for r in caplog.records)
 
 
 def test_a_child_crashing_at_start_is_retried_with_growing_delays(
@@ -155,6 +155,33 @@ def test_a_child_crashing_at_start_is_retried_with_growing_delays(
     crash_flag.unlink()
     tick_until(supervisor, lambda: child.state is State.RUNNING)
     assert child.process.poll() is None
+
+
+def test_a_restarted_child_needs_only_to_answer_and_one_that_never_does_is_killed(
+    supervisor: Supervisor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Readiness can depend on other services (the gateway's on storage): a restarted child that
+    answers but is not ready is left running; one that does not even answer in time is killed."""
+    caplog.set_level(logging.INFO, logger="launcher")
+    command, pid_file, _ = child_command(tmp_path, "svc")
+    written = ready_when_written(supervisor, "svc", pid_file)
+    gate = {"ready": True, "alive": True}
+    supervisor.start("svc", command, lambda: gate["ready"] and written(), 5, alive=lambda: gate["alive"] and written())
+    child = supervisor.child("svc")
+    assert child.process is not None
+
+    gate["ready"] = False  # a dependency went away
+    child.process.send_signal(signal.SIGKILL)
+    tick_until(supervisor, lambda: child.restarts == 1 and child.state is State.RUNNING)
+    assert child.process.poll() is None
+
+    gate["alive"] = False  # now it never answers
+    child.process.send_signal(signal.SIGKILL)
+    tick_until(supervisor, lambda: child.restarts == 2 and child.state is State.WAITING)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "restarted service not answering in time; killing it" in messages
+    exits = [r.fields["exit"] for r in caplog.records if getattr(r, "fields", {}).get("exit")]  # type: ignore[attr-defined]
+    assert exits == ["signal SIGKILL", "signal SIGKILL", "signal SIGKILL"]  # the last one the supervisor's
 
 
 def test_no_restart_after_a_stop_request(supervisor: Supervisor, tmp_path: Path) -> None:
@@ -275,7 +302,7 @@ def test_killing_chat_restarts_it_and_the_mesh_keeps_serving(data_dir: Path) -> 
         exited = [line for line in lines if line["msg"] == "service exited; restarting it"]
         assert [(line["child"], line["exit"]) for line in exited] == [("chat", "signal SIGKILL")]
         assert any(line["msg"] == "restarting service" and line["child"] == "chat" for line in lines)
-        assert any(line["msg"] == "service ready again" and line["child"] == "chat" for line in lines)
+        assert any(line["msg"] == "service answering again" and line["child"] == "chat" for line in lines)
         deadline = time.monotonic() + 60
         while restarts_counted(metrics_http) != 1.0:
             assert time.monotonic() < deadline, "the restart was not counted at the metrics service"

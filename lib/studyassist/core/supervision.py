@@ -10,7 +10,11 @@ retried, slowly, and is logged as a crash loop; a child that then stays up for
 
 The first start is different: a child that exits or hangs before it is first ready is an error
 (:class:`RuntimeError`), so a wrong setting or a busy port is reported at once rather than retried
-for ever.
+for ever. A restarted child only has to be *alive* (answer at all: its health check with any
+status, the gateway's /healthz), not ready: readiness also depends on other services (the
+gateway's needs storage), and killing a live child because a dependency is down would turn one
+outage into a restart storm. One that is not even alive within its start timeout is killed and
+backed off like any other failure.
 
 Everything runs on the thread that calls :meth:`Supervisor.start` and :meth:`Supervisor.tick`, the
 launcher's main thread: the children's death signal follows the thread that forked them (see
@@ -74,7 +78,7 @@ def describe_exit(returncode: int) -> str:
 
 class State(Enum):
     LAUNCHING = "launching"  # first start, waited for by Supervisor.start
-    STARTING = "starting"  # restarted, not yet ready
+    STARTING = "starting"  # restarted, not yet alive
     RUNNING = "running"
     WAITING = "waiting"  # exited; restarts at restart_at
 
@@ -82,10 +86,18 @@ class State(Enum):
 class Child:
     """One supervised service and its current process."""
 
-    def __init__(self, name: str, command: list[str], ready: Callable[[], bool], start_timeout_s: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        ready: Callable[[], bool],
+        alive: Callable[[], bool],
+        start_timeout_s: float,
+    ) -> None:
         self.name = name
         self.command = command
         self.ready = ready
+        self.alive = alive
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.state = State.LAUNCHING
@@ -125,13 +137,21 @@ class Supervisor:
         child.started_at = time.monotonic()
         return True
 
-    def start(self, name: str, command: list[str], ready: Callable[[], bool], timeout_s: float) -> None:
+    def start(
+        self,
+        name: str,
+        command: list[str],
+        ready: Callable[[], bool],
+        timeout_s: float,
+        alive: Callable[[], bool] | None = None,
+    ) -> None:
         """Start a child and wait until ``ready()``, supervising the children already running meanwhile.
 
         A child that exits or is not ready within ``timeout_s`` here raises RuntimeError. Returns
-        early, child not ready, when a stop is requested.
+        early, child not ready, when a stop is requested. ``alive`` (default: ``ready``) is what a
+        restart of it waits for.
         """
-        child = Child(name, command, ready, timeout_s)
+        child = Child(name, command, ready, alive or ready, timeout_s)
         self.children.append(child)
         if not self._spawn(child):
             return
@@ -150,7 +170,7 @@ class Supervisor:
             time.sleep(POLL_S)
 
     def tick(self) -> None:
-        """One look at every child: note exits, restart those whose back-off is over, see restarted ones ready."""
+        """One look at every child: note exits, restart those whose back-off is over, see restarted ones alive."""
         for child in self.children:
             process = child.process
             if process is None or child.state is State.LAUNCHING:
@@ -159,16 +179,16 @@ class Supervisor:
             if child.state in (State.RUNNING, State.STARTING) and (code := process.poll()) is not None:
                 self._exited(child, code, now)
             elif child.state is State.STARTING:
-                if child.ready():
+                if child.alive():
                     child.state = State.RUNNING
                     log.info(
-                        "service ready again",
+                        "service answering again",
                         extra={"fields": {"child": child.name, "restarts": child.restarts, "pid": process.pid}},
                     )
                 elif now - child.started_at > child.start_timeout_s:
                     # Hung at start: killed, and its exit is handled (and backed off) like any other.
                     log.error(
-                        "restarted service not healthy in time; killing it",
+                        "restarted service not answering in time; killing it",
                         extra={"fields": {"child": child.name, "timeout_s": child.start_timeout_s}},
                     )
                     process.kill()
