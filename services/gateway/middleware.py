@@ -31,7 +31,9 @@ from gateway.responses import HttpError, error_response
 
 log = logging.getLogger(__name__)
 
-CSP = "default-src 'self'; script-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+# worker-src: pdf.js (the source viewer) runs its worker from /assets/, and from nowhere else (no
+# blob: or data: workers, no eval).
+CSP = "default-src 'self'; script-src 'self'; worker-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
 
 
 def csp_allowing_style(style: str) -> str:

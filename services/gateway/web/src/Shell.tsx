@@ -10,6 +10,8 @@ import { chatHref, navigate, useRoute } from './router';
 
 // Administrators' page: its charts load only when someone opens it.
 const DashboardPage = lazy(() => import('./pages/DashboardPage'));
+// The source viewer: pdf.js comes with it, only when a citation is opened.
+const ViewerPage = lazy(() => import('./pages/ViewerPage'));
 
 export default function Shell({ onLogout }: { onLogout: () => void }) {
   const { t, lang } = useI18n();
@@ -76,6 +78,11 @@ export default function Shell({ onLogout }: { onLogout: () => void }) {
           <ErrorBoundary lang={lang}>
             {route.page === 'chat' && <ChatPage sessionId={route.sessionId} focusMessageId={route.focusMessageId} />}
             {route.page === 'documents' && <DocumentsPage />}
+            {route.page === 'viewer' && (
+              <Suspense fallback={<p className="muted pad">{t('common.loading')}</p>}>
+                <ViewerPage fileId={route.fileId ?? ''} chunkId={route.chunkId ?? ''} pageNumber={route.pageNumber ?? 0} />
+              </Suspense>
+            )}
             {route.page === 'dashboard' && (
               <Suspense fallback={<p className="muted pad">{t('common.loading')}</p>}>
                 <DashboardPage />

@@ -2,9 +2,13 @@ import { useEffect, useState } from 'react';
 
 // Hash routes ("#/chat/<id>?m=<message>"): the gateway serves one index.html, no server-side routes needed.
 export interface Route {
-  page: 'chat' | 'documents' | 'dashboard';
+  page: 'chat' | 'documents' | 'dashboard' | 'viewer';
   sessionId: string;
   focusMessageId: string;
+  /** The source viewer's file, cited chunk and page ("#/view/<file>?chunk=<id>&page=<n>"). */
+  fileId?: string;
+  chunkId?: string;
+  pageNumber?: number;
 }
 
 export function parseHash(hash: string): Route {
@@ -19,12 +23,31 @@ export function parseHash(hash: string): Route {
   const params = new URLSearchParams(query);
   if (parts[0] === 'documents') return { page: 'documents', sessionId: '', focusMessageId: '' };
   if (parts[0] === 'dashboard') return { page: 'dashboard', sessionId: '', focusMessageId: '' };
+  if (parts[0] === 'view' && parts[1]) {
+    const pageNumber = Number(params.get('page') ?? 0);
+    return {
+      page: 'viewer',
+      sessionId: '',
+      focusMessageId: '',
+      fileId: parts[1],
+      chunkId: params.get('chunk') ?? '',
+      pageNumber: Number.isInteger(pageNumber) && pageNumber > 0 ? pageNumber : 0,
+    };
+  }
   return { page: 'chat', sessionId: parts[0] === 'chat' ? (parts[1] ?? '') : '', focusMessageId: params.get('m') ?? '' };
 }
 
 export function chatHref(sessionId: string, messageId = ''): string {
   const base = sessionId ? `#/chat/${encodeURIComponent(sessionId)}` : '#/chat';
   return messageId ? `${base}?m=${encodeURIComponent(messageId)}` : base;
+}
+
+export function viewerHref(fileId: string, chunkId = '', page = 0): string {
+  const params = new URLSearchParams();
+  if (chunkId) params.set('chunk', chunkId);
+  if (page > 0) params.set('page', String(page));
+  const query = params.toString();
+  return `#/view/${encodeURIComponent(fileId)}${query ? `?${query}` : ''}`;
 }
 
 export function navigate(href: string, replace = false): void {

@@ -1,10 +1,13 @@
 import { useEffect, useRef } from 'react';
 import { useI18n } from '../i18n';
-import type { NumberedCitation } from '../lib/citations';
+import { citationHref, type NumberedCitation } from '../lib/citations';
+import { fileFormat, pageWordFor } from '../lib/location';
 
 /** The cited passage: file, page, section and the snippet itself, all as plain text. */
 export function CitationPanel({ citation, onClose }: { citation: NumberedCitation; onClose: () => void }) {
   const { t } = useI18n();
+  // A PPTX citation's number is a slide, a PDF's a page; DOCX, Markdown and text have headings only.
+  const pageWord = pageWordFor(fileFormat({ file_name: citation.file_name }));
   const closeRef = useRef<HTMLButtonElement>(null);
   useEffect(() => {
     closeRef.current?.focus();
@@ -33,9 +36,9 @@ export function CitationPanel({ citation, onClose }: { citation: NumberedCitatio
         <dl>
           <dt>{t('cite.file')}</dt>
           <dd data-testid="citation-file">{citation.file_name || citation.file_id}</dd>
-          {citation.page ? (
+          {citation.page && pageWord ? (
             <>
-              <dt>{t('cite.pageFull')}</dt>
+              <dt data-testid="citation-page-word">{t(pageWord)}</dt>
               <dd data-testid="citation-page">{citation.page}</dd>
             </>
           ) : null}
@@ -49,9 +52,11 @@ export function CitationPanel({ citation, onClose }: { citation: NumberedCitatio
         <blockquote className="snippet" data-testid="citation-snippet">
           {citation.snippet}
         </blockquote>
-        <a href="#/documents" onClick={onClose}>
-          {t('cite.openDocs')}
-        </a>
+        {citation.file_id ? (
+          <a href={citationHref(citation)} onClick={onClose} data-testid="citation-open">
+            {t('cite.openDocs')}
+          </a>
+        ) : null}
       </div>
     </div>
   );

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { citationIndexFromHref, citationLabel, linkCitations, numberCitations, referencedIndexes } from './citations';
+import { translate } from '../i18n';
+import { citationHref, citationIndexFromHref, citationLabel, linkCitations, numberCitations, referencedIndexes } from './citations';
 
 const known = new Set([1, 2, 3]);
 
@@ -72,9 +73,24 @@ describe('citationIndexFromHref', () => {
 });
 
 describe('citationLabel', () => {
-  it('shows file and page, or the file alone when there is no page', () => {
-    expect(citationLabel({ file_name: 'Mạng máy tính.pdf', page: 4 }, 'tr.')).toBe('Mạng máy tính.pdf · tr. 4');
-    expect(citationLabel({ file_name: 'notes.md', page: 0 }, 'p.')).toBe('notes.md');
-    expect(citationLabel({ file_id: 'f9' }, 'p.')).toBe('f9');
+  const vi = (key: string, vars?: Record<string, string | number>) => translate('vi', key, vars);
+  const en = (key: string, vars?: Record<string, string | number>) => translate('en', key, vars);
+  it('says page for a PDF and slide for a PPTX, in the UI language', () => {
+    expect(citationLabel({ file_name: 'Mạng máy tính.pdf', page: 4 }, vi)).toBe('Mạng máy tính.pdf · trang 4');
+    expect(citationLabel({ file_name: 'Mạng máy tính.pdf', page: 4 }, en)).toBe('Mạng máy tính.pdf · page 4');
+    expect(citationLabel({ file_name: 'Bài 2.PPTX', page: 5, heading: 'TCP' }, vi)).toBe('Bài 2.PPTX · trang chiếu 5');
+    expect(citationLabel({ file_name: 'Bài 2.pptx', page: 5 }, en)).toBe('Bài 2.pptx · slide 5');
+  });
+  it('gives DOCX, Markdown and text files their heading path, or the file alone', () => {
+    expect(citationLabel({ file_name: 'notes.docx', heading: 'Chương 1 > Ngăn xếp' }, vi)).toBe('notes.docx · Chương 1 > Ngăn xếp');
+    expect(citationLabel({ file_name: 'notes.md', page: 0 }, en)).toBe('notes.md');
+    expect(citationLabel({ file_id: 'f9' }, en)).toBe('f9');
+  });
+});
+
+describe('citationHref', () => {
+  it('opens the viewer at the cited chunk and page', () => {
+    expect(citationHref({ file_id: 'f 1', chunk_id: 'c2', page: 3 })).toBe('#/view/f%201?chunk=c2&page=3');
+    expect(citationHref({ file_id: 'f1' })).toBe('#/view/f1');
   });
 });

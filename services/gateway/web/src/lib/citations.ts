@@ -1,4 +1,6 @@
 import type { Citation } from '../api/types';
+import { viewerHref } from '../router';
+import { fileFormat, locationLabel } from './location';
 
 /** A citation with its number settled: the server's index, or its 1-based position when absent. */
 export interface NumberedCitation extends Citation {
@@ -59,8 +61,14 @@ export function referencedIndexes(markdown: string, known: ReadonlySet<number>):
   return seen;
 }
 
-/** "Slides.pdf · tr. 3" — the short label of a chip. */
-export function citationLabel(citation: Citation, pageWord: string): string {
+/** "Slides.pdf · trang 3", "Bài 2.pptx · trang chiếu 5", "notes.md · Chương 1 > Ngăn xếp": a chip's label. */
+export function citationLabel(citation: Citation, t: (key: string, vars?: Record<string, string | number>) => string): string {
   const name = citation.file_name || citation.file_id || '?';
-  return citation.page && citation.page > 0 ? `${name} · ${pageWord} ${citation.page}` : name;
+  const where = locationLabel(fileFormat({ file_name: citation.file_name }), citation, t);
+  return where ? `${name} · ${where}` : name;
+}
+
+/** The source viewer at this citation's place (#/view/<file>?chunk=<id>&page=<n>). */
+export function citationHref(citation: Citation): string {
+  return viewerHref(citation.file_id ?? '', citation.chunk_id ?? '', citation.page ?? 0);
 }

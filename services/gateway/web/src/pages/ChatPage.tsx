@@ -74,7 +74,7 @@ const MessageView = memo(function MessageView({ message, highlighted, canRegener
         <button
           type="button"
           className="cite-chip inline"
-          title={citationLabel(citation, t('cite.page'))}
+          title={citationLabel(citation, t)}
           onClick={() => onCite(citation)}
           data-testid="citation-chip"
         >
@@ -127,7 +127,7 @@ const MessageView = memo(function MessageView({ message, highlighted, canRegener
                 onClick={() => onCite(citation)}
                 data-testid="source-chip"
               >
-                [{citation.index}] {citationLabel(citation, t('cite.page'))}
+                [{citation.index}] {citationLabel(citation, t)}
               </button>
             ))}
           </div>
