@@ -11,7 +11,7 @@ from pathlib import Path
 
 from playwright.sync_api import BrowserContext, ConsoleMessage, Page, expect
 
-from tests.storage.documents import make_pdf, make_pptx
+from tests.storage.documents import make_docx, make_pdf, make_pptx
 from tests.web.test_browser import ask, register, upload
 
 PDF_PAGES = [
@@ -143,6 +143,55 @@ def test_pptx_citation_says_slide_opens_at_its_text_and_downloads_the_same_bytes
     page.get_by_test_id("lang-switch").click()
     expect(viewer.get_by_test_id("viewer-location")).to_have_text("slide 3")
     expect(cited.get_by_test_id("passage-place")).to_have_text("Slide 3 · Định tuyến")
+
+
+def filler(section: str, count: int) -> list[tuple[str, str]]:
+    return [("p", f"Đoạn {n} của phần {section} nhắc lại kiến thức nền tảng số {n} của môn học.") for n in range(count)]
+
+
+def test_docx_citation_shows_its_heading_path_and_the_text_around_it_page_by_page(page: Page, tmp_path: Path) -> None:
+    # Long enough for several pages of passages: the cited one is deep inside.
+    blocks = [
+        ("h1", "Chương 1"),
+        ("h2", "Ngăn xếp"),
+        *filler("ngăn xếp", 250),
+        ("h1", "Chương 2"),
+        ("h2", "Hàng đợi"),
+        ("p", "Hàng đợi quetzalbyte phục vụ phần tử đến trước, vào trước ra trước."),
+        *filler("hàng đợi", 250),
+    ]
+    register(page)
+    file_id = upload(page, tmp_path, "ghi-chu.docx", make_docx(blocks))
+
+    _, answer = ask(page, "Hàng đợi quetzalbyte phục vụ phần tử nào?")
+    chip = answer.get_by_test_id("source-chip").filter(has_text="Chương 2 > Hàng đợi").first
+    expect(chip).to_contain_text("ghi-chu.docx · Chương 2 > Hàng đợi")
+    chip.click()
+    panel = page.get_by_test_id("citation-panel")
+    expect(panel.get_by_test_id("citation-page")).to_have_count(0)  # a Word file has no pages
+    panel.get_by_test_id("citation-open").click()
+
+    expect(page).to_have_url(re.compile(rf"#/view/{file_id}\?chunk=[\w-]+$"))
+    viewer = page.get_by_test_id("viewer")
+    expect(viewer).to_have_attribute("data-format", "docx")
+    expect(viewer.get_by_test_id("viewer-location")).to_have_text("Chương 2 > Hàng đợi")
+    cited = viewer.get_by_test_id("cited-passage")
+    expect(cited.locator("mark")).to_contain_text("quetzalbyte")
+    expect(cited.get_by_test_id("passage-place")).to_have_text("Chương 2 > Hàng đợi")
+    expect(cited).to_be_in_viewport()
+    # Only a page of passages around it is loaded; earlier ones come on request, in order.
+    text = viewer.get_by_test_id("text-view")
+    expect(text).not_to_contain_text("Đoạn 0 của phần ngăn xếp")
+    while viewer.get_by_test_id("viewer-earlier").count():
+        before = viewer.locator("section.passage").count()
+        viewer.get_by_test_id("viewer-earlier").click()
+        expect(viewer.locator("section.passage")).not_to_have_count(before)
+    expect(text).to_contain_text("Đoạn 0 của phần ngăn xếp")
+    # Each section's heading path heads its first passage once: "Chương 1" alone, then its sub-section.
+    places = viewer.get_by_test_id("passage-place")
+    expect(places.first).to_have_text("Chương 1")
+    expect(places.filter(has_text=re.compile(r"^Chương 1 > Ngăn xếp$"))).to_have_count(1)
+    expect(cited).to_have_count(1)
 
 
 def test_another_student_can_neither_list_nor_download_the_file(

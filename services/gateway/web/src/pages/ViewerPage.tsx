@@ -6,6 +6,7 @@ import { useApp } from '../context';
 import { useI18n } from '../i18n';
 import { fileFormat, locationLabel, type FileFormat } from '../lib/location';
 import { displaySegments, passageItems, type FileChunk } from '../lib/viewer';
+import { navigate } from '../router';
 import './viewer.css';
 
 interface ChunkPage {
@@ -80,7 +81,8 @@ export default function ViewerPage({ fileId, chunkId, pageNumber }: { fileId: st
   return (
     <div className="viewer pad" data-testid="viewer" data-format={format}>
       <header className="viewer-header">
-        <button type="button" className="ghost" onClick={() => history.back()}>
+        {/* Back to the chat it was opened from; opened on its own (a new tab), to the documents. */}
+        <button type="button" className="ghost" onClick={() => (history.length > 1 ? history.back() : navigate('#/documents'))}>
           ← {t('viewer.back')}
         </button>
         <h2 data-testid="viewer-file">{file?.file_name ?? t('viewer.title')}</h2>
@@ -89,7 +91,13 @@ export default function ViewerPage({ fileId, chunkId, pageNumber }: { fileId: st
             {where}
           </span>
         )}
-        <button type="button" onClick={() => void save()} disabled={!file || downloading} data-testid="viewer-download">
+        <button
+          type="button"
+          className="viewer-download"
+          onClick={() => void save()}
+          disabled={!file || downloading}
+          data-testid="viewer-download"
+        >
           {t('viewer.download')}
         </button>
       </header>
