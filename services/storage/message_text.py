@@ -56,6 +56,8 @@ STOCK_SENTENCES = (
     "Try answering it yourself first. A few guiding questions:",
     "Gợi ý: đọc lại {where} {cite}, rồi tự diễn đạt câu trả lời bằng lời của bạn.",
     "Hint: reread {where} {cite}, then put the answer in your own words.",
+    "Gợi ý: đọc lại {where}, rồi tự diễn đạt câu trả lời bằng lời của bạn.",
+    "Hint: reread {where}, then put the answer in your own words.",
     "Vì sao điều này đúng, và nó liên hệ thế nào với câu hỏi của bạn?",
     "Why is this true, and how does it relate to your question?",
     "{term} là gì?",
@@ -100,7 +102,6 @@ _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)*\|?\s*$")
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
 _CITATION = re.compile(r"\s?\[\d{1,3}\]")
-_TAG = re.compile(r"</?[a-zA-Z][^>]*>")
 _EMPHASIS = re.compile(r"(\*{1,3}|_{2,3}|~~)(?=\S)(.+?)(?<=\S)\1")
 _UNDERSCORE = re.compile(r"(?<!\w)_(?=\S)(.+?)(?<=\S)_(?!\w)")
 _CODE = re.compile(r"`+([^`]*)`+")
@@ -109,7 +110,8 @@ _MATH = re.compile(r"\${1,2}([^$]+)\${1,2}")
 
 def plain_text(markdown: str) -> str:
     """``markdown`` as the text a reader sees: marks, link targets, citation markers and table
-    rules gone; code, math and link texts kept; one line per block."""
+    rules gone; code, math and link texts kept; one line per block. Anything like an HTML tag stays
+    (the app shows it as text, and "#include <vector>" is a student's question)."""
     lines: list[str] = []
     for raw in markdown.splitlines():
         if _FENCE.match(raw) or _RULE.match(raw) or _TABLE_RULE.match(raw):
@@ -119,7 +121,6 @@ def plain_text(markdown: str) -> str:
         line = _IMAGE.sub(r"\1", line)
         line = _LINK.sub(r"\1", line)
         line = _CITATION.sub("", line)
-        line = _TAG.sub("", line)
         line = _UNDERSCORE.sub(r"\1", _EMPHASIS.sub(r"\2", line))
         line = _CODE.sub(r"\1", line)
         line = _MATH.sub(r"\1", line)

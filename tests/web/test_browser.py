@@ -86,7 +86,7 @@ def test_register_upload_ask_cite_search_delete(page: Page, tmp_path: Path) -> N
 
     # Choose the document for chat: the chat header says so.
     row = page.get_by_test_id("file-row").filter(has_text="mang-may-tinh.pdf")
-    row.get_by_role("checkbox").check()
+    row.get_by_test_id("use-in-chat").check()
     page.goto("/#/chat")
     expect(page.get_by_test_id("docs-scope")).to_have_text("Dùng 1 tài liệu")
 
@@ -348,7 +348,7 @@ def test_corrupt_pdf_fails_with_its_reason(page: Page, tmp_path: Path) -> None:
     expect(row.get_by_test_id("file-status")).to_have_text("Lỗi")
     expect(row.get_by_test_id("file-error")).to_contain_text("damaged")
     # It cannot be chosen for chat.
-    expect(row.get_by_role("checkbox")).to_be_disabled()
+    expect(row.get_by_test_id("use-in-chat")).to_be_disabled()
 
 
 def test_rate_limited_request_says_when_to_retry(context: BrowserContext, page: Page) -> None:
@@ -435,7 +435,7 @@ def test_dashboard_is_for_administrators(context: BrowserContext, page: Page) ->
     expect(advice).to_contain_text("callers waited for a connection")
     expect(advice.locator("svg")).to_be_visible()
     histogram = page.get_by_test_id("histogram")
-    expect(histogram).to_contain_text("db.client.operation.duration")
+    expect(histogram).to_contain_text("Thời gian truy vấn DB")  # db.client.operation.duration, readable
     expect(histogram.locator("svg rect")).to_have_count(3)  # p50, p95, p99 of the one series
 
 

@@ -43,6 +43,8 @@ export interface StoredFile {
   chunks_total?: number;
   created_at?: string;
   updated_at?: string;
+  /** Upload responses only: these bytes were already this file of the student's (no second copy). */
+  merged?: boolean;
 }
 
 export interface Citation {
@@ -123,6 +125,21 @@ export interface GaugeValue {
   name?: string;
   attributes?: Record<string, string>;
   value?: number;
+  /** "gauge", "updowncounter", "counter" (value: increase over the window) or "ratio" (0..1). */
+  kind?: string;
+  per_second?: number;
+  service?: string;
+  /** As reported: "By", "%", "{text}", "1" (a ratio). */
+  unit?: string;
+}
+
+/** Calls in one time slot of the dashboard's window (metrics.proto TimelinePoint). */
+export interface TimelinePoint {
+  start?: string;
+  seconds?: number;
+  count?: string | number;
+  errors?: string | number;
+  per_second?: number;
 }
 
 export type PoolAction = 'POOL_ACTION_UNSPECIFIED' | 'POOL_ACTION_MAINTAIN' | 'POOL_ACTION_INCREASE' | 'POOL_ACTION_DECREASE';
@@ -164,6 +181,7 @@ export interface Dashboard {
   traces_seen?: string | number;
   pool_recommendations?: PoolRecommendation[];
   histograms?: HistogramStats[];
+  timeline?: TimelinePoint[];
 }
 
 export interface Alert {
@@ -173,4 +191,8 @@ export interface Alert {
   threshold?: number;
   since?: string;
   description?: string;
+  /** The rule ("pool_utilisation", "response_time_p95", "error_rate"): the web app's text key. */
+  code?: string;
+  /** The figures behind value (metrics.proto Alert.args). */
+  args?: Record<string, string>;
 }

@@ -47,14 +47,21 @@ describe('HistogramCharts', () => {
     const html = inProvider(
       <HistogramCharts
         histograms={[
-          { name: 'db.client.operation.duration', unit: 'ms', service: 'storage', count: '12', p50: 1.5, p95: 4, p99: 9 },
+          // Seconds, as the OpenTelemetry instrumentation reports them: drawn in ms.
+          { name: 'db.client.operation.duration', unit: 's', service: 'storage', count: '12', p50: 0.0015, p95: 0.004, p99: 0.009 },
           { name: 'embedding.batch.size', unit: '{texts}', service: 'embedding', count: '3', p50: 8, p95: 16, p99: 16 },
+          { name: 'some.new.histogram', unit: 'ms', service: 'chat', count: '1', p50: 1, p95: 1, p99: 1 },
         ]}
       />,
     );
-    expect(html.match(/data-testid="histogram"/g)).toHaveLength(2);
-    expect(html).toContain('db.client.operation.duration<span class="muted"> (ms)</span>');
-    expect(html).toContain('embedding.batch.size<span class="muted"> (texts)</span>');
-    expect(html).toContain('p95: 4.00 ms');
+    expect(html.match(/data-testid="histogram"/g)).toHaveLength(3);
+    // Readable names in the UI's language (an unknown one as its words), each in its unit.
+    expect(html).toContain('Thời gian truy vấn DB<span class="muted"> (ms)</span>');
+    expect(html).toContain('Kích thước lô embedding<span class="muted"> (texts)</span>');
+    expect(html).toContain('some new histogram<span class="muted"> (ms)</span>');
+    expect(html).toContain('p95: 4 ms');
+    // Each chart is an image with a text summary, and its figures are a table too.
+    expect(html).toContain('aria-label="Thời gian truy vấn DB: cao nhất là storage (9 ms), tổng 1 mục."');
+    expect(html).toContain('<th scope="row">storage</th><td>1,5 ms</td><td>4 ms</td><td>9 ms</td>');
   });
 });

@@ -1,6 +1,6 @@
 import type { HistogramStats, PoolRecommendation } from '../api/types';
 import { useI18n } from '../i18n';
-import { displayUnit, histogramGroups, poolViews, type PoolView } from '../lib/dashboard';
+import { histogramGroups, metricLabel, poolViews, showValue, type PoolView } from '../lib/dashboard';
 import { BarChart } from './charts';
 
 const fmt = (value: number) => (Number.isInteger(value) ? String(value) : value.toFixed(1));
@@ -83,14 +83,18 @@ export function HistogramCharts({ histograms }: { histograms: HistogramStats[] |
   return (
     <div className="histograms">
       {groups.map((group) => {
-        const unit = displayUnit(group.unit);
+        // Seconds drawn as ms, bytes as MiB: the unit people read.
+        const unit = showValue(1, group.unit, group.name).unit;
+        const scale = showValue(1, group.unit, group.name).value;
+        const title = metricLabel(group.name, t);
+        const rows = group.rows.map((row) => ({ label: row.label, values: row.values.map((v) => v * scale) }));
         return (
           <section key={`${group.name}/${group.unit}`} data-testid="histogram">
             <h3 className="small">
-              {group.name}
+              {title}
               {unit ? <span className="muted"> ({unit})</span> : null}
             </h3>
-            <BarChart rows={group.rows} series={['p50', 'p95', 'p99']} unit={unit} />
+            <BarChart rows={rows} series={['p50', 'p95', 'p99']} unit={unit} title={title} />
           </section>
         );
       })}

@@ -116,8 +116,13 @@ export function SessionsSidebar({ activeSessionId }: { activeSessionId: string }
             <li key={`${hit.message?.message_id ?? i}`}>
               <a href={chatHref(hit.message?.session_id ?? '', hit.message?.message_id ?? '')} className="hit">
                 <span className="hit-title">{hit.session_title || t('sessions.untitled')}</span>
-                <span className="hit-snippet">
-                  <Highlighted snippet={hit.highlighted || hit.message?.content || ''} />
+                {/* Storage's snippet is plain text (Markdown stripped, stock sentences left out); the
+                    message's raw content is never shown here. Who said it leads the snippet. */}
+                <span className="hit-snippet" data-testid="hit-snippet">
+                  <span className="hit-role" data-role={hit.message?.role ?? ''}>
+                    {hit.message?.role === 'ROLE_ASSISTANT' ? t('sessions.byAssistant') : t('sessions.byYou')}
+                  </span>{' '}
+                  <Highlighted snippet={hit.highlighted ?? ''} />
                 </span>
               </a>
             </li>

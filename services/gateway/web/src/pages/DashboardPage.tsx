@@ -1,21 +1,17 @@
 import { useCallback, useEffect, useState } from 'react';
 import { ApiError } from '../api/errors';
 import type { Alert, Dashboard, EndpointStats, GaugeValue } from '../api/types';
-import { BarChart, HISTORY_POINTS, LineChart } from '../components/charts';
+import { BarChart, LineChart } from '../components/charts';
 import { HistogramCharts, PoolRecommendations } from '../components/DashboardPanels';
 import { ErrorBanner } from '../components/ErrorBanner';
 import { useApp } from '../context';
 import { useI18n } from '../i18n';
+import { alertView, gaugeRowLabel, showValue, timelinePoints } from '../lib/dashboard';
 import { formatTime } from '../lib/format';
 
 const REFRESH_MS = 5000;
-const endpointLabel = (e: EndpointStats) => `${e.service ?? ''} ${e.method ?? ''}`.trim();
-const gaugeLabel = (g: GaugeValue) => {
-  const attributes = Object.entries(g.attributes ?? {})
-    .map(([k, v]) => `${k}=${v}`)
-    .join(',');
-  return attributes ? `${g.name} {${attributes}}` : (g.name ?? '');
-};
+// "chat ChatService/Ask" rather than the full gRPC name: the service says where, the method what.
+const endpointLabel = (e: EndpointStats) => `${e.service ?? ''} · ${e.method ?? ''}`.replace(/^ · | · $/g, '').trim();
 
 export default function DashboardPage() {
   const { client } = useApp();
@@ -24,7 +20,6 @@ export default function DashboardPage() {
   const [dashboard, setDashboard] = useState<Dashboard | null>(null);
   const [alerts, setAlerts] = useState<Alert[]>([]);
   const [error, setError] = useState<unknown>(null);
-  const [history, setHistory] = useState<number[][]>([]);
   // Not an administrator: the answer will not change by asking again every few seconds.
   const forbidden = error instanceof ApiError && error.status === 403;
 
@@ -37,11 +32,6 @@ export default function DashboardPage() {
       setDashboard(board);
       setAlerts(alertList.alerts ?? []);
       setError(null);
-      const endpoints = board.endpoints ?? [];
-      const throughput = endpoints.reduce((sum, e) => sum + (e.per_second ?? 0), 0);
-      const count = endpoints.reduce((sum, e) => sum + Number(e.count ?? 0), 0);
-      const errors = endpoints.reduce((sum, e) => sum + Number(e.errors ?? 0), 0);
-      setHistory((h) => [...h, [throughput, count ? (100 * errors) / count : 0]].slice(-HISTORY_POINTS));
     } catch (caught) {
       setError(caught);
     }
@@ -56,10 +46,18 @@ export default function DashboardPage() {
 
   const endpoints = [...(dashboard?.endpoints ?? [])].sort((a, b) => Number(b.count ?? 0) - Number(a.count ?? 0)).slice(0, 15);
   const gauges = dashboard?.gauges ?? [];
-  const isCache = (g: GaugeValue) => /cache/i.test(g.name ?? '');
+  // The cache card shows hit ratios; the hits and misses behind them are counts, with the other figures.
+  const isCache = (g: GaugeValue) => /hit_ratio$/.test(g.name ?? '');
   const isPool = (g: GaugeValue) => /pool/i.test(g.name ?? '');
-  const isEmbedding = (g: GaugeValue) => /embed/i.test(g.name ?? '');
-  const gaugeRows = (list: GaugeValue[]) => list.map((g) => ({ label: gaugeLabel(g), values: [g.value ?? 0] }));
+  const isEmbedding = (g: GaugeValue) => /^embed/i.test(g.name ?? '') && !isCache(g);
+  const isProcess = (g: GaugeValue) => /^process\./.test(g.name ?? '');
+  const gaugeRows = (list: GaugeValue[]) =>
+    list.map((g) => {
+      const shown = showValue(g.value, g.unit, g.name);
+      return { label: gaugeRowLabel(g, t), values: [shown.value], unit: shown.unit };
+    });
+  const timeline = timelinePoints(dashboard?.timeline);
+  const seriesNames = [t('dash.seriesRate'), t('dash.seriesErrors')];
 
   return (
     <section className="dashboard-page">
@@ -100,20 +98,23 @@ export default function DashboardPage() {
         </p>
       )}
       <div className="dash-grid">
-        <article className="card">
+        <article className="card" data-testid="alerts">
           <h2>{t('dash.alerts')}</h2>
           {alerts.length === 0 ? (
             <p className="muted">{t('dash.noData')}</p>
           ) : (
             <ul className="alerts">
-              {alerts.map((alert) => (
-                <li key={alert.name} className={alert.state === 'ALERT_STATE_FIRING' ? 'firing' : 'ok'}>
-                  <strong>{alert.state === 'ALERT_STATE_FIRING' ? t('dash.firing') : t('dash.ok')}</strong> {alert.name}:{' '}
-                  {(alert.value ?? 0).toFixed(2)} / {(alert.threshold ?? 0).toFixed(2)}
-                  {alert.description ? <span className="muted"> — {alert.description}</span> : null}
-                  {alert.since ? <span className="muted small"> ({formatTime(alert.since, lang)})</span> : null}
-                </li>
-              ))}
+              {alerts.map((alert) => {
+                const view = alertView(alert, t, lang);
+                return (
+                  <li key={view.code} className={view.firing ? 'firing' : 'ok'} data-testid="alert" data-code={view.code}>
+                    <strong>{view.firing ? t('dash.firing') : t('dash.ok')}</strong> {view.title}:{' '}
+                    {t('dash.alert.value', { value: view.value, threshold: view.threshold })}
+                    {view.detail ? <span className="muted"> — {view.detail}</span> : null}
+                    {alert.since ? <span className="muted small"> ({t('dash.alert.since', { time: formatTime(alert.since, lang) })})</span> : null}
+                  </li>
+                );
+              })}
             </ul>
           )}
         </article>
@@ -123,11 +124,17 @@ export default function DashboardPage() {
             rows={endpoints.map((e) => ({ label: endpointLabel(e), values: [e.p50_ms ?? 0, e.p95_ms ?? 0, e.p99_ms ?? 0] }))}
             series={['p50', 'p95', 'p99']}
             unit="ms"
+            title={t('dash.latency')}
           />
         </article>
         <article className="card">
           <h2>{t('dash.throughput')}</h2>
-          <BarChart rows={endpoints.map((e) => ({ label: endpointLabel(e), values: [e.per_second ?? 0] }))} series={['req/s']} unit="req/s" />
+          <BarChart
+            rows={endpoints.map((e) => ({ label: endpointLabel(e), values: [e.per_second ?? 0] }))}
+            series={[t('dash.seriesRate')]}
+            unit={t('dash.unitRate')}
+            title={t('dash.throughput')}
+          />
         </article>
         <article className="card">
           <h2>{t('dash.errorRate')}</h2>
@@ -136,17 +143,18 @@ export default function DashboardPage() {
               label: endpointLabel(e),
               values: [Number(e.count ?? 0) ? (100 * Number(e.errors ?? 0)) / Number(e.count ?? 0) : 0],
             }))}
-            series={['%']}
+            series={[t('dash.seriesErrors')]}
             unit="%"
+            title={t('dash.errorRate')}
           />
         </article>
-        <article className="card wide">
+        <article className="card wide" data-testid="timeline">
           <h2>{t('dash.history')}</h2>
-          <LineChart points={history} series={['req/s', 'errors %']} />
+          <LineChart points={timeline} series={seriesNames} units={[t('dash.unitRate'), '%']} title={t('dash.history')} />
         </article>
         <article className="card">
           <h2>{t('dash.cache')}</h2>
-          <BarChart rows={gaugeRows(gauges.filter(isCache))} series={['value']} unit="" />
+          <BarChart rows={gaugeRows(gauges.filter(isCache))} series={[t('dash.seriesValue')]} unit="%" title={t('dash.cache')} />
         </article>
         <article className="card wide" data-testid="pool-recommendations">
           <h2>{t('dash.poolAdvice')}</h2>
@@ -154,15 +162,24 @@ export default function DashboardPage() {
         </article>
         <article className="card">
           <h2>{t('dash.pool')}</h2>
-          <BarChart rows={gaugeRows(gauges.filter(isPool))} series={['value']} unit="" />
+          <BarChart rows={gaugeRows(gauges.filter(isPool))} series={[t('dash.seriesValue')]} unit="" title={t('dash.pool')} />
+        </article>
+        <article className="card" data-testid="process-gauges">
+          <h2>{t('dash.process')}</h2>
+          <BarChart rows={gaugeRows(gauges.filter(isProcess))} series={[t('dash.seriesValue')]} unit="" title={t('dash.process')} />
         </article>
         <article className="card">
           <h2>{t('dash.embedding')}</h2>
-          <BarChart rows={gaugeRows(gauges.filter(isEmbedding))} series={['value']} unit="" />
+          <BarChart rows={gaugeRows(gauges.filter(isEmbedding))} series={[t('dash.seriesValue')]} unit="" title={t('dash.embedding')} />
         </article>
         <article className="card">
           <h2>{t('dash.otherGauges')}</h2>
-          <BarChart rows={gaugeRows(gauges.filter((g) => !isCache(g) && !isPool(g) && !isEmbedding(g)))} series={['value']} unit="" />
+          <BarChart
+            rows={gaugeRows(gauges.filter((g) => !isCache(g) && !isPool(g) && !isEmbedding(g) && !isProcess(g)))}
+            series={[t('dash.seriesValue')]}
+            unit=""
+            title={t('dash.otherGauges')}
+          />
         </article>
         <article className="card wide" data-testid="histograms">
           <h2>{t('dash.histograms')}</h2>

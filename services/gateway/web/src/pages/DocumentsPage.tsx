@@ -1,19 +1,34 @@
-import { useCallback, useEffect, useRef, useState, type DragEvent } from 'react';
+import { useCallback, useEffect, useMemo, useRef, useState, type DragEvent } from 'react';
+import { ApiError } from '../api/errors';
 import type { StoredFile } from '../api/types';
 import { ACCEPTED_EXTENSIONS, triageUploads, uploadFile } from '../api/upload';
 import { ErrorBanner } from '../components/ErrorBanner';
 import { useApp } from '../context';
 import { useI18n } from '../i18n';
-import { formatBytes, newestFirst } from '../lib/format';
+import {
+  DEFAULT_QUERY,
+  deleteEach,
+  KIND_FILTERS,
+  kindOf,
+  SORT_KEYS,
+  STATUS_FILTERS,
+  visibleFiles,
+  type BulkResult,
+  type DocumentQuery,
+} from '../lib/documents';
+import { formatBytes, formatTime, newestFirst } from '../lib/format';
 
 interface UploadItem {
   key: string;
   name: string;
   size: number;
   progress: number;
-  state: 'uploading' | 'done' | 'error';
+  /** merged: the server already had these bytes as one of the student's files (no second copy). */
+  state: 'uploading' | 'done' | 'merged' | 'error';
   error: unknown;
   abort: () => void;
+  /** The file it was merged into. */
+  mergedInto?: string;
 }
 
 const TERMINAL = new Set(['FILE_STATUS_READY', 'FILE_STATUS_FAILED']);
@@ -23,7 +38,13 @@ let uploadCounter = 0;
 
 export function DocumentsPage() {
   const { client, chatFileIds, setChatFileIds, uploadMaxBytes } = useApp();
-  const { t } = useI18n();
+  const { t, lang } = useI18n();
+  const [query, setQuery] = useState<DocumentQuery>(DEFAULT_QUERY);
+  const [selected, setSelected] = useState<Set<string>>(() => new Set());
+  const [bulk, setBulk] = useState<BulkResult | null>(null);
+  const [deleting, setDeleting] = useState(false);
+  // The row a re-upload was merged into, marked for a moment so the student sees where it went.
+  const [mergedFileId, setMergedFileId] = useState('');
   const [files, setFiles] = useState<StoredFile[]>([]);
   const [loaded, setLoaded] = useState(false);
   const [error, setError] = useState<unknown>(null);
@@ -144,12 +165,18 @@ export function DocumentsPage() {
         const handle = uploadFile(client, file, (progress) => setUpload(key, { progress }));
         abort = handle.abort;
         try {
-          const stored = await handle.promise;
-          setUpload(key, { state: 'done', progress: 1 });
+          const { merged, ...stored } = await handle.promise;
           uploaded.current.add(stored.file_id);
           upsert(stored);
-          // Finished uploads leave the list after a moment; the file table shows them now.
-          window.setTimeout(() => setUploads((items) => items.filter((u) => u.key !== key)), 3000);
+          if (merged) {
+            // Same bytes as a file already here: said, and that row marked, instead of a look-alike copy.
+            setUpload(key, { state: 'merged', progress: 1, mergedInto: stored.file_name ?? '' });
+            setMergedFileId(stored.file_id);
+          } else {
+            setUpload(key, { state: 'done', progress: 1 });
+          }
+          // Finished uploads leave the list after a moment (a merge is said for longer); the file table shows them now.
+          window.setTimeout(() => setUploads((items) => items.filter((u) => u.key !== key)), merged ? 10000 : 3000);
         } catch (caught) {
           setUpload(key, { state: 'error', error: caught });
         }
@@ -165,18 +192,74 @@ export function DocumentsPage() {
     if (event.dataTransfer.files.length > 0) addFiles(event.dataTransfer.files);
   };
 
+  // One file through the API; gone already (another tab deleted it) counts as deleted.
+  const deleteOne = async (file: StoredFile) => {
+    try {
+      await client.json('DELETE', `/v1/files/${encodeURIComponent(file.file_id)}`);
+    } catch (caught) {
+      if (!(caught instanceof ApiError && caught.status === 404)) throw caught;
+    }
+  };
+
+  const forget = (ids: readonly string[]) => {
+    const gone = new Set(ids);
+    for (const id of ids) {
+      watches.current.get(id)?.abort();
+      uploaded.current.delete(id);
+    }
+    setFiles((list) => list.filter((f) => !gone.has(f.file_id)));
+    setSelected((current) => new Set([...current].filter((id) => !gone.has(id))));
+    if (chatFileIds.some((id) => gone.has(id))) setChatFileIds(chatFileIds.filter((id) => !gone.has(id)));
+  };
+
   const remove = async (file: StoredFile) => {
     if (!window.confirm(t('docs.confirmDelete', { name: file.file_name ?? file.file_id }))) return;
     try {
-      await client.json('DELETE', `/v1/files/${encodeURIComponent(file.file_id)}`);
-      watches.current.get(file.file_id)?.abort();
-      uploaded.current.delete(file.file_id);
-      setFiles((list) => list.filter((f) => f.file_id !== file.file_id));
-      if (chatFileIds.includes(file.file_id)) setChatFileIds(chatFileIds.filter((id) => id !== file.file_id));
+      await deleteOne(file);
+      forget([file.file_id]);
     } catch (caught) {
       setError(caught);
     }
   };
+
+  const shown = useMemo(() => visibleFiles(files, query), [files, query]);
+  const chosen = files.filter((f) => selected.has(f.file_id));
+  const allShownSelected = shown.length > 0 && shown.every((f) => selected.has(f.file_id));
+  const toggleSelected = (fileId: string) =>
+    setSelected((current) => {
+      const next = new Set(current);
+      if (next.has(fileId)) next.delete(fileId);
+      else next.add(fileId);
+      return next;
+    });
+  const toggleAllShown = () =>
+    setSelected((current) => {
+      const next = new Set(current);
+      for (const file of shown) {
+        if (allShownSelected) next.delete(file.file_id);
+        else next.add(file.file_id);
+      }
+      return next;
+    });
+
+  const removeSelected = async () => {
+    if (chosen.length === 0) return;
+    if (!window.confirm(t('docs.confirmBulkDelete', { count: chosen.length }))) return;
+    setDeleting(true);
+    try {
+      const result = await deleteEach(chosen, deleteOne);
+      forget(result.deleted);
+      setBulk(result);
+    } finally {
+      setDeleting(false);
+    }
+  };
+
+  useEffect(() => {
+    if (!mergedFileId) return;
+    const timer = window.setTimeout(() => setMergedFileId(''), 10000);
+    return () => window.clearTimeout(timer);
+  }, [mergedFileId]);
 
   const toggleChat = (fileId: string) =>
     setChatFileIds(chatFileIds.includes(fileId) ? chatFileIds.filter((id) => id !== fileId) : [...chatFileIds, fileId]);
@@ -227,8 +310,12 @@ export function DocumentsPage() {
             <li key={upload.key} className={`upload ${upload.state}`}>
               <span className="upload-name">{upload.name}</span>
               <progress max={1} value={upload.progress} aria-label={`${t('docs.uploading')} ${upload.name}`} />
-              <span className="muted small">
-                {upload.state === 'done' ? t('docs.uploaded') : `${Math.round(upload.progress * 100)}%`}
+              <span className="muted small" role={upload.state === 'merged' ? 'status' : undefined} data-testid="upload-state">
+                {upload.state === 'done'
+                  ? t('docs.uploaded')
+                  : upload.state === 'merged'
+                    ? t('docs.merged', { name: upload.mergedInto ?? '' })
+                    : `${Math.round(upload.progress * 100)}%`}
               </span>
               {upload.state === 'uploading' && (
                 <button type="button" className="ghost small" onClick={upload.abort}>
@@ -244,38 +331,143 @@ export function DocumentsPage() {
       )}
       <ErrorBanner error={error} onRetry={() => void load()} />
       {loaded && files.length === 0 && !error && <p className="muted">{t('docs.empty')}</p>}
+      {bulk && (bulk.deleted.length > 0 || bulk.failed.length > 0) && (
+        <div className={bulk.failed.length ? 'error-banner' : 'notice'} role={bulk.failed.length ? 'alert' : 'status'} data-testid="bulk-result">
+          <span className="error-text">
+            {bulk.failed.length === 0
+              ? t('docs.bulkDeleted', { count: bulk.deleted.length })
+              : t('docs.bulkPartly', {
+                  count: bulk.deleted.length,
+                  failed: bulk.failed.length,
+                  names: bulk.failed.map((f) => f.file.file_name ?? f.file.file_id).join(', '),
+                })}
+          </span>
+          {bulk.failed.length > 0 && <ErrorBanner error={bulk.failed[0].error} />}
+          <button type="button" className="ghost" onClick={() => setBulk(null)} aria-label={t('common.dismiss')}>
+            ×
+          </button>
+        </div>
+      )}
       {files.length > 0 && (
         <>
+          <div className="doc-toolbar" role="search" data-testid="doc-toolbar">
+            <label className="doc-search">
+              <span className="visually-hidden">{t('docs.search')}</span>
+              <input
+                type="search"
+                placeholder={t('docs.search')}
+                value={query.search}
+                onChange={(e) => setQuery({ ...query, search: e.target.value })}
+                data-testid="doc-search"
+              />
+            </label>
+            <label>
+              {t('docs.sort')}{' '}
+              <select value={query.sort} onChange={(e) => setQuery({ ...query, sort: e.target.value as DocumentQuery['sort'] })} data-testid="doc-sort">
+                {SORT_KEYS.map((key) => (
+                  <option key={key} value={key}>
+                    {t(`docs.sort.${key}`)}
+                  </option>
+                ))}
+              </select>
+            </label>
+            <label>
+              {t('docs.status')}{' '}
+              <select value={query.status} onChange={(e) => setQuery({ ...query, status: e.target.value as DocumentQuery['status'] })} data-testid="doc-status-filter">
+                {STATUS_FILTERS.map((key) => (
+                  <option key={key} value={key}>
+                    {t(`docs.filter.${key}`)}
+                  </option>
+                ))}
+              </select>
+            </label>
+            <label>
+              {t('docs.type')}{' '}
+              <select value={query.kind} onChange={(e) => setQuery({ ...query, kind: e.target.value as DocumentQuery['kind'] })} data-testid="doc-kind-filter">
+                {KIND_FILTERS.map((key) => (
+                  <option key={key} value={key}>
+                    {key === 'all' ? t('docs.filter.all') : key.toUpperCase()}
+                  </option>
+                ))}
+              </select>
+            </label>
+          </div>
+          <div className="doc-actions">
+            <label className="select-all">
+              <input type="checkbox" checked={allShownSelected} onChange={toggleAllShown} disabled={shown.length === 0} data-testid="select-all" />{' '}
+              {t('docs.selectAll')}
+            </label>
+            <button
+              type="button"
+              className="danger small"
+              disabled={chosen.length === 0 || deleting}
+              onClick={() => void removeSelected()}
+              data-testid="bulk-delete"
+            >
+              {t('docs.deleteSelected', { count: chosen.length })}
+            </button>
+            <span className="muted small" aria-live="polite" data-testid="doc-count">
+              {t('docs.showing', { shown: shown.length, total: files.length })}
+            </span>
+          </div>
           <p className="muted small">{chatFileIds.length === 0 ? t('docs.useAllHint') : t('chat.docsSome', { count: chatFileIds.length })}</p>
+          {shown.length === 0 && <p className="muted" data-testid="doc-no-match">{t('docs.noMatch')}</p>}
           <ul className="file-list" data-testid="file-list">
-            {files.map((file) => {
+            {shown.map((file) => {
               const status = file.status ?? 'FILE_STATUS_UNSPECIFIED';
               const total = file.chunks_total ?? 0;
               const done = file.chunks_done ?? 0;
+              const name = file.file_name ?? '';
+              const kind = kindOf(file);
               return (
-                <li key={file.file_id} className="file-row" data-testid="file-row" data-status={status} data-file-id={file.file_id}>
-                  <label className="use-in-chat" title={t('docs.useInChat')}>
-                    <input
-                      type="checkbox"
-                      checked={chatFileIds.includes(file.file_id)}
-                      disabled={status !== 'FILE_STATUS_READY'}
-                      onChange={() => toggleChat(file.file_id)}
-                      aria-label={`${t('docs.useInChat')}: ${file.file_name ?? ''}`}
-                    />
-                  </label>
-                  <span className="file-name">{file.file_name}</span>
+                <li
+                  key={file.file_id}
+                  className={`file-row${file.file_id === mergedFileId ? ' merged' : ''}`}
+                  data-testid="file-row"
+                  data-status={status}
+                  data-file-id={file.file_id}
+                  data-merged={file.file_id === mergedFileId ? 'true' : undefined}
+                >
+                  <input
+                    type="checkbox"
+                    className="select-file"
+                    checked={selected.has(file.file_id)}
+                    onChange={() => toggleSelected(file.file_id)}
+                    aria-label={t('docs.select', { name })}
+                    data-testid="select-file"
+                  />
+                  <span className="file-name">{name}</span>
+                  <span className="file-kind small">{kind === 'other' ? '' : kind.toUpperCase()}</span>
                   <span className="muted small">{formatBytes(file.size_bytes)}</span>
+                  <span className="muted small">{formatTime(file.created_at, lang)}</span>
                   <span className={`status status-${status.replace('FILE_STATUS_', '').toLowerCase()}`} data-testid="file-status">
                     {t(`docs.status.${status}`)}
                     {status === 'FILE_STATUS_PROCESSING' && total > 0 ? ` · ${t('docs.chunks', { done, total })}` : ''}
                   </span>
-                  {!TERMINAL.has(status) && total > 0 && <progress max={total} value={done} />}
+                  {!TERMINAL.has(status) && total > 0 && <progress max={total} value={done} aria-label={t('docs.progress', { name })} />}
                   {status === 'FILE_STATUS_FAILED' && file.error && (
                     <span className="file-error" data-testid="file-error">
                       {file.error}
                     </span>
                   )}
-                  <button type="button" className="ghost small" onClick={() => void remove(file)} data-testid="delete-file">
+                  <label className="use-in-chat">
+                    <input
+                      type="checkbox"
+                      checked={chatFileIds.includes(file.file_id)}
+                      disabled={status !== 'FILE_STATUS_READY'}
+                      onChange={() => toggleChat(file.file_id)}
+                      aria-label={`${t('docs.useInChat')}: ${name}`}
+                      data-testid="use-in-chat"
+                    />{' '}
+                    <span aria-hidden="true">{t('docs.useInChat')}</span>
+                  </label>
+                  <button
+                    type="button"
+                    className="ghost small"
+                    onClick={() => void remove(file)}
+                    aria-label={`${t('docs.delete')}: ${name}`}
+                    data-testid="delete-file"
+                  >
                     {t('docs.delete')}
                   </button>
                 </li>
