@@ -103,18 +103,22 @@ class RedisRefreshStore:
         try:
             await self._redis.set(self._prefix + jti, b"1", ex=ttl_s)
         except (RedisError, OSError) as exc:
-            raise HttpError(grpc.StatusCode.UNAVAILABLE, "token store unavailable") from exc
+            raise HttpError(
+                grpc.StatusCode.UNAVAILABLE, "token store unavailable", reason="TOKEN_STORE_UNAVAILABLE"
+            ) from exc
 
     async def take(self, jti: str) -> bool:
         try:
             # DEL is atomic: of two concurrent uses of one token, exactly one sees 1.
             return bool(await self._redis.delete(self._prefix + jti))
         except (RedisError, OSError) as exc:
-            raise HttpError(grpc.StatusCode.UNAVAILABLE, "token store unavailable") from exc
+            raise HttpError(
+                grpc.StatusCode.UNAVAILABLE, "token store unavailable", reason="TOKEN_STORE_UNAVAILABLE"
+            ) from exc
 
 
-def _unauthenticated(message: str = "invalid or expired token") -> HttpError:
-    return HttpError(grpc.StatusCode.UNAUTHENTICATED, message, headers={"WWW-Authenticate": "Bearer"})
+def _unauthenticated(message: str = "invalid or expired token", reason: str = "TOKEN_INVALID") -> HttpError:
+    return HttpError(grpc.StatusCode.UNAUTHENTICATED, message, headers={"WWW-Authenticate": "Bearer"}, reason=reason)
 
 
 class Tokens:
@@ -189,7 +193,7 @@ class AdminPolicy:
 
 
 def _forbidden(message: str = "this needs an administrator account") -> HttpError:
-    return HttpError(grpc.StatusCode.PERMISSION_DENIED, message)
+    return HttpError(grpc.StatusCode.PERMISSION_DENIED, message, reason="ADMIN_ONLY")
 
 
 class Authenticator:
@@ -244,11 +248,11 @@ class Authenticator:
             # EventSource cannot set headers: streams may carry the token as ?access_token=.
             token = request.query_params.get("access_token", "") if allow_query_token else ""
             if not token:
-                raise _unauthenticated("missing bearer token")
+                raise _unauthenticated("missing bearer token", "TOKEN_MISSING")
         user_id = str(self.tokens.verify(token.strip(), "access")["sub"])
         active, email = await self._user(user_id)
         if not active:
-            raise _unauthenticated("account is not active")
+            raise _unauthenticated("account is not active", "ACCOUNT_INACTIVE")
         if admin_only and not self.admins.allows(email):
             raise _forbidden()
         return user_id
@@ -257,14 +261,16 @@ class Authenticator:
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     value = parse_json_body(await read_body(request, limit))
     if not isinstance(value, dict):
-        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "request body must be a JSON object")
+        raise HttpError(
+            grpc.StatusCode.INVALID_ARGUMENT, "request body must be a JSON object", reason="INVALID_REQUEST"
+        )
     return value
 
 
 def _string(body: dict[str, Any], name: str) -> str:
     value = body.get(name, "")
     if not isinstance(value, str):
-        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"{name} must be a string")
+        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"{name} must be a string", reason="INVALID_REQUEST")
     return value
 
 
@@ -306,6 +312,7 @@ class PasswordWork:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many sign-ins at once; try again in a moment",
                 headers={"Retry-After": str(self.retry_after_s())},
+                reason="RATE_LIMITED",
             )
         self._waiting += 1
         try:
@@ -379,14 +386,20 @@ class AuthRoutes:
         password = _string(body, "password")
         display_name = _string(body, "display_name").strip()
         if not EMAIL_RE.fullmatch(email):
-            raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "email is not a valid address")
+            raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "email is not a valid address", reason="EMAIL_INVALID")
         if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
             raise HttpError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters",
+                reason="PASSWORD_LENGTH",
+                args={"min": MIN_PASSWORD, "max": MAX_PASSWORD},
             )
         if not 1 <= len(display_name) <= MAX_DISPLAY_NAME:
             raise HttpError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"display_name must be 1 to {MAX_DISPLAY_NAME} characters"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"display_name must be 1 to {MAX_DISPLAY_NAME} characters",
+                reason="DISPLAY_NAME_LENGTH",
+                args={"min": 1, "max": MAX_DISPLAY_NAME},
             )
         password_hash = await self._work.hash(password)
         try:
@@ -402,7 +415,7 @@ class AuthRoutes:
         email = _string(body, "email").strip().lower()
         password = _string(body, "password")
         if not email or not password or len(password) > MAX_PASSWORD:
-            raise _unauthenticated("invalid email or password")
+            raise _unauthenticated("invalid email or password", "INVALID_CREDENTIALS")
         async with self._work.admitted():
             try:
                 credentials = await self._storage.GetUserByEmail(storage_pb2.GetUserByEmailRequest(email=email))
@@ -414,7 +427,7 @@ class AuthRoutes:
                 credentials, stored_hash = None, self._dummy_hash
             valid = await self._work.compute(lambda: self._verify(stored_hash, password))
         if credentials is None or not valid or not credentials.user.active:
-            raise _unauthenticated("invalid email or password")
+            raise _unauthenticated("invalid email or password", "INVALID_CREDENTIALS")
         return await self._token_pair(credentials.user, 200)
 
     def _verify(self, stored_hash: str, password: str) -> bool:
@@ -427,11 +440,11 @@ class AuthRoutes:
         body = await read_json_object(request, self._limit)
         claims = self._tokens.verify(_string(body, "refresh_token"), "refresh")
         if not await self._refresh.take(str(claims["jti"])):
-            raise _unauthenticated("refresh token was already used or revoked")
+            raise _unauthenticated("refresh token was already used or revoked", "REFRESH_TOKEN_USED")
         user_id = str(claims["sub"])
         self._auth.forget(user_id)
         if not await self._auth.user_is_active(user_id):
-            raise _unauthenticated("account is not active")
+            raise _unauthenticated("account is not active", "ACCOUNT_INACTIVE")
         try:
             user = await self._storage.GetUser(storage_pb2.GetUserRequest(), metadata=user_metadata(user_id))
         except grpc.aio.AioRpcError as exc:

@@ -46,6 +46,9 @@ class Settings:
     web_dist_dir: Path
     descriptor_refresh_s: float
     sse_heartbeat_s: float
+    # How long an answer stream may show no sign of life (no message, no heartbeat) before it ends
+    # with a retryable error; the web app applies the same bound to what it receives.
+    stream_stall_timeout_s: float
     user_cache_ttl_s: float
     password_hash_concurrency: int
     password_hash_queue: int
@@ -68,6 +71,13 @@ class Settings:
         for email in admins:
             if not EMAIL_RE.fullmatch(email):
                 raise ConfigError(f"ADMIN_EMAILS entry {email!r} is not an email address")
+        heartbeat_s = env_float(env, "SSE_HEARTBEAT_S", 15.0, minimum=0.5)
+        # Three missed heartbeats, and never under 45 s: a student waits that long on a silent answer.
+        stall_s = env_float(env, "STREAM_STALL_TIMEOUT_S", max(45.0, 3 * heartbeat_s), minimum=1.0)
+        if stall_s <= heartbeat_s:
+            raise ConfigError(
+                f"STREAM_STALL_TIMEOUT_S ({stall_s:g}) must be longer than SSE_HEARTBEAT_S ({heartbeat_s:g})"
+            )
         return cls(
             port=env_service_port(env, "gateway"),
             chat_addr=env_peer_address(env, "chat"),
@@ -85,7 +95,8 @@ class Settings:
             rate_limit_ip_per_minute=env_int(env, "RATE_LIMIT_IP_PER_MINUTE", 1200),
             web_dist_dir=Path(env_str(env, "WEB_DIST_DIR", str(DEFAULT_WEB_DIST))).resolve(),
             descriptor_refresh_s=env_float(env, "DESCRIPTOR_REFRESH_S", 30.0, minimum=1.0),
-            sse_heartbeat_s=env_float(env, "SSE_HEARTBEAT_S", 15.0, minimum=0.5),
+            sse_heartbeat_s=heartbeat_s,
+            stream_stall_timeout_s=stall_s,
             user_cache_ttl_s=env_float(env, "USER_CACHE_TTL_S", 10.0),
             # Half the cores by default: a burst of sign-ins leaves the rest for signed-in students.
             password_hash_concurrency=env_int(

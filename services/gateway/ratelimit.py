@@ -140,6 +140,7 @@ class RateLimiter:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many requests, slow down",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                reason="RATE_LIMITED",
             )
 
     async def check_ip(self, ip: str) -> None:

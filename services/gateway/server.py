@@ -121,6 +121,7 @@ class Gateway:
             max_body_bytes=settings.max_body_bytes,
             upload_max_bytes=settings.upload_max_bytes,
             heartbeat_s=settings.sse_heartbeat_s,
+            stall_s=settings.stream_stall_timeout_s,
             admin_backends=ADMIN_BACKENDS,
             unary_timeouts={"chat": settings.chat_timeout_s},
         )
@@ -212,6 +213,9 @@ class Gateway:
                 "upload_max_bytes": self.settings.upload_max_bytes,
                 "max_body_bytes": self.settings.max_body_bytes,
                 "is_admin": await self.authenticator.is_admin(user_id),
+                # The web app's bound on a silent answer stream (its heartbeats come this often).
+                "sse_heartbeat_s": self.settings.sse_heartbeat_s,
+                "stream_stall_timeout_s": self.settings.stream_stall_timeout_s,
             },
             headers={"Cache-Control": "no-store"},
         )

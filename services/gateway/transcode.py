@@ -6,8 +6,10 @@ error -> 400): the body (whole for ``body: "*"``, or under the body field), then
 then path variables, which win. Responses use proto field names (snake_case) and print every
 field, defaults included, so browsers see a stable shape.
 
-Shapes: unary -> JSON; server streaming -> SSE (``data: <json>``, heartbeat comments, an
-``event: error`` carrying ``{code, message, request_id}`` if the stream fails after it started);
+Shapes: unary -> JSON; server streaming -> SSE (``data: <json>``, heartbeat comments while the
+backend is silent but answers its health check, an ``event: error`` carrying the error body
+(``gateway.responses``) if the stream fails after it started or its backend stops answering for
+``STREAM_STALL_TIMEOUT_S``);
 client streaming with a bytes body field -> upload, streamed in chunks of at most 1 MiB.
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor, json_format, message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -34,7 +37,6 @@ from gateway.ratelimit import RateLimiter
 from gateway.responses import (
     HttpError,
     dumps,
-    error_body,
     from_rpc_error,
     invalid,
     parse_json_body,
@@ -310,6 +312,41 @@ async def rechunk(pieces: AsyncIterator[bytes], size: int) -> AsyncIterator[byte
         yield b"".join(held)
 
 
+class Liveness:
+    """Whether a backend answers its health check, asked at most once per ``interval_s`` however
+    many silent streams wait on it (a thousand students waiting on slow answers cost one check).
+
+    The check goes over the backend's channel, so with several replicas behind one address it may
+    reach another replica than a stream's; the channel's keepalive (studyassist.core.channels)
+    still ends a call whose own connection stopped answering.
+    """
+
+    def __init__(self, channels: Mapping[str, grpc.aio.Channel], *, interval_s: float, timeout_s: float) -> None:
+        self._channels = channels
+        self._interval_s = interval_s
+        self._timeout_s = timeout_s
+        self._checks: dict[str, tuple[float, asyncio.Task[bool]]] = {}
+
+    def check(self, backend: str) -> asyncio.Task[bool]:
+        """The newest check of ``backend``: a finished one younger than the interval, or a new one."""
+        now = time.monotonic()
+        found = self._checks.get(backend)
+        if found is not None and (not found[1].done() or now - found[0] < self._interval_s):
+            return found[1]
+        task = asyncio.ensure_future(self._probe(backend))
+        self._checks[backend] = (now, task)
+        return task
+
+    async def _probe(self, backend: str) -> bool:
+        try:
+            reply = await health_pb2_grpc.HealthStub(self._channels[backend]).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=self._timeout_s
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
 class Transcoder:
     def __init__(
         self,
@@ -321,6 +358,7 @@ class Transcoder:
         max_body_bytes: int,
         upload_max_bytes: int,
         heartbeat_s: float,
+        stall_s: float | None = None,
         admin_backends: frozenset[str] = frozenset(),
         unary_timeouts: Mapping[str, float] | None = None,
     ) -> None:
@@ -333,6 +371,9 @@ class Transcoder:
         self._max_body = max_body_bytes
         self._upload_max = upload_max_bytes
         self._heartbeat_s = heartbeat_s
+        # A stream whose backend shows no sign of life this long ends with a retryable error.
+        self._stall_s = stall_s if stall_s is not None else 3 * heartbeat_s
+        self._liveness = Liveness(channels, interval_s=heartbeat_s / 2, timeout_s=heartbeat_s)
         # Every route of these backends is for administrators only (a rule per service, so a new
         # RPC of the metrics service is admin-only with no gateway change).
         self._admin_backends = admin_backends
@@ -409,8 +450,10 @@ class Transcoder:
                     grpc.StatusCode.UNAVAILABLE,
                     f"no route for {request.method} {path} while {', '.join(unreached)} cannot be reached",
                     headers={"Retry-After": str(UNREACHED_RETRY_AFTER_S)},
+                    reason="BACKEND_UNAVAILABLE",
+                    args={"service": ", ".join(unreached)},
                 )
-            raise HttpError(grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {path}")
+            raise HttpError(grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {path}", reason="NO_ROUTE")
         request.scope[ROUTE_TEMPLATE_KEY] = found[0].template.template
         return found
 
@@ -441,7 +484,7 @@ class Transcoder:
         try:
             response = await route.call(rpc_request, metadata=metadata, timeout=self._unary_timeouts.get(route.backend))
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+            raise from_rpc_error(exc, route.backend) from None
         return Response(dumps(route.encode(response)), media_type="application/json")
 
     async def _stream(
@@ -456,35 +499,66 @@ class Transcoder:
             try:
                 pending.result()
             except grpc.aio.AioRpcError as exc:
-                raise from_rpc_error(exc) from None
+                raise from_rpc_error(exc, route.backend) from None
         heartbeat_s = self._heartbeat_s
+        stall_s = self._stall_s
         auth = self._auth
+        liveness = self._liveness
+        backend = route.backend
+
+        def error_event(error: HttpError) -> bytes:
+            return b"event: error\ndata: " + dumps(error.body()) + b"\n\n"
 
         async def events() -> AsyncIterator[bytes]:
             nonlocal pending
             last_check = time.monotonic()
+            # The last sign of life from the backend: a message, or a health check it answered.
+            last_alive = time.monotonic()
             try:
                 while True:
                     done, _ = await asyncio.wait({pending}, timeout=heartbeat_s)
                     if time.monotonic() - last_check >= heartbeat_s:
                         last_check = time.monotonic()
                         if not await auth.user_is_active(user_id):
-                            body = error_body(grpc.StatusCode.UNAUTHENTICATED, "account is not active")
-                            yield b"event: error\ndata: " + dumps(body) + b"\n\n"
+                            yield error_event(
+                                HttpError(
+                                    grpc.StatusCode.UNAUTHENTICATED, "account is not active", reason="ACCOUNT_INACTIVE"
+                                )
+                            )
                             return
                     if not done:
-                        yield b": heartbeat\n\n"
+                        # A slow answer (an LLM thinking) and a hung backend look the same from here:
+                        # a heartbeat goes out only when the backend still answers its health check,
+                        # so the client's bound on heartbeats (STREAM_STALL_TIMEOUT_S) sees a hang.
+                        probe = liveness.check(backend)
+                        await asyncio.wait({pending, probe}, timeout=heartbeat_s, return_when=asyncio.FIRST_COMPLETED)
+                        if pending.done():
+                            continue
+                        if probe.done() and probe.result():
+                            last_alive = time.monotonic()
+                            yield b": heartbeat\n\n"
+                        elif time.monotonic() - last_alive >= stall_s:
+                            log.warning("stream backend stopped answering", extra={"fields": {"backend": backend}})
+                            yield error_event(
+                                HttpError(
+                                    grpc.StatusCode.UNAVAILABLE,
+                                    f"{backend} stopped answering",
+                                    reason="BACKEND_NOT_ANSWERING",
+                                    args={"service": backend},
+                                )
+                            )
+                            return
                         continue
+                    last_alive = time.monotonic()
                     item = pending.result()
                     if item is _EOF:
                         return
                     yield b"data: " + dumps(route.encode(item)) + b"\n\n"
                     pending = asyncio.ensure_future(call.read())
             except grpc.aio.AioRpcError as exc:
-                error = from_rpc_error(exc)
-                yield b"event: error\ndata: " + dumps(error_body(error.code, error.message)) + b"\n\n"
+                yield error_event(from_rpc_error(exc, backend))
             except HttpError as exc:
-                yield b"event: error\ndata: " + dumps(error_body(exc.code, exc.message)) + b"\n\n"
+                yield error_event(exc)
             finally:
                 # The client went away or the stream ended: stop the backend's work too.
                 pending.cancel()
@@ -550,7 +624,7 @@ class Transcoder:
         except grpc.aio.AioRpcError as exc:
             if failure:
                 raise failure[0] from None
-            raise from_rpc_error(exc) from None
+            raise from_rpc_error(exc, route.backend) from None
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if failure and task is not None and not task.cancelling():

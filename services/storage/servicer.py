@@ -204,7 +204,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                     _clean_text(request.password_hash, "password_hash", 1000),
                 )
             except asyncpg.UniqueViolationError:
-                raise AlreadyExists("a user with this email already exists") from None
+                raise AlreadyExists("a user with this email already exists", reason="EMAIL_TAKEN") from None
         assert row is not None  # INSERT ... RETURNING always returns the row
         return _user(row)
 

@@ -204,8 +204,9 @@ async def test_admin_only_backend_answers_403_to_other_users(
         refused = await stack.client.get(path, headers=bearer(student["access"]))
         assert refused.status_code == 403, (path, refused.text)
         body = refused.json()
-        assert set(body) == {"code", "message", "request_id"}
+        assert set(body) == {"code", "message", "request_id", "reason", "args"}
         assert body["code"] == "PERMISSION_DENIED" and body["request_id"] == refused.headers["x-request-id"]
+        assert body["reason"] == "ADMIN_ONLY" and body["args"] == {}
     # The student's other routes are unaffected.
     assert (await stack.client.get("/v1/sessions", headers=bearer(student["access"]))).status_code == 200
     config = await stack.client.get("/v1/config", headers=bearer(student["access"]))

@@ -69,7 +69,13 @@ async def test_grpc_status_maps_to_http_without_internals(stack: Stack) -> None:
     auth = bearer(user["access"])
     missing = await stack.client.get("/v1/files/nope", headers={**auth, "X-Request-ID": "req-123"})
     assert missing.status_code == 404
-    assert missing.json() == {"code": "NOT_FOUND", "message": "file nope not found", "request_id": "req-123"}
+    assert missing.json() == {
+        "code": "NOT_FOUND",
+        "message": "file nope not found",
+        "request_id": "req-123",
+        "reason": "",
+        "args": {},
+    }
     assert missing.headers["x-request-id"] == "req-123"
 
     broken = await stack.client.get("/v1/files/boom", headers=auth)

@@ -7,17 +7,66 @@ a servicer is a bug and becomes INTERNAL with a generic message, never a stack t
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 import grpc
+
+# Trailing metadata that carries an error's stable reason and its arguments past the status text,
+# so a client (the web app, through the gateway) can say it in the user's language.
+REASON_KEY = "studyassist-error-reason"
+ARGS_KEY = "studyassist-error-args"
 
 
 class StudyAssistError(Exception):
-    """Base domain error. The message is safe to show to the caller."""
+    """Base domain error. The message is safe to show to the caller.
+
+    ``reason`` is a stable UPPER_SNAKE name of what went wrong (``EMAIL_TAKEN``), ``args`` the values
+    a translated sentence needs (``{"max": "100"}``); the English ``message`` stays for API clients
+    and logs. Both are optional: a client without a reason falls back to the status code.
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, reason: str = "", args: Mapping[str, str | int] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.reason = reason
+        self.args_map: dict[str, str] = {key: str(value) for key, value in (args or {}).items()}
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return reason_metadata(self.reason, self.args_map)
+
+
+def reason_metadata(reason: str, args: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata naming ``reason`` and ``args`` (nothing when there is no reason)."""
+    if not reason:
+        return ()
+    items: tuple[tuple[str, str], ...] = ((REASON_KEY, reason),)
+    if args:
+        items += ((ARGS_KEY, json.dumps(dict(args), ensure_ascii=True, separators=(",", ":"))),)
+    return items
+
+
+def reason_from_metadata(metadata: Iterable[Any] | None) -> tuple[str, dict[str, str]]:
+    """(reason, args) read back from a status's trailing metadata; ("", {}) when it names none."""
+    reason = ""
+    args: dict[str, str] = {}
+    for item in metadata or ():
+        key, value = item[0], item[1]
+        if not isinstance(value, str):
+            continue
+        if key == REASON_KEY:
+            reason = value
+        elif key == ARGS_KEY:
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                continue
+            if isinstance(parsed, dict):
+                args = {str(k): str(v) for k, v in parsed.items()}
+    return reason, args
 
 
 class InvalidArgument(StudyAssistError):

@@ -108,7 +108,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         async def fail(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
             if isinstance(exc, StudyAssistError):
-                await context.abort(exc.code, exc.message)
+                await context.abort(exc.code, exc.message, exc.trailing_metadata())
             log.exception("unhandled error in %s", full_method, exc_info=exc)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id_var.get()})")
 
