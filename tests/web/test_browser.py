@@ -587,7 +587,7 @@ def test_upload_several_drop_and_log_in_again(page: Page, tmp_path: Path) -> Non
     form.locator("input[name=email]").fill(email)
     form.locator("input[name=password]").fill(PASSWORD + "-sai")
     form.locator("button[type=submit]").click()
-    expect(form.get_by_role("alert")).to_contain_text("thông tin đăng nhập sai")
+    expect(form.get_by_role("alert")).to_contain_text("Email hoặc mật khẩu không đúng")
     expect(page.get_by_test_id("new-chat")).to_have_count(0)
     form.locator("input[name=password]").fill(PASSWORD)
     form.locator("button[type=submit]").click()

@@ -1,8 +1,11 @@
-import { ApiError, errorFromResponse } from './errors';
-import { parseJsonEvent, readSse } from './sse';
+import { ApiError, errorFromEvent, errorFromResponse, type ErrorBody } from './errors';
+import { IdleTimer, parseJsonEvent, readSse, streamIdleMs } from './sse';
 import type { GatewayConfig, TokenResponse, User } from './types';
 
 const STORAGE_KEY = 'sa.auth';
+// One refresh at a time across this origin's tabs (Web Locks API): refresh tokens are single use,
+// so two tabs spending the same one would log each other out.
+const REFRESH_LOCK = 'sa.auth.refresh';
 
 export interface AuthState {
   accessToken: string;
@@ -47,7 +50,26 @@ export class ApiClient {
   sessionExpired = false;
   private readonly listeners = new Set<(auth: AuthState | null) => void>();
 
-  constructor(private readonly baseUrl = '') {}
+  constructor(private readonly baseUrl = '') {
+    // Another tab signed in, refreshed or logged out: follow it, so this tab never spends a
+    // refresh token that tab already used.
+    if (typeof window !== 'undefined') {
+      window.addEventListener('storage', (event) => {
+        if (event.key !== STORAGE_KEY) return;
+        const next = loadAuth();
+        if (next?.accessToken === this.auth?.accessToken) return;
+        this.adopt(next);
+      });
+    }
+  }
+
+  /** Take the session another tab stored, without writing it back. */
+  private adopt(auth: AuthState | null): void {
+    if (auth?.user.user_id !== this.auth?.user.user_id) this.configFor = null;
+    this.auth = auth;
+    if (auth) this.sessionExpired = false;
+    for (const listener of this.listeners) listener(auth);
+  }
 
   get current(): AuthState | null {
     return this.auth;
@@ -120,32 +142,49 @@ export class ApiClient {
     return this.configFor.promise;
   }
 
-  /** Refresh the access token once, however many calls saw the 401 at the same time. */
+  /** Refresh the access token once, however many calls saw the 401 at the same time, in this tab
+   * and in the others: under a lock shared by the origin's tabs, a tab that finds a session newer
+   * than the one that failed (another tab refreshed meanwhile) takes it instead of refreshing. */
   refresh(): Promise<boolean> {
     if (!this.refreshing) {
-      const auth = this.auth;
-      this.refreshing = (async () => {
-        if (!auth) return false;
-        try {
-          const tokens = await this.json<TokenResponse>('POST', '/v1/auth/refresh', {
-            body: { refresh_token: auth.refreshToken },
-            noAuth: true,
-          });
-          this.acceptTokens(tokens, auth.user);
-          return true;
-        } catch (error) {
-          // Only a definite "no" ends the session; a network blip keeps it for the next try.
-          if (error instanceof ApiError && error.kind === 'http' && error.status >= 400 && error.status < 500) {
-            this.sessionExpired = true;
-            this.setAuth(null);
-          }
-          return false;
-        } finally {
-          this.refreshing = null;
-        }
-      })();
+      const failed = this.auth;
+      // Web Locks need a secure context (https, or localhost); elsewhere the storage event above
+      // still moves every tab to the newest tokens, which narrows the race to one moment.
+      const locks = typeof navigator !== 'undefined' ? navigator.locks : undefined;
+      const run = () => this.refreshUnlocked(failed);
+      // (The lock is held until run's promise settles; then() unwraps what request() resolves to.)
+      const attempt: Promise<boolean> = locks ? locks.request(REFRESH_LOCK, run).then((result) => result) : run();
+      const shared = attempt.finally(() => {
+        if (this.refreshing === shared) this.refreshing = null;
+      });
+      this.refreshing = shared;
     }
     return this.refreshing;
+  }
+
+  private async refreshUnlocked(failed: AuthState | null): Promise<boolean> {
+    const stored = loadAuth();
+    if (stored && failed && stored.user.user_id === failed.user.user_id && stored.refreshToken !== failed.refreshToken) {
+      this.adopt(stored);
+      return true;
+    }
+    const auth = stored ?? failed;
+    if (!auth) return false;
+    try {
+      const tokens = await this.json<TokenResponse>('POST', '/v1/auth/refresh', {
+        body: { refresh_token: auth.refreshToken },
+        noAuth: true,
+      });
+      this.acceptTokens(tokens, auth.user);
+      return true;
+    } catch (error) {
+      // Only a definite "no" ends the session; a network blip keeps it for the next try.
+      if (error instanceof ApiError && error.kind === 'http' && error.status >= 400 && error.status < 500) {
+        this.sessionExpired = true;
+        this.setAuth(null);
+      }
+      return false;
+    }
   }
 
   /** fetch with the bearer token, one refresh-and-retry on 401, errors as ApiError. */
@@ -187,15 +226,54 @@ export class ApiClient {
     return this.json<T>('GET', path, { query, signal });
   }
 
-  /** Open an SSE endpoint and call onEvent with each event's JSON until the stream ends. */
+  /** How long a stream may stay silent before the web app gives up on it (from GET /v1/config). */
+  async streamIdleMs(): Promise<number> {
+    const config = await this.config().catch(() => null);
+    return streamIdleMs(config?.stream_stall_timeout_s, config?.sse_heartbeat_s);
+  }
+
+  /** Open an SSE endpoint and call onEvent with each event's JSON until the stream ends.
+   *
+   * An ``event: error`` from the gateway becomes an ApiError with its reason. With idleMs, a
+   * stream (or its response) silent that long, heartbeats included, ends with STREAM_STALLED. */
   async stream<T>(
     method: string,
     path: string,
     options: RequestOptions,
     onEvent: (event: T) => void,
+    idleMs = 0,
   ): Promise<void> {
-    const response = await this.fetch(method, path, options, { Accept: 'text/event-stream' });
-    if (!response.body) throw new ApiError('stream', response.status, 'NO_BODY', 'empty stream');
-    await readSse(response.body, (event) => onEvent(parseJsonEvent<T>(event)), options.signal);
+    const inner = new AbortController();
+    const outer = options.signal;
+    const forward = () => inner.abort();
+    if (outer?.aborted) inner.abort();
+    outer?.addEventListener('abort', forward);
+    const timer = new IdleTimer(idleMs, () => inner.abort());
+    if (idleMs > 0) timer.kick();
+    const kick = () => {
+      if (idleMs > 0) timer.kick();
+    };
+    try {
+      const response = await this.fetch(method, path, { ...options, signal: inner.signal }, { Accept: 'text/event-stream' });
+      if (!response.body) throw new ApiError('stream', response.status, 'NO_BODY', 'empty stream');
+      kick();
+      await readSse(
+        response.body,
+        (event) => {
+          if (event.event === 'error') throw errorFromEvent(parseJsonEvent<ErrorBody>(event));
+          onEvent(parseJsonEvent<T>(event));
+        },
+        inner.signal,
+        kick,
+      );
+    } catch (error) {
+      if (!timer.fired || outer?.aborted) throw error;
+    } finally {
+      timer.stop();
+      outer?.removeEventListener('abort', forward);
+    }
+    if (timer.fired && !outer?.aborted) {
+      throw new ApiError('stream', 0, 'DEADLINE_EXCEEDED', `no data for ${Math.round(idleMs / 1000)} s`, '', null, 'STREAM_STALLED');
+    }
   }
 }

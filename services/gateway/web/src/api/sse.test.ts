@@ -1,5 +1,5 @@
-import { describe, expect, it } from 'vitest';
-import { parseJsonEvent, readSse, SseParser, type SseEvent } from './sse';
+import { describe, expect, it, vi } from 'vitest';
+import { IdleTimer, parseJsonEvent, readSse, SseParser, streamIdleMs, type SseEvent } from './sse';
 import type { ChatEvent } from './types';
 
 function streamOf(chunks: Array<string | Uint8Array>): ReadableStream<Uint8Array> {
@@ -105,5 +105,67 @@ describe('SseParser', () => {
     ).catch(() => undefined);
     expect(events.length).toBeGreaterThanOrEqual(3);
     expect(pulls).toBeLessThan(10);
+  });
+});
+
+describe('IdleTimer', () => {
+  it('fires once after the bound with no kick, and a kick starts the bound again', () => {
+    vi.useFakeTimers();
+    try {
+      let fired = 0;
+      const timer = new IdleTimer(1000, () => fired++);
+      timer.kick();
+      vi.advanceTimersByTime(900);
+      timer.kick(); // a heartbeat arrived
+      vi.advanceTimersByTime(900);
+      expect(fired).toBe(0);
+      vi.advanceTimersByTime(200);
+      expect(fired).toBe(1);
+      expect(timer.fired).toBe(true);
+      timer.kick(); // too late: a stalled stream stays stalled
+      vi.advanceTimersByTime(5000);
+      expect(fired).toBe(1);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('never fires once stopped', () => {
+    vi.useFakeTimers();
+    try {
+      let fired = 0;
+      const timer = new IdleTimer(10, () => fired++);
+      timer.kick();
+      timer.stop();
+      vi.advanceTimersByTime(100);
+      expect(fired).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('waits the gateway bound plus two heartbeats, with defaults when the config is missing', () => {
+    expect(streamIdleMs(45, 15)).toBe(75_000);
+    expect(streamIdleMs(3, 1)).toBe(5_000);
+    expect(streamIdleMs(undefined, undefined)).toBe(75_000);
+    expect(streamIdleMs(-1, 0)).toBe(75_000);
+  });
+});
+
+describe('readSse activity', () => {
+  it('reports every piece read, heartbeat comments included', async () => {
+    const encoder = new TextEncoder();
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(encoder.encode(': heartbeat\n\n'));
+        controller.enqueue(encoder.encode('data: {"a":1}\n\n'));
+        controller.close();
+      },
+    });
+    let activity = 0;
+    const events: string[] = [];
+    await readSse(body, (event) => events.push(event.data), undefined, () => activity++);
+    expect(activity).toBe(2);
+    expect(events).toEqual(['{"a":1}']);
   });
 });

@@ -77,11 +77,50 @@ export class SseParser {
   }
 }
 
-/** Read a byte stream as SSE, calling onEvent for each event; resolves when the stream ends. */
+/** Calls onIdle once when kick() has not been called for idleMs; stop() disarms it.
+ *
+ * The gateway sends a heartbeat while an answer is slow but its backend is alive, so a stream
+ * that stays silent past the bound is hung (a frozen chat service, a dead proxy). */
+export class IdleTimer {
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  fired = false;
+
+  constructor(
+    private readonly idleMs: number,
+    private readonly onIdle: () => void,
+  ) {}
+
+  kick(): void {
+    if (this.fired) return;
+    this.stop();
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.fired = true;
+      this.onIdle();
+    }, this.idleMs);
+  }
+
+  stop(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+  }
+}
+
+/** How long the web app waits on a silent stream: the gateway's own bound plus two heartbeats
+ * (the gateway ends a stream whose backend stopped answering after stallS; this catches the rest). */
+export function streamIdleMs(stallS: number | undefined, heartbeatS: number | undefined): number {
+  const stall = typeof stallS === 'number' && stallS > 0 ? stallS : 45;
+  const heartbeat = typeof heartbeatS === 'number' && heartbeatS > 0 ? heartbeatS : 15;
+  return Math.round((stall + 2 * heartbeat) * 1000);
+}
+
+/** Read a byte stream as SSE, calling onEvent for each event; resolves when the stream ends.
+ * onActivity is called for every piece read (heartbeat comments included). */
 export async function readSse(
   body: ReadableStream<Uint8Array>,
   onEvent: (event: SseEvent) => void,
   signal?: AbortSignal,
+  onActivity?: () => void,
 ): Promise<void> {
   const reader = body.getReader();
   const decoder = new TextDecoder('utf-8');
@@ -94,10 +133,15 @@ export async function readSse(
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
+      onActivity?.();
       for (const event of parser.feed(decoder.decode(value, { stream: true }))) onEvent(event);
     }
     for (const event of parser.feed(decoder.decode())) onEvent(event);
     parser.end();
+  } catch (error) {
+    // A handler refused an event (an error event, a malformed one): stop the download too.
+    reader.cancel().catch(() => undefined);
+    throw error;
   } finally {
     signal?.removeEventListener('abort', onAbort);
     reader.releaseLock();

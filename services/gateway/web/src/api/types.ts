@@ -14,6 +14,9 @@ export interface GatewayConfig {
   upload_max_bytes: number;
   max_body_bytes: number;
   is_admin: boolean;
+  /** Seconds between the gateway's heartbeats on a silent stream, and its bound on a stalled one. */
+  sse_heartbeat_s?: number;
+  stream_stall_timeout_s?: number;
 }
 
 export interface TokenResponse {
@@ -107,7 +110,7 @@ export interface ChatEvent {
     cached?: boolean;
   };
   // A gateway may report a failure after the stream has started.
-  error?: { code?: string | number; message?: string };
+  error?: { code?: string | number; message?: string; request_id?: string; reason?: string; args?: Record<string, string> };
 }
 
 export interface EndpointStats {

@@ -1,8 +1,9 @@
 import { useEffect, useState } from 'react';
-import { ApiError, describeError } from '../api/errors';
+import { ApiError, describeError, errorDetails } from '../api/errors';
 import { useI18n } from '../i18n';
 
-/** A failure, said plainly; a 429 counts down to when a retry makes sense. */
+/** A failure, said plainly in the UI's language; a 429 counts down to when a retry makes sense; the
+ * server's own words and the request id wait in a "details" disclosure for a bug report. */
 export function ErrorBanner({ error, onRetry, onDismiss }: { error: unknown; onRetry?: () => void; onDismiss?: () => void }) {
   const { t } = useI18n();
   const retryAfter = error instanceof ApiError ? error.retryAfterSeconds : null;
@@ -23,9 +24,21 @@ export function ErrorBanner({ error, onRetry, onDismiss }: { error: unknown; onR
     error instanceof ApiError && error.status === 429 && remaining !== null
       ? t('err.rateLimitedRetry', { seconds: remaining })
       : describeError(error, t);
+  const details = errorDetails(error);
   return (
     <div className="error-banner" role="alert">
       <span className="error-text">{text}</span>
+      {details && (
+        <details className="error-details" data-testid="error-details">
+          <summary>{t('err.details')}</summary>
+          {details.text && <span className="error-detail-text">{details.text}</span>}
+          {details.requestId && (
+            <span className="error-request-id">
+              {t('err.requestId')}: <code>{details.requestId}</code>
+            </span>
+          )}
+        </details>
+      )}
       {onRetry && (
         <button type="button" onClick={onRetry} disabled={remaining !== null && remaining > 0}>
           {t('common.retry')}

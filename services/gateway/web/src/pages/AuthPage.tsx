@@ -35,9 +35,13 @@ export function AuthPage({ client, toolbar }: { client: ApiClient; toolbar: Reac
         <h2>{t(mode === 'login' ? 'auth.login' : 'auth.register')}</h2>
         {mode === 'register' && (
           <label>
-            {t('auth.displayName')}
+            <span>
+              {t('auth.displayName')} <span className="required-mark" aria-hidden="true">*</span>
+            </span>
             <input
               name="display_name"
+              required
+              aria-required="true"
               value={displayName}
               onChange={(e) => setDisplayName(e.target.value)}
               autoComplete="name"

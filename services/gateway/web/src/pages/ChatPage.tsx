@@ -1,13 +1,14 @@
 import { useVirtualizer } from '@tanstack/react-virtual';
 import { memo, useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState, type KeyboardEvent } from 'react';
-import { ApiError } from '../api/errors';
-import type { Agent, ChatEvent, Message } from '../api/types';
+import { ApiError, errorFromEvent } from '../api/errors';
+import type { Agent, ChatEvent, Message, Session } from '../api/types';
 import { CitationPanel } from '../components/CitationPanel';
 import { ErrorBanner } from '../components/ErrorBanner';
 import { Markdown } from '../components/Markdown';
 import { useApp } from '../context';
 import { useI18n } from '../i18n';
 import { citationLabel, numberCitations, type NumberedCitation } from '../lib/citations';
+import { keepUnsentQuestion, sessionTitle, unsentQuestion } from '../lib/session';
 import { chatHref, navigate } from '../router';
 
 export interface ChatMessage {
@@ -156,13 +157,36 @@ function agentName(agent: Agent, lang: string): string {
   return (lang === 'en' ? agent.name_en || agent.name_vi : agent.name_vi || agent.name_en) || agent.agent_id;
 }
 
+function agentDescription(agent: Agent | undefined, lang: string): string {
+  if (!agent) return '';
+  return (lang === 'en' ? agent.description_en || agent.description_vi : agent.description_vi || agent.description_en) ?? '';
+}
+
+// The last agent list that loaded: a reload while chat is down still has a picker to show.
+const AGENTS_KEY = 'sa.agents';
+// A failed agent list is asked for again this often (and at once by the banner's Retry).
+const AGENTS_RETRY_MS = 5000;
+
+function cachedAgents(): Agent[] {
+  try {
+    const parsed: unknown = JSON.parse(localStorage.getItem(AGENTS_KEY) ?? '[]');
+    return Array.isArray(parsed) ? (parsed as Agent[]).filter((a) => a && typeof a.agent_id === 'string') : [];
+  } catch {
+    return [];
+  }
+}
+
 export function ChatPage({ sessionId, focusMessageId }: { sessionId: string; focusMessageId: string }) {
   const { client, chatFileIds, sessionsChanged } = useApp();
   const { t, lang } = useI18n();
   const [messages, setMessages] = useState<ChatMessage[]>([]);
   const [loading, setLoading] = useState(false);
   const [loadError, setLoadError] = useState<unknown>(null);
-  const [agents, setAgents] = useState<Agent[]>([]);
+  const [agents, setAgents] = useState<Agent[]>(cachedAgents);
+  const [agentsError, setAgentsError] = useState<unknown>(null);
+  const [agentsAttempt, setAgentsAttempt] = useState(0);
+  // A question whose answer failed before any of it arrived: the banner above the box offers a retry.
+  const [sendError, setSendError] = useState<{ error: unknown; regenerate: boolean } | null>(null);
   const [agentId, setAgentId] = useState(() => localStorage.getItem('sa.agent') ?? '');
   const [input, setInput] = useState('');
   const [streaming, setStreaming] = useState(false);
@@ -180,19 +204,31 @@ export function ChatPage({ sessionId, focusMessageId }: { sessionId: string; foc
 
   useEffect(() => {
     let live = true;
+    let timer = 0;
     client
       .get<{ agents?: Agent[] }>('/v1/agents')
       .then((response) => {
         if (!live) return;
         const list = response.agents ?? [];
         setAgents(list);
+        setAgentsError(null);
         setAgentId((current) => (list.some((a) => a.agent_id === current) ? current : (list[0]?.agent_id ?? '')));
+        try {
+          localStorage.setItem(AGENTS_KEY, JSON.stringify(list));
+        } catch {
+          // not kept: the next reload asks again
+        }
       })
-      .catch((caught) => live && setLoadError(caught));
+      .catch((caught) => {
+        if (!live) return;
+        setAgentsError(caught);
+        timer = window.setTimeout(() => setAgentsAttempt((n) => n + 1), AGENTS_RETRY_MS);
+      });
     return () => {
       live = false;
+      window.clearTimeout(timer);
     };
-  }, [client]);
+  }, [client, agentsAttempt]);
 
   useEffect(() => {
     if (agentId) localStorage.setItem('sa.agent', agentId);
@@ -205,10 +241,14 @@ export function ChatPage({ sessionId, focusMessageId }: { sessionId: string; foc
     ownSessionRef.current = '';
     setOpenCitation(null);
     setLoadError(null);
+    setSendError(null);
     if (!sessionId) {
       setMessages([]);
       return;
     }
+    // An answer that never finished here (stopped, failed, the tab closed): its question is back in the box.
+    const unsent = unsentQuestion(sessionId);
+    if (unsent) setInput((current) => (current.trim() ? current : unsent));
     const controller = new AbortController();
     setLoading(true);
     setMessages([]);
@@ -241,7 +281,9 @@ export function ChatPage({ sessionId, focusMessageId }: { sessionId: string; foc
       if (!question || abortRef.current) return;
       const controller = new AbortController();
       abortRef.current = controller;
+      setSendError(null);
       const assistantKey = newKey();
+      const userKey = newKey();
       const assistant: ChatMessage = {
         key: assistantKey,
         role: 'assistant',
@@ -259,7 +301,7 @@ export function ChatPage({ sessionId, focusMessageId }: { sessionId: string; foc
           const lastAssistant = list.map((m) => m.role).lastIndexOf('assistant');
           return [...(lastAssistant >= 0 ? list.slice(0, lastAssistant) : list), assistant];
         }
-        const user: ChatMessage = { ...assistant, key: newKey(), role: 'user', content: question, streaming: false };
+        const user: ChatMessage = { ...assistant, key: userKey, role: 'user', content: question, streaming: false };
         return [...list, user, assistant];
       });
       setStreaming(true);
@@ -276,12 +318,30 @@ export function ChatPage({ sessionId, focusMessageId }: { sessionId: string; foc
         update(assistantKey, (m) => ({ ...m, content: m.content + chunk }));
       };
       let sawDone = false;
+      let sawText = false;
+      let sessionOfQuestion = sessionRef.current;
       try {
+        const idleMs = await client.streamIdleMs();
+        if (!sessionOfQuestion) {
+          // A new chat: its session exists before the question is sent, so stopping the first
+          // answer (before chat would have named the session it made) keeps the chat in the
+          // sidebar and at its address.
+          const session = await client.json<Session>('POST', '/v1/sessions', {
+            body: { title: sessionTitle(question), agent_id: agentId || undefined },
+            signal: controller.signal,
+          });
+          sessionOfQuestion = session.session_id;
+          ownSessionRef.current = session.session_id;
+          navigate(chatHref(session.session_id), true);
+          sessionsChanged();
+        }
+        // Until the answer is done (and saved by chat), the question is kept for a reload.
+        keepUnsentQuestion(sessionOfQuestion, question);
         await client.stream<ChatEvent>(
           'POST',
           '/v1/chat:stream',
           {
-            body: { session_id: sessionRef.current || undefined, agent_id: agentId || undefined, message: question, file_ids: chatFileIds },
+            body: { session_id: sessionOfQuestion || undefined, agent_id: agentId || undefined, message: question, file_ids: chatFileIds },
             signal: controller.signal,
           },
           (event) => {
@@ -295,6 +355,7 @@ export function ChatPage({ sessionId, focusMessageId }: { sessionId: string; foc
               }
             }
             if (event.delta?.text) {
+              sawText = true;
               pending += event.delta.text;
               if (!frame) frame = requestAnimationFrame(flush);
             }
@@ -308,18 +369,26 @@ export function ChatPage({ sessionId, focusMessageId }: { sessionId: string; foc
               cancelAnimationFrame(frame);
               flush();
               update(assistantKey, (m) => ({ ...m, messageId: done.message_id ?? '', cached: Boolean(done.cached) }));
+              keepUnsentQuestion(sessionOfQuestion, '');
             }
-            if (event.error) {
-              throw new ApiError('stream', 0, String(event.error.code ?? ''), event.error.message ?? 'error');
-            }
+            if (event.error) throw errorFromEvent(event.error);
           },
+          idleMs,
         );
-        if (!sawDone) throw new ApiError('stream', 0, 'INCOMPLETE', t('err.network'));
+        if (!sawDone) throw new ApiError('stream', 0, 'INCOMPLETE', 'the stream ended before its answer', '', null, 'STREAM_INCOMPLETE');
       } catch (caught) {
         cancelAnimationFrame(frame);
         flush();
         const aborted = controller.signal.aborted || (caught instanceof DOMException && caught.name === 'AbortError');
-        update(assistantKey, (m) => ({ ...m, stopped: aborted, error: aborted ? null : caught }));
+        if (!aborted && !sawText) {
+          // Nothing of the answer came: the exchange goes, the question is back in the box and the
+          // banner above it offers to send it again.
+          setMessages((list) => list.filter((m) => m.key !== assistantKey && (regenerate || m.key !== userKey)));
+          setSendError({ error: caught, regenerate });
+        } else {
+          update(assistantKey, (m) => ({ ...m, stopped: aborted, error: aborted ? null : caught }));
+        }
+        if (!aborted && !regenerate) setInput((current) => (current.trim() ? current : question));
       } finally {
         update(assistantKey, (m) => ({ ...m, streaming: false }));
         if (abortRef.current === controller) abortRef.current = null;
@@ -388,6 +457,10 @@ export function ChatPage({ sessionId, focusMessageId }: { sessionId: string; foc
     // Runs when the target or the loaded history changes, not on every streamed token.
   }, [focusMessageId, messages.length > 0]);
 
+  const selectedDescription = agentDescription(
+    agents.find((a) => a.agent_id === agentId),
+    lang,
+  );
   const documentsLabel = chatFileIds.length > 0 ? t('chat.docsSome', { count: chatFileIds.length }) : t('chat.docsAll');
 
   return (
@@ -395,7 +468,17 @@ export function ChatPage({ sessionId, focusMessageId }: { sessionId: string; foc
       <div className="chat-header">
         <label className="agent-select">
           <span>{t('chat.agent')}</span>
-          <select value={agentId} onChange={(e) => setAgentId(e.target.value)} data-testid="agent-select">
+          <select
+            value={agentId}
+            onChange={(e) => setAgentId(e.target.value)}
+            data-testid="agent-select"
+            aria-describedby="agent-description"
+          >
+            {agents.length === 0 && (
+              <option value="" disabled>
+                {agentsError ? t('chat.agentsFailed') : t('common.loading')}
+              </option>
+            )}
             {agents.map((agent) => (
               <option key={agent.agent_id} value={agent.agent_id} title={lang === 'en' ? agent.description_en : agent.description_vi}>
                 {agentName(agent, lang)}
@@ -408,6 +491,16 @@ export function ChatPage({ sessionId, focusMessageId }: { sessionId: string; foc
         </a>
         <BackendBadge backend={currentBackend} />
       </div>
+      {selectedDescription && (
+        <p className="agent-description muted" id="agent-description" data-testid="agent-description">
+          {selectedDescription}
+        </p>
+      )}
+      {agentsError ? (
+        <div data-testid="agents-error">
+          <ErrorBanner error={agentsError} onRetry={() => setAgentsAttempt((n) => n + 1)} />
+        </div>
+      ) : null}
       <ErrorBanner error={loadError} onDismiss={() => setLoadError(null)} />
       <div className="messages" ref={scrollRef} onScroll={onScroll} data-testid="messages">
         {loading && <p className="muted pad">{t('chat.loading')}</p>}
@@ -435,6 +528,18 @@ export function ChatPage({ sessionId, focusMessageId }: { sessionId: string; foc
           })}
         </div>
       </div>
+      {sendError && (
+        <div data-testid="send-error">
+          <ErrorBanner
+            error={sendError.error}
+            onRetry={() => {
+              if (sendError.regenerate) regenerate();
+              else send();
+            }}
+            onDismiss={() => setSendError(null)}
+          />
+        </div>
+      )}
       <form
         className="composer"
         onSubmit={(e) => {
