@@ -103,6 +103,16 @@ ISSUE_METRICS = [
     Metric("retrieval_recall5", "right passage in the top 5, our Vietnamese evaluation", ">= 0.65", ">=", 0.65),
     Metric("retrieval_chat_cites", "chat answers citing the gold passage (extractive)", ">= 65 %", ">=", 65),
     Metric("retrieval_no_diacritics", "recall@5 lost when typed without diacritics", "<= 5 %", "<=", 5),
+    Metric(
+        "retrieval_abstain_precision",
+        "chat's abstentions that were right (material lacks the answer), at most 5 % of answerable refused",
+        ">= 0.8",
+        ">=",
+        0.8,
+    ),
+    Metric(
+        "retrieval_abstain_recall", "questions the material does not answer that chat abstains on", ">= 0.6", ">=", 0.6
+    ),
     Metric("db_p99_concurrent", "vector search p99, 32 concurrent clients", "< 50 ms", "<", 50),
     Metric("storage_upload_pdf", "upload into storage over gRPC, PDF (our aim)", ">= 200 MB/s", ">=", 200),
     Metric("storage_upload_text", "upload into storage over gRPC, UTF-8 text (our aim)", ">= 200 MB/s", ">=", 200),

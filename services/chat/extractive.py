@@ -118,7 +118,7 @@ _TEXT = {
         "what_is": "{term} là gì?",
         "fill": "Điền vào chỗ trống: «{blanked}»",
         "socratic": "Thử tự trả lời trước nhé. Vài câu hỏi gợi mở:",
-        "look": "Gợi ý: đọc lại {where} {cite}, rồi tự diễn đạt câu trả lời bằng lời của bạn.",
+        "look": "Gợi ý: đọc lại {where}, rồi tự diễn đạt câu trả lời bằng lời của bạn.",
         "explain_why": "Vì sao điều này đúng, và nó liên hệ thế nào với câu hỏi của bạn?",
     },
     "en": {
@@ -132,7 +132,7 @@ _TEXT = {
         "what_is": "What is {term}?",
         "fill": "Fill in the blank: “{blanked}”",
         "socratic": "Try answering it yourself first. A few guiding questions:",
-        "look": "Hint: reread {where} {cite}, then put the answer in your own words.",
+        "look": "Hint: reread {where}, then put the answer in your own words.",
         "explain_why": "Why is this true, and how does it relate to your question?",
     },
 }
@@ -241,8 +241,8 @@ def _socratic(passages: Sequence[Passage], question: str, language: str) -> list
     lines = [_TEXT[language]["socratic"], ""]
     lines += [f"- {q}" for q, _, _ in made]
     lines.append(f"- {_TEXT[language]['explain_why']}")
-    top = passages[0]
-    lines += ["", _TEXT[language]["look"].format(where=top.source_label(language), cite=f"[{top.index}]")]
+    where = "; ".join(f"{p.source_label(language)} [{p.index}]" for p in passages[:2])
+    lines += ["", _TEXT[language]["look"].format(where=where)]
     return lines
 
 

@@ -20,11 +20,11 @@ from chat.text import detect_language
 
 # Chosen on the retrieval evaluation (bench/retrieval_eval.py, "Abstention"): the pair with the best
 # abstention F1 over 350 answerable and 170 unanswerable questions, checked by leaving each subject out.
-DEFAULT_MIN_COVERAGE = 0.5
+DEFAULT_MIN_COVERAGE = 0.27
 # Cosine of the default embedding model (all-MiniLM-L6-v2) under which a passage is not close in
 # meaning. Another EMBEDDING_MODEL needs its own value (CHAT_ABSTAIN_MIN_VECTOR; the evaluation
 # prints the sweep for the model it runs with).
-DEFAULT_MIN_VECTOR = 0.75
+DEFAULT_MIN_VECTOR = 0.65
 
 
 @dataclass(frozen=True, slots=True)
