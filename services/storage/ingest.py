@@ -61,7 +61,13 @@ JOB_COUNTS_MAX_AGE_S = 10.0
 
 
 class PermanentFailure(Exception):
-    """The document itself is unusable: retrying cannot help. The message is for the student."""
+    """The document itself is unusable: retrying cannot help. The message is for the student;
+    ``reason`` and ``args`` name it for a client to say in the student's language (File.error_reason)."""
+
+    def __init__(self, message: str, reason: str = "UNREADABLE", args: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.reason_args = dict(args or {})
 
 
 class ParserCrashed(PermanentFailure):
@@ -106,26 +112,39 @@ async def parse_in_child(path: str, kind: str, settings: IngestSettings, chunk_t
     args = [sys.executable, "-m", "storage.parse_worker", json.dumps(request)]
     code, out, err = await asyncio.to_thread(_run_child, args, env, settings.parse_timeout_s)
     if code is None:
-        raise PermanentFailure(f"parsing took longer than {settings.parse_timeout_s:g} s")
+        raise PermanentFailure(
+            f"parsing took longer than {settings.parse_timeout_s:g} s",
+            "PARSE_TIMEOUT",
+            {"seconds": f"{settings.parse_timeout_s:g}"},
+        )
     if code != 0:
         tail = err.decode(errors="replace")[-500:]
         log.warning("parser exited", extra={"fields": {"returncode": code, "stderr": tail}})
         if code < 0:
             raise ParserCrashed(
                 f"the parser stopped on signal {-code} (the document may need more than "
-                f"{settings.parse_memory_limit_mb} MiB to parse)"
+                f"{settings.parse_memory_limit_mb} MiB to parse)",
+                "TOO_MUCH_MEMORY",
+                {"mib": str(settings.parse_memory_limit_mb)},
             )
         if "MemoryError" in tail:
             raise PermanentFailure(
-                f"the document needs more than {settings.parse_memory_limit_mb} MiB or too much time to parse"
+                f"the document needs more than {settings.parse_memory_limit_mb} MiB or too much time to parse",
+                "TOO_MUCH_MEMORY",
+                {"mib": str(settings.parse_memory_limit_mb)},
             )
-        raise PermanentFailure("the document could not be parsed (the parser failed)")
+        raise PermanentFailure("the document could not be parsed (the parser failed)", "PARSER_FAILED")
     try:
         result = json.loads(out)
     except ValueError:
-        raise PermanentFailure("the document could not be parsed (no parser result)") from None
+        raise PermanentFailure("the document could not be parsed (no parser result)", "PARSER_FAILED") from None
     if error := result.get("error"):
-        raise PermanentFailure(str(error))
+        args = result.get("args")
+        raise PermanentFailure(
+            str(error),
+            str(result.get("reason") or "UNREADABLE"),
+            {str(k): str(v) for k, v in args.items()} if isinstance(args, dict) else None,
+        )
     chunks: list[dict[str, Any]] = result["chunks"]
     return chunks
 
@@ -281,7 +300,7 @@ class Ingestor:
         if job.attempts > self.settings.max_attempts:
             # Workers kept dying on it (or kept failing): stop trying.
             reason = f"gave up after {job.attempts - 1} attempts: {job.last_error or 'the worker stopped'}"
-            await self._fail(job, reason)
+            await self._fail(job, reason, "GAVE_UP", {"attempts": str(job.attempts - 1)})
             return
         # The lease is renewed while this worker lives, however long parsing or embedding takes;
         # if the process dies, renewals stop and another worker takes the job when it runs out.
@@ -290,15 +309,17 @@ class Ingestor:
             await self._ingest(job)
         except ParserCrashed as exc:
             if job.attempts >= min(2, self.settings.max_attempts):
-                await self._fail(job, str(exc))
+                await self._fail(job, str(exc), exc.reason, exc.reason_args)
             else:
                 await self._retry(job, str(exc))
         except PermanentFailure as exc:
-            await self._fail(job, str(exc))
+            await self._fail(job, str(exc), exc.reason, exc.reason_args)
         except TRANSIENT_ERRORS as exc:
             reason = _transient_reason(exc)
             if job.attempts >= self.settings.max_attempts:
-                await self._fail(job, f"gave up after {job.attempts} attempts: {reason}")
+                await self._fail(
+                    job, f"gave up after {job.attempts} attempts: {reason}", "GAVE_UP", {"attempts": str(job.attempts)}
+                )
             else:
                 await self._retry(job, reason)
         finally:
@@ -330,7 +351,8 @@ class Ingestor:
         if info.dimension != self.settings.embedding_dim:
             raise PermanentFailure(
                 f"the embedding model {info.model_id} has dimension {info.dimension}, "
-                f"the database stores {self.settings.embedding_dim} (set EMBEDDING_DIM)"
+                f"the database stores {self.settings.embedding_dim} (set EMBEDDING_DIM)",
+                "SERVER_MISCONFIGURED",
             )
         chunk_tokens = self.settings.chunk_tokens
         if info.max_tokens > 2:
@@ -413,14 +435,15 @@ class Ingestor:
             if owned is not None:
                 await write_document_terms(conn, job.document_id, postings)
                 await conn.execute(
-                    "UPDATE documents SET status = $2, error = '', chunks_done = chunks_total, updated_at = now() "
+                    "UPDATE documents SET status = $2, error = '', error_reason = '', error_args = '{}', "
+                    "chunks_done = chunks_total, updated_at = now() "
                     "WHERE id = $1",
                     job.document_id,
                     storage_pb2.FILE_STATUS_READY,
                 )
         return await self._after_update(job, owned is not None)
 
-    async def _fail(self, job: Job, reason: str) -> bool:
+    async def _fail(self, job: Job, reason: str, code: str = "UNREADABLE", args: dict[str, str] | None = None) -> bool:
         async with self.db.connection() as conn, conn.transaction():
             owned = await conn.fetchval(
                 "UPDATE ingestion_jobs SET status = 'failed', lease_until = NULL, last_error = $3, updated_at = now() "
@@ -431,10 +454,13 @@ class Ingestor:
             )
             if owned is not None:
                 await conn.execute(
-                    "UPDATE documents SET status = $2, error = $3, updated_at = now() WHERE id = $1",
+                    "UPDATE documents SET status = $2, error = $3, error_reason = $4, error_args = $5, "
+                    "updated_at = now() WHERE id = $1",
                     job.document_id,
                     storage_pb2.FILE_STATUS_FAILED,
                     reason,
+                    code,
+                    json.dumps(args or {}, ensure_ascii=False),
                 )
         if await self._after_update(job, owned is not None):
             log.info("ingestion failed", extra={"fields": {"document_id": str(job.document_id), "reason": reason}})

@@ -35,7 +35,13 @@ BLOCK_CHARS = 100_000
 
 
 class ParseFailure(Exception):
-    """A file we cannot use, with a reason a student can read."""
+    """A file we cannot use, with a reason a student can read, and its stable name (``reason``)
+    and values (``args``) for a client to say it in the student's language (File.error_reason)."""
+
+    def __init__(self, message: str, reason: str = "UNREADABLE", args: dict[str, str | int] | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.reason_args = {key: str(value) for key, value in (args or {}).items()}
 
 
 @dataclass(slots=True)
@@ -54,7 +60,9 @@ def parse_text(path: str) -> list[Section]:
     try:
         return [Section(data.decode("utf-8-sig"))]
     except UnicodeDecodeError as exc:
-        raise ParseFailure(f"the text file is not valid UTF-8 (byte {exc.start})") from None
+        raise ParseFailure(
+            f"the text file is not valid UTF-8 (byte {exc.start})", "TEXT_NOT_UTF8", {"byte": exc.start}
+        ) from None
 
 
 _MD_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
@@ -97,7 +105,7 @@ def parse_pdf(path: str) -> list[Section]:
         f.seek(max(0, size - 2048))
         tail = f.read()
     if b"%%EOF" not in tail:
-        raise ParseFailure("the PDF is truncated or damaged (it has no end-of-file marker)")
+        raise ParseFailure("the PDF is truncated or damaged (it has no end-of-file marker)", "PDF_DAMAGED")
     try:
         reader = pypdf.PdfReader(path)
         if reader.is_encrypted:
@@ -106,18 +114,24 @@ def parse_pdf(path: str) -> list[Section]:
             except (DependencyError, NotImplementedError):
                 decrypted = False
             if not decrypted:
-                raise ParseFailure("the PDF is encrypted with a password; upload an unprotected copy")
+                raise ParseFailure("the PDF is encrypted with a password; upload an unprotected copy", "PDF_ENCRYPTED")
         sections = []
         for number, page in enumerate(reader.pages, start=1):
             text = page.extract_text() or ""
             if text.strip():
                 sections.append(Section(text, number))
     except FileNotDecryptedError:
-        raise ParseFailure("the PDF is encrypted with a password; upload an unprotected copy") from None
+        raise ParseFailure(
+            "the PDF is encrypted with a password; upload an unprotected copy", "PDF_ENCRYPTED"
+        ) from None
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
-        raise ParseFailure(f"the PDF is damaged and cannot be read ({type(exc).__name__}: {exc})"[:300]) from None
+        raise ParseFailure(
+            f"the PDF is damaged and cannot be read ({type(exc).__name__}: {exc})"[:300], "PDF_DAMAGED"
+        ) from None
     if not sections:
-        raise ParseFailure("the PDF has no extractable text (a scanned PDF needs OCR, which is not supported)")
+        raise ParseFailure(
+            "the PDF has no extractable text (a scanned PDF needs OCR, which is not supported)", "PDF_NO_TEXT"
+        )
     return sections
 
 
@@ -148,19 +162,19 @@ def zip_directory_size(path: str) -> tuple[int, int]:
     if at < 0 or tail[at : at + 4] != _EOCD_SIGNATURE or tail[-2:] != b"\0\0":
         at = tail.rfind(_EOCD_SIGNATURE, max(0, len(tail) - _EOCD.size - 0xFFFF))
         if at < 0 or at + _EOCD.size > len(tail):
-            raise ParseFailure("the document is a damaged ZIP archive (no end of central directory)")
+            raise ParseFailure("the document is a damaged ZIP archive (no end of central directory)", "ARCHIVE_DAMAGED")
     _, disk, directory_disk, _, entries, directory_bytes, _, _ = _EOCD.unpack_from(tail, at)
     locator_at = at - _ZIP64_LOCATOR.size
     if locator_at >= 0 and tail[locator_at : locator_at + 4] == _ZIP64_LOCATOR_SIGNATURE:
         _, zip64_disk, _, disks = _ZIP64_LOCATOR.unpack_from(tail, locator_at)
         if zip64_disk != 0 or disks > 1:
-            raise ParseFailure("the document is a ZIP archive spanning several disks")
+            raise ParseFailure("the document is a ZIP archive spanning several disks", "ARCHIVE_DAMAGED")
         record_at = locator_at - _ZIP64_EOCD.size
         if record_at >= 0 and tail[record_at : record_at + 4] == _ZIP64_EOCD_SIGNATURE:
             fields = _ZIP64_EOCD.unpack_from(tail, record_at)
             disk, directory_disk, entries, directory_bytes = fields[4], fields[5], fields[7], fields[8]
     if disk != 0 or directory_disk != 0:
-        raise ParseFailure("the document is a ZIP archive spanning several disks")
+        raise ParseFailure("the document is a ZIP archive spanning several disks", "ARCHIVE_DAMAGED")
     return entries, directory_bytes
 
 
@@ -168,10 +182,15 @@ def check_zip_directory(path: str) -> None:
     """Refuse an archive whose central directory is too big to read, before zipfile reads it."""
     entries, directory_bytes = zip_directory_size(path)
     if entries > MAX_ZIP_ENTRIES:
-        raise ParseFailure(f"the document has {entries} parts (at most {MAX_ZIP_ENTRIES} allowed)")
+        raise ParseFailure(
+            f"the document has {entries} parts (at most {MAX_ZIP_ENTRIES} allowed)",
+            "TOO_MANY_PARTS",
+            {"parts": entries, "max": MAX_ZIP_ENTRIES},
+        )
     if directory_bytes > CENTRAL_DIRECTORY_SLACK_BYTES + entries * CENTRAL_DIRECTORY_BYTES_PER_ENTRY:
         raise ParseFailure(
-            f"the document's table of {entries} parts takes {directory_bytes} bytes: a damaged or hostile archive"
+            f"the document's table of {entries} parts takes {directory_bytes} bytes: a damaged or hostile archive",
+            "ARCHIVE_HOSTILE",
         )
 
 
@@ -181,16 +200,21 @@ def check_office_package(path: str) -> None:
         check_zip_directory(path)
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ParseFailure(f"the document is a damaged ZIP archive ({exc})") from None
+        raise ParseFailure(f"the document is a damaged ZIP archive ({exc})", "ARCHIVE_DAMAGED") from None
     with archive:
         entries = archive.infolist()
         if len(entries) > MAX_ZIP_ENTRIES:
-            raise ParseFailure(f"the document has {len(entries)} parts (at most {MAX_ZIP_ENTRIES} allowed)")
+            raise ParseFailure(
+                f"the document has {len(entries)} parts (at most {MAX_ZIP_ENTRIES} allowed)",
+                "TOO_MANY_PARTS",
+                {"parts": len(entries), "max": MAX_ZIP_ENTRIES},
+            )
         declared = sum(e.file_size for e in entries)
         if declared > MAX_UNCOMPRESSED_BYTES:
             raise ParseFailure(
                 f"the document would expand to {declared // 2**20} MiB (at most "
-                f"{MAX_UNCOMPRESSED_BYTES // 2**20} MiB): a possible decompression bomb"
+                f"{MAX_UNCOMPRESSED_BYTES // 2**20} MiB): a possible decompression bomb",
+                "ARCHIVE_HOSTILE",
             )
         for entry in entries:
             if entry.file_size > RATIO_CHECK_MIN_BYTES and entry.file_size > MAX_ENTRY_RATIO * max(
@@ -198,7 +222,8 @@ def check_office_package(path: str) -> None:
             ):
                 raise ParseFailure(
                     f"part {entry.filename!r} is compressed {entry.file_size // max(entry.compress_size, 1)}:1 "
-                    "(a possible decompression bomb)"
+                    "(a possible decompression bomb)",
+                    "ARCHIVE_HOSTILE",
                 )
         # Declared sizes can lie: inflate each part in bounded pieces, counting real bytes.
         total = 0
@@ -219,18 +244,20 @@ def check_office_package(path: str) -> None:
                         if real > entry.file_size or total > MAX_UNCOMPRESSED_BYTES:
                             raise ParseFailure(
                                 f"part {entry.filename!r} expands beyond its declared size "
-                                "(a possible decompression bomb)"
+                                "(a possible decompression bomb)",
+                                "ARCHIVE_HOSTILE",
                             )
                         if is_xml:
                             window = (carry + piece).upper()
                             if b"<!DOCTYPE" in window or b"<!ENTITY" in window:
                                 raise ParseFailure(
                                     f"part {entry.filename!r} declares XML entities, which Office documents "
-                                    "never do (a possible XML bomb)"
+                                    "never do (a possible XML bomb)",
+                                    "ARCHIVE_HOSTILE",
                                 )
                             carry = piece[-16:]
             except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
-                raise ParseFailure(f"the document is damaged ({exc})") from None
+                raise ParseFailure(f"the document is damaged ({exc})", "ARCHIVE_DAMAGED") from None
 
 
 _HEADING_STYLE = re.compile(r"^(?:heading|title)\s*(\d*)$", re.IGNORECASE)
@@ -271,9 +298,11 @@ def parse_docx(path: str) -> list[Section]:
     except ParseFailure:
         raise
     except Exception as exc:  # python-docx raises many kinds on damaged files
-        raise ParseFailure(f"the Word document cannot be read ({type(exc).__name__}: {exc})"[:300]) from None
+        raise ParseFailure(
+            f"the Word document cannot be read ({type(exc).__name__}: {exc})"[:300], "DOCX_DAMAGED"
+        ) from None
     if not sections:
-        raise ParseFailure("the Word document has no text")
+        raise ParseFailure("the Word document has no text", "NO_TEXT")
     return sections
 
 
@@ -306,9 +335,11 @@ def parse_pptx(path: str) -> list[Section]:
             if texts:
                 sections.append(Section("\n".join(texts), number, title))
     except Exception as exc:  # python-pptx raises many kinds on damaged files
-        raise ParseFailure(f"the PowerPoint file cannot be read ({type(exc).__name__}: {exc})"[:300]) from None
+        raise ParseFailure(
+            f"the PowerPoint file cannot be read ({type(exc).__name__}: {exc})"[:300], "PPTX_DAMAGED"
+        ) from None
     if not sections:
-        raise ParseFailure("the presentation has no text")
+        raise ParseFailure("the presentation has no text", "NO_TEXT")
     return sections
 
 
@@ -379,6 +410,15 @@ def chunk_sections(sections: list[Section], tokenizer: Any, size: int, overlap: 
     return chunks
 
 
+def _too_big(request: dict[str, Any]) -> dict[str, Any]:
+    mib = request["memory_limit_mb"]
+    return {
+        "error": f"the document needs more than {mib} MiB to parse",
+        "reason": "TOO_MUCH_MEMORY",
+        "args": {"mib": str(mib)},
+    }
+
+
 def run(request: dict[str, Any]) -> dict[str, Any]:
     limit = int(request["memory_limit_mb"]) * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -392,11 +432,11 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         tokenizer.no_padding()
         chunks = chunk_sections(sections, tokenizer, int(request["chunk_tokens"]), int(request["overlap_tokens"]))
     except ParseFailure as exc:
-        return {"error": str(exc)}
+        return {"error": str(exc), "reason": exc.reason, "args": exc.reason_args}
     except MemoryError:
-        return {"error": f"the document needs more than {request['memory_limit_mb']} MiB to parse"}
+        return _too_big(request)
     if not chunks:
-        return {"error": "the document has no text"}
+        return {"error": "the document has no text", "reason": "NO_TEXT", "args": {}}
     return {"chunks": chunks}
 
 
@@ -405,7 +445,7 @@ def main() -> None:
     try:
         result = run(request)
     except MemoryError:
-        result = {"error": f"the document needs more than {request['memory_limit_mb']} MiB to parse"}
+        result = _too_big(request)
     sys.stdout.write(json.dumps(result, ensure_ascii=False))
     sys.stdout.write("\n")
     sys.stdout.flush()

@@ -65,6 +65,7 @@ TERMINAL = (storage_pb2.FILE_STATUS_READY, storage_pb2.FILE_STATUS_FAILED)
 
 FILE_SELECT = """
     SELECT f.id, f.file_name, f.created_at, d.kind, d.size_bytes, d.sha256, d.status, d.error,
+           d.error_reason, d.error_args,
            d.chunks_done, d.chunks_total, greatest(d.updated_at, f.created_at) AS updated_at
     FROM uploaded_files f JOIN documents d ON d.id = f.document_id
 """
@@ -110,6 +111,8 @@ def _file(row: asyncpg.Record) -> storage_pb2.File:
         sha256=row["sha256"],
         status=row["status"],
         error=row["error"],
+        error_reason=row["error_reason"],
+        error_args=json.loads(row["error_args"]),
         chunks_done=row["chunks_done"],
         chunks_total=row["chunks_total"],
         created_at=_ts(row["created_at"]),

@@ -346,7 +346,11 @@ def test_corrupt_pdf_fails_with_its_reason(page: Page, tmp_path: Path) -> None:
     row = page.get_by_test_id("file-row").filter(has_text="bai-giang-hong.pdf")
     expect(row).to_have_attribute("data-status", "FILE_STATUS_FAILED", timeout=READY_TIMEOUT_MS)
     expect(row.get_by_test_id("file-status")).to_have_text("Lỗi")
-    expect(row.get_by_test_id("file-error")).to_contain_text("damaged")
+    # The reason in Vietnamese, from its stable name (storage's English text stays in the tooltip).
+    failure = row.get_by_test_id("file-error")
+    expect(failure).to_have_attribute("data-reason", "PDF_DAMAGED")
+    expect(failure).to_contain_text("Tệp PDF bị hỏng")
+    expect(failure).to_have_attribute("title", re.compile("damaged"))
     # It cannot be chosen for chat.
     expect(row.get_by_test_id("use-in-chat")).to_be_disabled()
 

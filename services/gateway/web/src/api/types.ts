@@ -42,6 +42,9 @@ export interface StoredFile {
   sha256?: string;
   status?: FileStatus;
   error?: string;
+  /** A failure's stable name (PDF_ENCRYPTED, ...) and the values its sentence needs. */
+  error_reason?: string;
+  error_args?: Record<string, string>;
   chunks_done?: number;
   chunks_total?: number;
   created_at?: string;

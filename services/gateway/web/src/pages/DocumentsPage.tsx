@@ -1,5 +1,6 @@
 import { useCallback, useEffect, useMemo, useRef, useState, type DragEvent } from 'react';
 import { ApiError } from '../api/errors';
+import { ingestFailure } from '../lib/ingestFailure';
 import type { StoredFile } from '../api/types';
 import { ACCEPTED_EXTENSIONS, triageUploads, uploadFile } from '../api/upload';
 import { ErrorBanner } from '../components/ErrorBanner';
@@ -445,9 +446,9 @@ export function DocumentsPage() {
                     {status === 'FILE_STATUS_PROCESSING' && total > 0 ? ` · ${t('docs.chunks', { done, total })}` : ''}
                   </span>
                   {!TERMINAL.has(status) && total > 0 && <progress max={total} value={done} aria-label={t('docs.progress', { name })} />}
-                  {status === 'FILE_STATUS_FAILED' && file.error && (
-                    <span className="file-error" data-testid="file-error">
-                      {file.error}
+                  {status === 'FILE_STATUS_FAILED' && (file.error || file.error_reason) && (
+                    <span className="file-error" data-testid="file-error" title={file.error} data-reason={file.error_reason || undefined}>
+                      {ingestFailure(file, t)}
                     </span>
                   )}
                   <label className="use-in-chat">
