@@ -178,6 +178,12 @@ export class ApiClient {
       this.acceptTokens(tokens, auth.user);
       return true;
     } catch (error) {
+      // Another tab spent this refresh token first (no Web Locks here): take its new session.
+      const latest = loadAuth();
+      if (latest && latest.refreshToken !== auth.refreshToken) {
+        this.adopt(latest);
+        return true;
+      }
       // Only a definite "no" ends the session; a network blip keeps it for the next try.
       if (error instanceof ApiError && error.kind === 'http' && error.status >= 400 && error.status < 500) {
         this.sessionExpired = true;
