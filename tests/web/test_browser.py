@@ -212,6 +212,9 @@ def test_hostile_document_and_answer_render_as_inert_text(
 
     register(page)
     upload(page, tmp_path, "zanzibar.md", XSS_DOCUMENT.encode())
+    # The programming mentor quotes its passages whole (the default, Socratic, tutor only asks).
+    page.goto("/#/chat")
+    page.get_by_test_id("agent-select").select_option("programming_mentor")
     _, answer = ask(page, "What are the zanzibar payloads? <script>window.__pwned='question'</script>")
 
     # The answer quotes the hostile passages: they are on screen as text.
