@@ -24,7 +24,7 @@ from studyassist.core.errors import AlreadyExists, InvalidArgument, NotFound, Un
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from storage.blobs import BlobStore
-from storage.bm25 import build_postings, highlight_words, query_terms, query_words
+from storage.bm25 import build_postings, coverage, highlight_words, query_terms, query_words
 from storage.config import DEFAULT_VECTOR_WEIGHT
 from storage.db import Connection, Database
 from storage.embeddings import EmbeddingClient, EmbeddingError
@@ -411,7 +411,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         # the vector index while this process ranks by BM25: a hybrid search takes the longer of
         # the two, not their sum. The vector ranking brings its candidates' rows along; the lexical
         # one fetches its winners' rows after ranking.
-        lexical: asyncio.Future[tuple[dict[uuid.UUID, float], list[asyncpg.Record]]] | None = None
+        lexical: asyncio.Future[tuple[dict[uuid.UUID, float], list[asyncpg.Record], dict[str, float]]] | None = None
         vector: asyncio.Future[list[asyncpg.Record]] | None = None
         if embedding is not None and (mode == storage_pb2.SEARCH_MODE_VECTOR or self.ranking.vector_weight > 0):
             vector = asyncio.ensure_future(self._vector_candidates(user_id, documents, embedding, candidates, ready))
@@ -420,7 +420,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 lexical = asyncio.ensure_future(
                     self._lexical_candidates(user_id, list(by_document.values()), ranked_terms, candidates)
                 )
-            lexical_scores, lexical_rows = await lexical if lexical is not None else ({}, [])
+            lexical_scores, lexical_rows, weights = await lexical if lexical is not None else ({}, [], {})
             vector_rows = await vector if vector is not None else []
         finally:
             for task in (lexical, vector):
@@ -430,6 +430,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         by_id = {r["id"]: r for r in (*vector_rows, *lexical_rows)}
         fused = self.ranking.fuse(lexical_scores, vector_scores)[:top_k]
         marks = highlight_words(terms)
+        # Without the lexical ranking's statistics (vector mode) every term weighs the same.
+        weights = weights or dict.fromkeys(terms, 1.0)
         hits: list[storage_pb2.ChunkHit] = []
         for chunk_id, score in fused:
             row = by_id[chunk_id]
@@ -446,22 +448,24 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                     score=score,
                     vector_score=vector_scores.get(chunk_id, 0.0),
                     text_score=lexical_scores.get(chunk_id, 0.0),
+                    query_coverage=coverage(weights, row["text"]),
                 )
             )
         return storage_pb2.SearchChunksResponse(hits=hits)
 
     async def _lexical_candidates(
         self, user_id: uuid.UUID, ready: list[asyncpg.Record], terms: list[str], limit: int
-    ) -> tuple[dict[uuid.UUID, float], list[asyncpg.Record]]:
-        """The best ``limit`` chunks of the ready documents by BM25: their scores and rows."""
+    ) -> tuple[dict[uuid.UUID, float], list[asyncpg.Record], dict[str, float]]:
+        """The best ``limit`` chunks of the ready documents by BM25: their scores and rows, and the
+        terms' idf over those documents."""
         stats = [
             {"id": r["document_id"], "term_chunks": r["term_chunks"], "term_total": r["term_total"]} for r in ready
         ]
         scores: dict[uuid.UUID, float] = {}
         async with self.db.connection() as conn:
-            scored = await rank_chunks(conn, user_id, stats, terms, limit)
+            scored, weights = await rank_chunks(conn, user_id, stats, terms, limit)
             if not scored:
-                return scores, []
+                return scores, [], weights
             rows = await conn.fetch(
                 f"SELECT DISTINCT ON (c.document_id, c.chunk_index) {HIT_COLUMNS}, c.chunk_index "
                 "FROM chunks c JOIN unnest($2::uuid[], $3::integer[]) AS k(document_id, chunk_index) "
@@ -475,7 +479,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             found = by_place.get((s.owner, s.item))
             if found is not None:
                 scores[found["id"]] = s.score
-        return scores, rows
+        return scores, rows, weights
 
     async def _vector_candidates(
         self,

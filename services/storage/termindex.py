@@ -7,13 +7,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
 from studyassist.storage.v1 import storage_pb2
 
-from storage.bm25 import TERMS_VERSION, Postings, Scored, build_postings, rank
+from storage.bm25 import TERMS_VERSION, Postings, Scored, build_postings, rank, term_weights
 from storage.db import Connection, Database
 from storage.message_text import SESSION_TEXT_VERSION, searchable_text
 
@@ -82,12 +83,12 @@ async def rank_chunks(
     documents: Sequence[Mapping[str, Any]],
     terms: list[str],
     limit: int,
-) -> list[Scored]:
+) -> tuple[list[Scored], dict[str, float]]:
     """The best ``limit`` chunks of ``documents`` (rows with id, term_chunks, term_total) by BM25,
-    with the statistics of exactly those documents."""
+    with the statistics of exactly those documents, and each term's idf over them."""
     indexed = [d for d in documents if d["term_chunks"] > 0]
     if not terms or not indexed:
-        return []
+        return [], {}
     ids = [d["id"] for d in indexed]
     rows = await conn.fetch(
         "SELECT t.document_id, t.term, t.chunks, t.tfs, "
@@ -100,13 +101,18 @@ async def rank_chunks(
         ids,
     )
     lengths = {r["document_id"]: r["lengths"] for r in rows if r["lengths"] is not None}
-    return rank(
+    count = sum(d["term_chunks"] for d in indexed)
+    df: Counter[str] = Counter()
+    for r in rows:
+        df[r["term"]] += len(r["chunks"]) // 4
+    scored = rank(
         ((r["document_id"], r["term"], r["chunks"], r["tfs"]) for r in rows),
         lengths,
-        count=sum(d["term_chunks"] for d in indexed),
+        count=count,
         total_length=sum(d["term_total"] for d in indexed),
         limit=limit,
     )
+    return scored, term_weights(terms, df, count)
 
 
 async def rank_messages(conn: Connection, user_id: uuid.UUID, terms: list[str], limit: int) -> list[Scored]:
