@@ -50,6 +50,9 @@ class Settings:
     max_tasks: int
     # How long a task's state and result stay readable (in Redis, and in this replica's memory).
     task_ttl_s: float
+    # A running task's lease: its replica renews it every third of this; a task whose lease ran out
+    # (its replica crashed) is failed for every poller.
+    task_lease_s: float
     # Prefix of every Redis key this service writes (answers under "answer:", tasks under "task:").
     redis_prefix: str
     metrics_addr: str
@@ -87,6 +90,7 @@ class Settings:
             agents_file=agents_file,
             max_tasks=env_int(env, "CHAT_MAX_TASKS", 1000, minimum=1),
             task_ttl_s=task_ttl_s,
+            task_lease_s=env_float(env, "CHAT_TASK_LEASE_S", 10.0, minimum=0.3),
             redis_prefix=redis_prefix,
             metrics_addr=env_peer_address(env, "metrics"),
             abstain_min_coverage=_share(env, "CHAT_ABSTAIN_MIN_COVERAGE", DEFAULT_MIN_COVERAGE),

@@ -53,6 +53,9 @@ TASK_RUN_SLACK_S = 60.0
 # How long start-up waits for LLM_MODEL_DIR's server to answer; a slower one is picked up by the probe
 # later (answers are extractive until then).
 LOCAL_MODEL_START_TIMEOUT_S = DEFAULT_START_TIMEOUT_S
+# Tasks get a Redis client of their own with a longer timeout than the caches': a submit waits for
+# its write (another replica must find the task at once), and a busy Redis should not drop it.
+TASK_REDIS_TIMEOUT_S = 1.0
 
 
 def _health_status(available: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
@@ -132,7 +135,7 @@ async def _build(
     # Know before the first request whether an LLM answers; the loop keeps checking afterwards.
     await llm.probe()
     llm.start()
-    # One Redis client (or none) for the answer cache and the tasks, each under its own key prefix.
+    # The answer cache's Redis client (or none); the tasks have their own below, each under its own prefix.
     redis = connect_redis(common.redis_url)
     cache = ResponseCache(
         TwoLayerCache(
@@ -143,12 +146,14 @@ async def _build(
         ),
         meter=telemetry.meter,
     )
+    task_redis = connect_redis(common.redis_url, timeout_s=TASK_REDIS_TIMEOUT_S)
     tasks = TaskStore(
         settings.max_tasks,
-        redis=redis,
+        redis=task_redis,
         prefix=f"{settings.redis_prefix}task:",
         ttl_s=settings.task_ttl_s,
         run_limit_s=settings.llm_timeout_s + TASK_RUN_SLACK_S,
+        lease_s=settings.task_lease_s,
     )
     log.info("chat tasks stored in %s", tasks.backend, extra={"fields": {"prefix": tasks.prefix}})
     servicer = ChatServicer(
@@ -181,8 +186,9 @@ async def _build(
         await llm.close()
         await storage_channel.close(None)
         await embedding_channel.close(None)
-        if redis is not None:
-            await redis.aclose()
+        for client in (redis, task_redis):
+            if client is not None:
+                await client.aclose()
 
     server.on_stop.append(close)
     if local_model is not None:

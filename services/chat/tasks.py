@@ -13,8 +13,18 @@ memory (a warning is logged, and Redis is left alone for a short back-off, as th
 does); only the replica that runs a task then knows it. The final state is written with a few
 retries, so a short Redis outage does not leave other replicas seeing RUNNING.
 
-A task must end within ``run_limit_s`` (it is failed otherwise); a task that another replica
-still reports running after that, because that replica stopped, is reported FAILED.
+Submitting writes the task to Redis before it returns (retried past the back-off, through a
+client with a longer timeout than the caches'), so a poll that lands on another replica at once
+finds it; only when Redis cannot take it after those tries does the task live in this replica only.
+
+A replica that crashes (kill -9, OOM) cannot say that its tasks stopped, so each active task holds
+a lease: the owner renews it (rewriting the hash) every third of ``lease_s`` while the task runs. A
+reader (any replica) that finds an active task whose lease has run out marks it FAILED with
+``LEASE_EXPIRED`` in Redis, in the same Lua script that read it, so every poller sees the same end;
+the owner, should it be alive after all (cut off from Redis longer than the lease), finds the task
+ended at its next write, stops the work and takes that state too. Lease times are Redis's own
+clock (``TIME`` inside the scripts), so replicas' clocks need not agree. A task must also end
+within ``run_limit_s`` (it is failed otherwise, and read as FAILED past that by any replica).
 
 A task belongs to the user who submitted it: another user's task id is NOT_FOUND, as is an
 unknown or expired one.
@@ -24,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 import uuid
@@ -56,6 +67,42 @@ FINAL_WRITE_ATTEMPTS = 3
 # A watch of a task running in this replica is woken by its changes; this only bounds each wait.
 LOCAL_WAIT_S = 5.0
 GONE = "the chat service replica running this task stopped before it finished"
+LEASE_EXPIRED = (
+    "the chat service replica running this task stopped answering before it finished (it no longer "
+    "renewed the task's lease); ask again"
+)
+# Attempts at the first write, before submit returns (so another replica can find the task at once).
+SUBMIT_WRITE_ATTEMPTS = 3
+STATES_ACTIVE_LUA = "{" + ",".join(str(int(s)) for s in ACTIVE) + "}"
+# KEYS[1]: the task's hash. ARGV: TTL seconds, lease seconds, then field, value pairs.
+# Writes the task unless Redis already holds it ended (then 0: the owner takes that state), and
+# sets its lease to end lease seconds from now on Redis's clock.
+PUT_LUA = f"""
+local active = {{}}
+for _, s in ipairs({STATES_ACTIVE_LUA}) do active[tostring(s)] = true end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state and not active[state] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('HSET', KEYS[1], 'lease_until', tostring(now + tonumber(ARGV[2])), unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+# KEYS[1]: the task's hash. ARGV[1]: the failed state, ARGV[2]: the reason.
+# The task's fields; an active one whose lease ran out is failed first, once, for every reader.
+READ_LUA = f"""
+local active = {{}}
+for _, s in ipairs({STATES_ACTIVE_LUA}) do active[tostring(s)] = true end
+local state = redis.call('HGET', KEYS[1], 'state')
+local lease = redis.call('HGET', KEYS[1], 'lease_until')
+if state and active[state] and lease then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) + tonumber(t[2]) / 1000000 > tonumber(lease) then
+    redis.call('HSET', KEYS[1], 'state', ARGV[1], 'error', ARGV[2])
+  end
+end
+return redis.call('HGETALL', KEYS[1])
+"""
 
 
 @dataclass(slots=True)
@@ -142,6 +189,15 @@ def _as_bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
+class Put(enum.Enum):
+    """What became of a write of a task to Redis."""
+
+    WRITTEN = "written"
+    # Redis already holds the task ended (a reader found its lease run out): the owner takes that state.
+    ENDED = "ended"
+    UNREACHABLE = "unreachable"
+
+
 class TaskStore:
     def __init__(
         self,
@@ -151,6 +207,7 @@ class TaskStore:
         prefix: str = "chat:task:",
         ttl_s: float = 3600.0,
         run_limit_s: float = 300.0,
+        lease_s: float = 10.0,
         poll_interval_s: float = 0.2,
         initial_estimate_s: float = 5.0,
         backoff_s: float = 5.0,
@@ -160,8 +217,11 @@ class TaskStore:
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.run_limit_s = run_limit_s
+        self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
         self.backoff = RedisBackoff("chat tasks kept in this replica only", backoff_s)
+        self._put_script = redis.register_script(PUT_LUA) if redis is not None else None
+        self._read_script = redis.register_script(READ_LUA) if redis is not None else None
         self._tasks: OrderedDict[str, Task] = OrderedDict()
         self._running = 0
         # Exponentially weighted mean of recent answer durations: the estimate for the next one.
@@ -176,38 +236,41 @@ class TaskStore:
     def _redis_usable(self) -> bool:
         return self.redis is not None and self.backoff.ready()
 
-    async def _write(self, task: Task, *, retry: bool = False) -> bool:
-        """Store the whole task in its hash (with the TTL); False when Redis could not take it."""
-        if self.redis is None or (not retry and not self._redis_usable()):
-            return False
-        key = self.prefix + task.task_id
+    async def _put(self, task: Task, *, retry: bool = False) -> Put:
+        """Store the whole task in its hash (with the TTL, its lease renewed) unless Redis has it ended.
+
+        ``retry`` tries Redis even inside the back-off (a write that must not be skipped)."""
+        if self._put_script is None or (not retry and not self._redis_usable()):
+            return Put.UNREACHABLE
+        args: list[EncodableT] = [max(1, round(self.ttl_s)), repr(self.lease_s)]
+        for name, value in task.fields().items():
+            args += [name, value]
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=task.fields())
-                pipe.expire(key, max(1, round(self.ttl_s)))
-                await pipe.execute()
+            written = await self._put_script(keys=[self.prefix + task.task_id], args=args)
         except REDIS_ERRORS as exc:
             self.backoff.failed(exc)
-            return False
+            return Put.UNREACHABLE
         finally:
             _honour_cancellation()
-        return True
+        return Put.WRITTEN if written else Put.ENDED
 
     async def _read(self, task_id: str) -> Task | None:
-        """The task from Redis; None when it is not there or Redis cannot say."""
-        if not self._redis_usable():
+        """The task from Redis (failed there first when its lease ran out); None when it is not
+        there or Redis cannot say."""
+        if self._read_script is None or not self._redis_usable():
             return None
-        assert self.redis is not None
         try:
-            fields = await self.redis.hgetall(self.prefix + task_id)
+            flat = await self._read_script(
+                keys=[self.prefix + task_id], args=[int(State.CHAT_TASK_STATE_FAILED), LEASE_EXPIRED]
+            )
         except REDIS_ERRORS as exc:
             self.backoff.failed(exc)
             return None
         finally:
             _honour_cancellation()
-        if not fields:
+        if not flat:
             return None
-        task = Task.from_fields(task_id, fields)
+        task = Task.from_fields(task_id, dict(zip(flat[::2], flat[1::2], strict=True)))
         if task is not None:
             self._expire_stale(task)
         return task
@@ -216,6 +279,25 @@ class TaskStore:
         # Read from another replica's writes: past its run limit it is not running anywhere.
         if not task.done and time.time() > task.run_until:
             task.state, task.error = State.CHAT_TASK_STATE_FAILED, GONE
+
+    async def _adopt(self, task: Task) -> None:
+        """Take the end that Redis holds for a task this replica runs (a reader failed it)."""
+        stored = await self._read(task.task_id)
+        if stored is not None and stored.done:
+            task.state, task.error, task.result = stored.state, stored.error, stored.result
+        else:
+            task.state, task.error, task.result = State.CHAT_TASK_STATE_FAILED, LEASE_EXPIRED, None
+        task._notify()
+
+    async def _keep_lease(self, task: Task) -> None:
+        """Renew the task's lease while it runs; returns only when Redis has it ended meanwhile."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            # Past the back-off too: a lease skipped for long enough would end a task that runs.
+            if await self._put(task, retry=True) is Put.ENDED:
+                await self._adopt(task)
+                log.warning("chat task lease lost", extra={"fields": {"task_id": task.task_id}})
+                return
 
     # --- tasks --------------------------------------------------------------------------------
 
@@ -248,43 +330,87 @@ class TaskStore:
         await stored.wait()
         return submitted
 
+    async def _store_submitted(self, task: Task) -> None:
+        # Past the back-off, and a few times while Redis looked well: a poll on another replica right
+        # after submit must find the task. One try only while Redis is known to be down.
+        attempts = SUBMIT_WRITE_ATTEMPTS if self._redis_usable() else 1
+        for attempt in range(attempts):
+            if self.redis is None or await self._put(task, retry=True) is not Put.UNREACHABLE:
+                return
+            if attempt + 1 < attempts:
+                await asyncio.sleep(0.05 * (attempt + 1))
+        log.warning("chat task kept in this replica only", extra={"fields": {"task_id": task.task_id}})
+
     async def _run(
         self, task: Task, work: Callable[[], Awaitable[chat_pb2.ChatResponse]], stored: asyncio.Event
     ) -> None:
-        # Writes happen here, one after another, so Redis never sees an older state after a newer one.
+        # Writes happen here (and in the lease keeper, whose writes Redis refuses once the task
+        # ended), so Redis never sees an older state after a newer one.
         started = time.perf_counter()
+        finished = False
         try:
             try:
-                await self._write(task)
+                await self._store_submitted(task)
             finally:
                 stored.set()
             task.state = State.CHAT_TASK_STATE_RUNNING
             task._notify()
-            await self._write(task)
-            try:
-                async with asyncio.timeout(max(0.0, task.run_until - time.time())):
-                    task.result = await work()
-                task.state = State.CHAT_TASK_STATE_SUCCEEDED
-            except StudyAssistError as exc:
-                task.error, task.state = exc.message, State.CHAT_TASK_STATE_FAILED
-            except TimeoutError:
-                task.error, task.state = "the chat task ran out of time", State.CHAT_TASK_STATE_FAILED
-            except Exception:
-                log.exception("chat task failed")
-                task.error, task.state = "internal error", State.CHAT_TASK_STATE_FAILED
+            if await self._put(task) is Put.ENDED:
+                await self._adopt(task)
+            else:
+                await self._work(task, work)
+            put = await self._put(task)
+            if put is Put.ENDED:
+                await self._adopt(task)
+            self._finished(task, started)
+            finished = True
         except asyncio.CancelledError:
             # The service is stopping: say so to whoever polls another replica, then stop.
-            task.error = "the chat service stopped before the answer was ready"
-            task.state = State.CHAT_TASK_STATE_FAILED
-            self._finished(task, started)
-            await self._write(task, retry=True)
+            if not finished:
+                task.error, task.result = "the chat service stopped before the answer was ready", None
+                task.state = State.CHAT_TASK_STATE_FAILED
+                self._finished(task, started)
+                await self._put(task, retry=True)
             raise
-        self._finished(task, started)
-        for attempt in range(FINAL_WRITE_ATTEMPTS):
-            if await self._write(task, retry=attempt > 0) or self.redis is None:
-                return
-            await asyncio.sleep(self.backoff.backoff_s * (attempt + 1) / FINAL_WRITE_ATTEMPTS)
-        log.warning("chat task result not shared through redis", extra={"fields": {"task_id": task.task_id}})
+        if put is Put.UNREACHABLE and self.redis is not None:
+            # A short outage should not leave other replicas seeing RUNNING until the lease ends.
+            for attempt in range(1, FINAL_WRITE_ATTEMPTS):
+                await asyncio.sleep(self.backoff.backoff_s * attempt / FINAL_WRITE_ATTEMPTS)
+                put = await self._put(task, retry=True)
+                if put is Put.ENDED:
+                    await self._adopt(task)
+                if put is not Put.UNREACHABLE:
+                    return
+            log.warning("chat task result not shared through redis", extra={"fields": {"task_id": task.task_id}})
+
+    async def _work(self, task: Task, work: Callable[[], Awaitable[chat_pb2.ChatResponse]]) -> None:
+        """Run ``work`` within the run limit, renewing the lease meanwhile; set the task's outcome."""
+        doing: asyncio.Future[chat_pb2.ChatResponse] = asyncio.ensure_future(work())
+        keeper = asyncio.create_task(self._keep_lease(task)) if self.redis is not None else None
+        try:
+            done, _ = await asyncio.wait(
+                {doing} | ({keeper} if keeper is not None else set()),
+                timeout=max(0.0, task.run_until - time.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+            doing.cancel()  # nothing when it finished; else its cancellation stops the LLM call too
+        if doing in done and not doing.cancelled():
+            exc = doing.exception()
+            if exc is None:
+                task.result, task.state = doing.result(), State.CHAT_TASK_STATE_SUCCEEDED
+            elif isinstance(exc, StudyAssistError):
+                task.error, task.state = exc.message, State.CHAT_TASK_STATE_FAILED
+            else:
+                log.error("chat task failed", exc_info=exc)
+                task.error, task.state = "internal error", State.CHAT_TASK_STATE_FAILED
+        elif keeper is not None and keeper in done:
+            pass  # the lease was lost: the keeper took the task's end from Redis
+        else:
+            task.error, task.state = "the chat task ran out of time", State.CHAT_TASK_STATE_FAILED
+        await asyncio.wait({doing})  # let a cancelled answer clean up before the end is written
 
     def _finished(self, task: Task, started: float) -> None:
         self._running -= 1
