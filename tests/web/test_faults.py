@@ -119,6 +119,40 @@ def test_frozen_chat_gives_a_retryable_error_and_keeps_the_question(
         expect(page.get_by_test_id("composer")).to_have_value("")
 
 
+def test_the_web_app_gives_up_on_a_silent_stream_by_itself(
+    web_dist: Path,
+    browser: Browser,
+    own_chat: ServiceProcess,
+    storage_service: ServiceProcess,
+    tmp_path: Path,
+) -> None:
+    # A gateway that would wait a long time (its first heartbeat after 15 s), and a web app told a
+    # short bound: the client's own check of the stream ends it, whatever the gateway does.
+    extra = {"SSE_HEARTBEAT_S": "15", "STREAM_STALL_TIMEOUT_S": "60"}
+    with (
+        fault_gateway(own_chat, storage_service, tmp_path, extra) as base_url,
+        browser_context(browser, base_url) as context,
+    ):
+        page = context.new_page()
+
+        def short_bound(route: Route) -> None:
+            config = route.fetch().json()
+            route.fulfill(json={**config, "sse_heartbeat_s": 0.5, "stream_stall_timeout_s": 1})
+
+        page.route(re.compile(r"/v1/config$"), short_bound)
+        register(page)
+        page.goto("/#/chat")
+        expect(page.get_by_test_id("agent-select").locator("option:not([disabled])")).not_to_have_count(0)
+        os.kill(own_chat.process.pid, signal.SIGSTOP)
+        send(page, "Mô hình OSI có mấy tầng?")
+        error = page.get_by_test_id("send-error")
+        expect(error).to_contain_text("Trợ lý không phản hồi", timeout=FAULT_TIMEOUT_MS)
+        details = error.get_by_test_id("error-details")
+        details.locator("summary").click()
+        expect(details).to_contain_text("STREAM_STALLED")
+        expect(page.get_by_test_id("composer")).to_have_value("Mô hình OSI có mấy tầng?")
+
+
 def test_killed_chat_says_the_assistant_is_restarting(
     web_dist: Path,
     browser: Browser,
