@@ -84,7 +84,10 @@ def test_locations_name_slides_pages_and_headings_in_the_answers_language() -> N
 
 
 def test_quotes_keep_code_blocks_and_demote_headings() -> None:
-    text = "# Ngăn xếp\n\nCài đặt bằng mảng:\n\n```cpp\nint top = -1;\nvoid push(int x) { a[++top] = x; }\n```\n\n$$T(n) = O(1)$$"
+    text = (
+        "# Ngăn xếp\n\nCài đặt bằng mảng:\n\n```cpp\nint top = -1;\nvoid push(int x) { a[++top] = x; }\n```\n\n"
+        "$$T(n) = O(1)$$"
+    )
     quote = format_quote(text)
     assert quote[0] == "> **Ngăn xếp**"
     assert "> ```cpp" in quote and "> int top = -1;" in quote and sum(line.startswith("> ```") for line in quote) == 2
