@@ -45,6 +45,8 @@ class Settings:
     db_pool_min: int
     db_pool_max: int
     db_acquire_timeout_s: float
+    # How often storage asks its database whether it answers; not ready (health NOT_SERVING) while not.
+    db_probe_interval_s: float
     blob_dir: Path | None  # None: DATA_DIR/blobs
     embedding_addr: str
     embedding_dim: int
@@ -86,6 +88,7 @@ class Settings:
             db_pool_min=pool_min,
             db_pool_max=pool_max,
             db_acquire_timeout_s=env_float(env, "DB_ACQUIRE_TIMEOUT_S", 2.0, minimum=0.01),
+            db_probe_interval_s=env_float(env, "DB_PROBE_INTERVAL_S", 2.0, minimum=0.1),
             blob_dir=Path(blob_dir).resolve() if blob_dir else None,
             embedding_addr=env_peer_address(env, "embedding"),
             embedding_dim=env_int(env, "EMBEDDING_DIM", 384, minimum=1, maximum=16000),

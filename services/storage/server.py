@@ -13,6 +13,7 @@ from storage.db import ITERATIVE_SCAN_SINCE, connect, instrument_sql, migrate
 from storage.embeddings import EmbeddingClient
 from storage.ingest import Ingestor, IngestSettings
 from storage.ranking import Ranking
+from storage.readiness import DatabaseReadiness
 from storage.servicer import StorageServicer
 from storage.termindex import Reindexer
 
@@ -77,8 +78,13 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
     ingestor.start()
     reindexer = Reindexer(db, storage_pb2.FILE_STATUS_READY)
     reindexer.start()
+    readiness = DatabaseReadiness(
+        db.url, server.health, [SERVICE_NAME, ""], interval_s=settings.db_probe_interval_s, timeout_s=2.0
+    )
+    readiness.start()
 
     async def close() -> None:
+        await readiness.stop()
         await reindexer.stop()
         await ingestor.stop()
         await embeddings.close()

@@ -27,6 +27,11 @@ from studyassist.core.logs import REQUEST_ID_HEADER, new_request_id, request_id_
 
 log = logging.getLogger(__name__)
 
+# The health entry liveness probes ask for (deploy/k8s): SERVING from start to shutdown whatever
+# the service's dependencies say, while "" and the service names are its readiness (storage's follow
+# its database), so an outage of a dependency takes pods out of rotation and never restarts them.
+LIVENESS_SERVICE = "studyassist.liveness"
+
 # 64 MiB: large enough for a batch of embeddings, bounded so a client cannot exhaust memory.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -50,7 +55,7 @@ class Server:
 
     async def start(self) -> None:
         await self.grpc_server.start()
-        for name in [*self.service_names, ""]:
+        for name in [*self.service_names, "", LIVENESS_SERVICE]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None) -> None:
