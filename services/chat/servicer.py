@@ -53,6 +53,7 @@ TRANSLATE_SAMPLING = Sampling(temperature=0.0, top_p=1.0, max_tokens=200)
 # What the model may add after chat has said that the material does not answer (a suggestion).
 ABSTAIN_MAX_TOKENS = 160
 GREETING = "greeting"
+STOPPED = {"vi": "(Đã dừng.)", "en": "(Stopped.)"}
 EXTRACTIVE = "extractive"
 # Buckets of llm.tokens_per_second: from a big model on a CPU to a small one on a GPU.
 TOKENS_PER_SECOND_BUCKETS = (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
@@ -143,6 +144,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self.cache = cache
         self.tasks = tasks
         self.context_tokens = context_tokens
+        # Saves of stopped answers, which outlive the call that was cancelled (held so they finish).
+        self._background: set[asyncio.Task[str]] = set()
         meter = meter or metrics.NoOpMeter("chat")
         # Both only for answers an LLM wrote (not cached, greeting or extractive ones), with the model
         # and whether it was streamed as attributes.
@@ -370,10 +373,26 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                         closest=Passage(1, closest, "").source_label(language) if closest is not None else "",
                     )
                 messages = build_messages(agent, language, passages, memory_turns, question)
-                async for event in self._generate(
-                    answer, agent, messages, passages, question, lead, language, streaming, within, started, session_id
-                ):
-                    yield event
+                try:
+                    async for event in self._generate(
+                        answer,
+                        agent,
+                        messages,
+                        passages,
+                        question,
+                        lead,
+                        language,
+                        streaming,
+                        within,
+                        started,
+                        session_id,
+                    ):
+                        yield event
+                except (asyncio.CancelledError, GeneratorExit):
+                    # The student stopped the answer (or left): the question and what was answered
+                    # so far are still theirs, in the session's history.
+                    self._save_stopped(session_task, new_session, question, answer, agent, language, metadata, passages)
+                    raise
 
         if answer.cached or greeting:
             answer.first_token_ms = (time.perf_counter() - started) * 1000
@@ -654,6 +673,36 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         except InvalidArgument:  # the model's output held no word to search by
             return hits
         return fuse_hits(hits, more, top_k)
+
+    def _save_stopped(
+        self,
+        session_task: asyncio.Future[str],
+        new_session: bool,
+        question: str,
+        answer: Answer,
+        agent: AgentSpec,
+        language: str,
+        metadata: tuple[tuple[str, str], ...],
+        passages: list[Passage],
+    ) -> None:
+        """Save, in the background, an exchange whose answer was stopped: the question and the text so
+        far, marked stopped, with the citations it made (nothing when its session was never made)."""
+        if not session_task.done() or session_task.cancelled() or session_task.exception() is not None:
+            return
+        text = "".join(answer.text)
+        text = f"{text}\n\n{STOPPED[language]}" if text else STOPPED[language]
+        answer.citations = answer_citations(text, passages) if answer.text and passages else []
+        answer.backend = answer.backend or EXTRACTIVE
+        task = asyncio.create_task(
+            self._save(session_task.result(), new_session, question, text, answer, agent, metadata, lambda s: s)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._saved_stopped)
+
+    def _saved_stopped(self, task: asyncio.Task[str]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("saving a stopped answer failed", extra={"fields": {"error": str(task.exception())}})
 
     async def _save(
         self,

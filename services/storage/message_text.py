@@ -39,6 +39,9 @@ STOCK_SENTENCES = (
     "I found nothing relevant to this question in your documents.",
     "(Chưa kết nối mô hình ngôn ngữ nào.)",
     "(No language model is connected.)",
+    # An answer the student stopped (servicer._save_stopped).
+    "(Đã dừng.)",
+    "(Stopped.)",
     # The extractive answers' headings and hints.
     "Các đoạn liên quan nhất:",
     "The most relevant passages:",

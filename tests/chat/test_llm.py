@@ -112,6 +112,36 @@ async def test_a_caller_that_goes_away_cancels_the_llm_request(
     assert upstream.closed_at - cancelled_at < 1.0
 
 
+async def test_a_stopped_answer_keeps_the_question_and_the_text_so_far(
+    chat: chat_pb2_grpc.ChatServiceAsyncStub, storage: storage_pb2_grpc.StorageServiceAsyncStub
+) -> None:
+    user = await new_user(storage)
+    call = chat.StreamChat(
+        chat_pb2.ChatRequest(agent_id="long", message="Write a very long essay"), metadata=user_metadata(user)
+    )
+    session_id, streamed = "", ""
+    async for event in call:
+        if event.HasField("started"):
+            session_id = event.started.session_id
+        if event.HasField("delta"):
+            streamed += event.delta.text
+            break
+    call.cancel()
+    deadline = time.monotonic() + 10
+    while True:
+        history = await storage.ListMessages(
+            storage_pb2.ListMessagesRequest(session_id=session_id), metadata=user_metadata(user)
+        )
+        if history.messages or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    question, stopped = history.messages
+    assert question.role == storage_pb2.ROLE_USER and question.content == "Write a very long essay"
+    assert stopped.role == storage_pb2.ROLE_ASSISTANT
+    assert stopped.content.startswith(streamed) and stopped.content.endswith("(Stopped.)")
+    assert stopped.backend.startswith("llm:")
+
+
 async def test_an_llm_that_comes_up_later_is_used_without_restart(
     storage_service: ServiceProcess,
     embedding_service: ServiceProcess,
