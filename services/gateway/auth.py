@@ -1,46 +1,58 @@
-"""Accounts and tokens: argon2id password hashes, HS256 JWTs, revocable refresh tokens.
+"""Accounts and tokens: argon2id password hashes, HS256 JWTs, sign-ins kept by storage.
 
 Access tokens live ``ACCESS_TOKEN_TTL_S`` (15 min) and are checked on every call: signature with
-HS256 only, ``iss``, ``aud``, ``exp``, and that the user is still active (storage GetUser, cached
-a few seconds, so deactivating a user ends their access within that time, open streams included).
+HS256 only, ``iss``, ``aud``, ``exp``, and the user's account (storage GetAccount, cached
+USER_CACHE_TTL_S): still active, and the token's sign-in (claim ``sid``) not ended. Deactivating a
+user or logging out therefore ends access within that time on every replica (at once on the one
+that did it), open streams included.
 
-Refresh tokens are single use: their ``jti`` is kept in an allow-list (Redis when REDIS_URL is set,
-else this process) until it is used, logged out or expires; using one removes it and issues a
-new pair, so a stolen refresh token works at most once.
+A sign-in is one refresh-token family, stored by storage in PostgreSQL (hashes of the tokens' ids,
+never the tokens), so sign-in needs no Redis and a Redis restart signs nobody out. Refresh tokens
+are single use (rotation): using one replaces it; using one a second time is a replay, and ends the
+whole sign-in, the newer token included (OAuth 2.0 Security BCP). Registration stores the account
+and its first sign-in in one transaction. Logout ends the sign-in: its refresh tokens stop working
+and its access tokens are refused until they expire (GetAccount lists the sign-ins ended within an
+access token's lifetime; a deny-list by sign-in id in the database, durable and shared by every
+replica, at no extra call per request since the account is looked up anyway).
+
+Wrong passwords are slowed per account and per address (gateway.backoff).
 
 Administrators: routes of an admin-only backend (the metrics service) answer 403 to anyone else.
-Who is one is decided per request from the user's current email (the same cached GetUser), never
-from a token claim, so removing someone from ADMIN_EMAILS takes effect on the gateway's restart.
+The role is stored with the account (``python -m storage.admin grant EMAIL``; ADMIN_EMAILS only
+bootstraps accounts that exist) and read per request from the same cached GetAccount, never from a
+token claim, so a revoke takes effect within USER_CACHE_TTL_S.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import logging
 import math
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
-from studyassist.core.cache import LruTtlCache
 from studyassist.core.channels import user_metadata
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
+from gateway.backoff import SignInBackoff
 from gateway.config import EMAIL_RE
 from gateway.responses import HttpError, from_rpc_error, json_response, parse_json_body, read_body
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 ALGORITHM = "HS256"
 # Clock skew tolerated on exp/iat between gateway replicas.
@@ -60,61 +72,10 @@ class TokenConfig:
     refresh_ttl_s: int
 
 
-class RefreshStore(Protocol):
-    name: str
-
-    async def add(self, jti: str, ttl_s: int) -> None: ...
-
-    async def take(self, jti: str) -> bool:
-        """Remove ``jti``; True if it was there (the token had not been used or revoked)."""
-        ...
-
-
-class MemoryRefreshStore:
-    """In-process allow-list: fine for one gateway replica; lost on restart (users log in again)."""
-
-    name = "memory"
-
-    def __init__(self, max_entries: int = 1_000_000) -> None:
-        self._expiry: dict[str, float] = {}
-        self._max_entries = max_entries
-
-    async def add(self, jti: str, ttl_s: int) -> None:
-        now = time.monotonic()
-        if len(self._expiry) >= self._max_entries:
-            self._expiry = {k: v for k, v in self._expiry.items() if v > now}
-        self._expiry[jti] = now + ttl_s
-
-    async def take(self, jti: str) -> bool:
-        expiry = self._expiry.pop(jti, None)
-        return expiry is not None and expiry > time.monotonic()
-
-
-class RedisRefreshStore:
-    """Shared allow-list for several replicas. Redis down: refresh answers 503 (fails closed)."""
-
-    name = "redis"
-
-    def __init__(self, redis: Redis, prefix: str = "gateway:refresh:") -> None:
-        self._redis = redis
-        self._prefix = prefix
-
-    async def add(self, jti: str, ttl_s: int) -> None:
-        try:
-            await self._redis.set(self._prefix + jti, b"1", ex=ttl_s)
-        except (RedisError, OSError) as exc:
-            raise HttpError(
-                grpc.StatusCode.UNAVAILABLE, "token store unavailable", reason="TOKEN_STORE_UNAVAILABLE"
-            ) from exc
-
-    async def take(self, jti: str) -> bool:
-        try:
-            # DEL is atomic: of two concurrent uses of one token, exactly one sees 1.
-            return bool(await self._redis.delete(self._prefix + jti))
-        except (RedisError, OSError) as exc:
-            raise HttpError(
-                grpc.StatusCode.UNAVAILABLE, "token store unavailable", reason="TOKEN_STORE_UNAVAILABLE"
-            ) from exc
+def token_id_hash(jti: str) -> bytes:
+    """What storage keeps of a refresh token: the SHA-256 of its id. The id is 128 random bits
+    inside a signed token, so neither the hash nor the id alone can be used as a token."""
+    return hashlib.sha256(jti.encode()).digest()
 
 
 def _unauthenticated(message: str = "invalid or expired token", reason: str = "TOKEN_INVALID") -> HttpError:
@@ -126,15 +87,17 @@ class Tokens:
         self.config = config
         # Verified tokens by their exact text: a browser sends the same token many times, and
         # checking the signature and claims again costs more than the rest of a cached request.
-        # A hit is still refused once expired; revocation of access tokens is by user (GetUser).
+        # A hit is still refused once expired; revocation is checked after, by account (GetAccount).
         self._verified: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
         self._cache_entries = cache_entries
 
-    def issue(self, user_id: str, kind: str, now: float | None = None) -> tuple[str, str, int]:
-        """(token, jti, ttl_s)."""
+    def issue(
+        self, user_id: str, kind: str, sign_in_id: str, jti: str | None = None, now: float | None = None
+    ) -> tuple[str, str, int]:
+        """(token, jti, ttl_s) of a token of the sign-in ``sign_in_id`` (its claim ``sid``)."""
         issued = int(now if now is not None else time.time())
         ttl = self.config.access_ttl_s if kind == "access" else self.config.refresh_ttl_s
-        jti = uuid.uuid4().hex
+        jti = jti or uuid.uuid4().hex
         claims = {
             "iss": self.config.issuer,
             "aud": self.config.audience,
@@ -143,6 +106,7 @@ class Tokens:
             "exp": issued + ttl,
             "jti": jti,
             "typ": kind,
+            "sid": sign_in_id,
         }
         return jwt.encode(claims, self.config.secret, algorithm=ALGORITHM), jti, ttl
 
@@ -178,18 +142,30 @@ class Tokens:
 
 @dataclass(frozen=True, slots=True)
 class AdminPolicy:
-    """Who is an administrator: the users whose email is in ``emails`` (ADMIN_EMAILS); with
-    ``everyone`` (development mode with ADMIN_EMAILS empty), every signed-in user."""
+    """Who is an administrator: accounts whose stored role is "admin"; with ``everyone``
+    (development mode with ADMIN_EMAILS empty, nothing to set up on a laptop), every signed-in user."""
 
-    emails: frozenset[str] = frozenset()
     everyone: bool = False
 
     @classmethod
     def from_settings(cls, emails: frozenset[str], *, production: bool) -> AdminPolicy:
-        return cls(frozenset(e.lower() for e in emails), everyone=not emails and not production)
+        return cls(everyone=not emails and not production)
 
-    def allows(self, email: str) -> bool:
-        return self.everyone or email.strip().lower() in self.emails
+    def allows(self, role: str) -> bool:
+        return self.everyone or role == "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """What every request's check needs of its user's account."""
+
+    active: bool
+    role: str
+    # Sign-ins ended within an access token's lifetime: their access tokens are refused.
+    ended_sign_ins: frozenset[str]
+
+
+INACTIVE = AccountState(False, "", frozenset())
 
 
 def _forbidden(message: str = "this needs an administrator account") -> HttpError:
@@ -197,7 +173,8 @@ def _forbidden(message: str = "this needs an administrator account") -> HttpErro
 
 
 class Authenticator:
-    """Verifies access tokens, that their user is still active and, for admin-only routes, an administrator."""
+    """Verifies access tokens, that their user is still active and their sign-in not ended, and, for
+    admin-only routes, that the user is an administrator."""
 
     def __init__(
         self,
@@ -205,43 +182,53 @@ class Authenticator:
         storage: storage_pb2_grpc.StorageServiceAsyncStub,
         cache_ttl_s: float,
         admins: AdminPolicy | None = None,
+        max_entries: int = 100_000,
     ) -> None:
         self.tokens = tokens
         self.admins = admins or AdminPolicy()
         self._storage = storage
-        # user id -> b"1" or b"0" (active) followed by the user's email, for the admin rule.
-        self._users = LruTtlCache(max_entries=100_000, ttl_s=cache_ttl_s)
+        self._ttl_s = cache_ttl_s
+        self._max_entries = max_entries
+        # user id -> (fetched until (monotonic), the account as storage said).
+        self._accounts: OrderedDict[str, tuple[float, AccountState]] = OrderedDict()
 
-    async def _user(self, user_id: str) -> tuple[bool, str]:
-        """(active, email) of ``user_id``, cached a few seconds."""
-        cached = self._users.get(user_id)
-        if cached is not None:
-            return cached[:1] == b"1", cached[1:].decode()
+    async def account(self, user_id: str) -> AccountState:
+        """The account of ``user_id``, cached ``cache_ttl_s``."""
+        entry = self._accounts.get(user_id)
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1]
+        # An access token of a sign-in ended up to its lifetime ago may still be presented.
+        within = self.tokens.config.access_ttl_s + 2 * LEEWAY_S
         try:
-            user = await self._storage.GetUser(storage_pb2.GetUserRequest(), metadata=user_metadata(user_id), timeout=3)
+            reply = await self._storage.GetAccount(
+                storage_pb2.GetAccountRequest(ended_within_s=within), metadata=user_metadata(user_id), timeout=3
+            )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED):
-                active, email = False, ""
-            else:
+            if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED):
                 raise from_rpc_error(exc) from None
+            state = INACTIVE
         else:
-            active, email = user.active, user.email
-        self._users.set(user_id, (b"1" if active else b"0") + email.encode())
-        return active, email
+            state = AccountState(reply.user.active, reply.role, frozenset(reply.ended_sign_in_ids))
+        self._accounts[user_id] = (time.monotonic() + self._ttl_s, state)
+        self._accounts.move_to_end(user_id)
+        while len(self._accounts) > self._max_entries:
+            self._accounts.popitem(last=False)
+        return state
 
     async def user_is_active(self, user_id: str) -> bool:
-        return (await self._user(user_id))[0]
+        return (await self.account(user_id)).active
 
     async def is_admin(self, user_id: str) -> bool:
-        active, email = await self._user(user_id)
-        return active and self.admins.allows(email)
+        state = await self.account(user_id)
+        return state.active and self.admins.allows(state.role)
 
     def forget(self, user_id: str) -> None:
-        self._users.delete_prefix(user_id)
+        """Ask storage again on the user's next request (after their sign-in ended here, say)."""
+        self._accounts.pop(user_id, None)
 
     async def authenticate(self, request: Request, *, allow_query_token: bool = False, admin_only: bool = False) -> str:
-        """The verified user id of ``request``; 401 without a valid token of an active user, and 403
-        when ``admin_only`` and the user is not an administrator."""
+        """The verified user id of ``request``; 401 without a valid token of an active user and a
+        sign-in not ended, and 403 when ``admin_only`` and the user is not an administrator."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -249,11 +236,14 @@ class Authenticator:
             token = request.query_params.get("access_token", "") if allow_query_token else ""
             if not token:
                 raise _unauthenticated("missing bearer token", "TOKEN_MISSING")
-        user_id = str(self.tokens.verify(token.strip(), "access")["sub"])
-        active, email = await self._user(user_id)
-        if not active:
+        claims = self.tokens.verify(token.strip(), "access")
+        user_id = str(claims["sub"])
+        state = await self.account(user_id)
+        if not state.active:
             raise _unauthenticated("account is not active", "ACCOUNT_INACTIVE")
-        if admin_only and not self.admins.allows(email):
+        if claims.get("sid") in state.ended_sign_ins:
+            raise _unauthenticated("this sign-in has ended (logged out); sign in again", "SIGN_IN_ENDED")
+        if admin_only and not self.admins.allows(state.role):
             raise _forbidden()
         return user_id
 
@@ -343,25 +333,36 @@ class AuthRoutes:
         self,
         authenticator: Authenticator,
         storage: storage_pb2_grpc.StorageServiceAsyncStub,
-        refresh_store: RefreshStore,
         max_body_bytes: int,
         hasher: PasswordHasher,
         hash_concurrency: int = 1,
         hash_max_waiting: int = 128,
+        backoff: SignInBackoff | None = None,
     ) -> None:
         self._auth = authenticator
         self._tokens = authenticator.tokens
         self._storage = storage
-        self._refresh = refresh_store
         self._limit = max_body_bytes
         self._hasher = hasher
         self._dummy_hash = self._hasher.hash("timing-equaliser")
         self._work = PasswordWork(self._hasher, hash_concurrency, hash_max_waiting)
+        self._backoff = backoff
 
-    async def _token_pair(self, user: storage_pb2.User, status: int) -> Response:
-        access, _, access_ttl = self._tokens.issue(user.user_id, "access")
-        refresh, jti, refresh_ttl = self._tokens.issue(user.user_id, "refresh")
-        await self._refresh.add(jti, refresh_ttl)
+    def _new_sign_in(self) -> tuple[storage_pb2.NewSignIn, str]:
+        """A sign-in for storage to keep, and its first refresh token's id."""
+        jti = uuid.uuid4().hex
+        sign_in = storage_pb2.NewSignIn(
+            sign_in_id=str(uuid.uuid4()),
+            refresh_token_hash=token_id_hash(jti),
+            ttl_s=self._tokens.config.refresh_ttl_s,
+        )
+        return sign_in, jti
+
+    def _token_pair(
+        self, user: storage_pb2.User, role: str, sign_in_id: str, refresh_jti: str, status: int
+    ) -> Response:
+        access, _, access_ttl = self._tokens.issue(user.user_id, "access", sign_in_id)
+        refresh, _, _ = self._tokens.issue(user.user_id, "refresh", sign_in_id, jti=refresh_jti)
         return json_response(
             {
                 "access_token": access,
@@ -373,7 +374,7 @@ class AuthRoutes:
                     "email": user.email,
                     "display_name": user.display_name,
                     # For the web app's navigation only: every admin-only route checks again.
-                    "is_admin": self._auth.admins.allows(user.email),
+                    "is_admin": self._auth.admins.allows(role),
                 },
             },
             status,
@@ -402,13 +403,20 @@ class AuthRoutes:
                 args={"min": 1, "max": MAX_DISPLAY_NAME},
             )
         password_hash = await self._work.hash(password)
+        # The account and its first sign-in in one call (one transaction in storage): either the
+        # student gets their tokens or no account is left behind to answer a retry with 409. What
+        # follows the call is signing two tokens, which cannot fail.
+        sign_in, jti = self._new_sign_in()
         try:
             user = await self._storage.CreateUser(
-                storage_pb2.CreateUserRequest(email=email, display_name=display_name, password_hash=password_hash)
+                storage_pb2.CreateUserRequest(
+                    email=email, display_name=display_name, password_hash=password_hash, first_sign_in=sign_in
+                )
             )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
-        return await self._token_pair(user, 201)
+        # A new account is a student's: admin rights are granted, never claimed by registering.
+        return self._token_pair(user, "student", sign_in.sign_in_id, jti, 201)
 
     async def login(self, request: Request) -> Response:
         body = await read_json_object(request, self._limit)
@@ -416,6 +424,9 @@ class AuthRoutes:
         password = _string(body, "password")
         if not email or not password or len(password) > MAX_PASSWORD:
             raise _unauthenticated("invalid email or password", "INVALID_CREDENTIALS")
+        address = request.client.host if request.client else ""
+        if self._backoff is not None:
+            await self._backoff.admit(email, address)
         async with self._work.admitted():
             try:
                 credentials = await self._storage.GetUserByEmail(storage_pb2.GetUserByEmailRequest(email=email))
@@ -428,7 +439,18 @@ class AuthRoutes:
             valid = await self._work.compute(lambda: self._verify(stored_hash, password))
         if credentials is None or not valid or not credentials.user.active:
             raise _unauthenticated("invalid email or password", "INVALID_CREDENTIALS")
-        return await self._token_pair(credentials.user, 200)
+        if self._backoff is not None:
+            await self._backoff.succeeded(email, address)
+        sign_in, jti = self._new_sign_in()
+        try:
+            await self._storage.CreateSignIn(
+                storage_pb2.CreateSignInRequest(sign_in=sign_in), metadata=user_metadata(credentials.user.user_id)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        # The account as it is now (a role granted a moment ago, say) for this user's next requests.
+        self._auth.forget(credentials.user.user_id)
+        return self._token_pair(credentials.user, credentials.role, sign_in.sign_in_id, jti, 200)
 
     def _verify(self, stored_hash: str, password: str) -> bool:
         try:
@@ -439,20 +461,49 @@ class AuthRoutes:
     async def refresh(self, request: Request) -> Response:
         body = await read_json_object(request, self._limit)
         claims = self._tokens.verify(_string(body, "refresh_token"), "refresh")
-        if not await self._refresh.take(str(claims["jti"])):
+        user_id, sign_in_id = str(claims["sub"]), claims.get("sid")
+        if not isinstance(sign_in_id, str) or not sign_in_id:
+            # Issued before sign-ins were stored (Redis kept them): the student signs in again once.
             raise _unauthenticated("refresh token was already used or revoked", "REFRESH_TOKEN_USED")
-        user_id = str(claims["sub"])
-        self._auth.forget(user_id)
-        if not await self._auth.user_is_active(user_id):
-            raise _unauthenticated("account is not active", "ACCOUNT_INACTIVE")
+        new_jti = uuid.uuid4().hex
         try:
-            user = await self._storage.GetUser(storage_pb2.GetUserRequest(), metadata=user_metadata(user_id))
+            # Not retried: a retry of a rotation whose answer was lost would be taken for a replay.
+            reply = await self._storage.RotateRefreshToken(
+                storage_pb2.RotateRefreshTokenRequest(
+                    refresh_token_hash=token_id_hash(str(claims["jti"])),
+                    new_refresh_token_hash=token_id_hash(new_jti),
+                    ttl_s=self._tokens.config.refresh_ttl_s,
+                ),
+                metadata=user_metadata(user_id),
+            )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
-        return await self._token_pair(user, 200)
+        if reply.outcome == storage_pb2.REFRESH_OUTCOME_REUSED:
+            # A replay: storage ended the sign-in; its access tokens go on this replica's next check.
+            self._auth.forget(user_id)
+            log.warning(
+                "refresh token reused; sign-in ended",
+                extra={"fields": {"user_id": user_id, "sign_in": reply.sign_in_id}},
+            )
+        if reply.outcome != storage_pb2.REFRESH_OUTCOME_ROTATED:
+            raise _unauthenticated("refresh token was already used or revoked", "REFRESH_TOKEN_USED")
+        self._auth.forget(user_id)
+        if not reply.account.user.active:
+            raise _unauthenticated("account is not active", "ACCOUNT_INACTIVE")
+        return self._token_pair(reply.account.user, reply.account.role, sign_in_id, new_jti, 200)
 
     async def logout(self, request: Request) -> Response:
+        """End the sign-in of the refresh token: it and every token of its family stop working, and
+        its access tokens are refused (on this replica at once, on others within USER_CACHE_TTL_S)."""
         body = await read_json_object(request, self._limit)
         claims = self._tokens.verify(_string(body, "refresh_token"), "refresh")
-        await self._refresh.take(str(claims["jti"]))
+        user_id = str(claims["sub"])
+        try:
+            await self._storage.EndSignIn(
+                storage_pb2.EndSignInRequest(refresh_token_hash=token_id_hash(str(claims["jti"]))),
+                metadata=user_metadata(user_id),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        self._auth.forget(user_id)
         return Response(status_code=204)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +22,25 @@ from studyassist.core.config import (
     env_str,
 )
 
+from gateway.backoff import BackoffSettings
+
 DEFAULT_WEB_DIST = Path(__file__).resolve().parent / "web" / "dist"
 # Same shape as the addresses accepted at registration (gateway.auth.EMAIL_RE).
 EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}")
 # HS256 keys shorter than the hash output weaken the MAC; refuse them.
 MIN_SECRET_BYTES = 32
+# The example JWT secrets committed in deploy/ (the prod overlay's secrets.env.example, the dev
+# overlay's Secret): anyone can read them, so production refuses them (tests/security checks that
+# every JWT_SECRET in deploy/ is listed here).
+EXAMPLE_SECRETS = frozenset(
+    {
+        "replace-with-output-of-openssl-rand-hex-32",
+        "dev-only-not-a-secret-change-me-0123456789abcdef",
+    }
+)
+# Production's least estimated entropy of JWT_SECRET: `openssl rand -hex 32` gives ~256 bits by this
+# estimate, a repeated or dictionary-like phrase far less.
+MIN_SECRET_ENTROPY_BITS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +75,8 @@ class Settings:
     admin_emails: frozenset[str]
     # Deadline of unary calls to the chat service (an answer waits on the LLM, up to LLM_TIMEOUT_S).
     chat_timeout_s: float
+    # Backoff against password guessing (gateway.backoff).
+    sign_in_backoff: BackoffSettings
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +132,12 @@ class Settings:
             # LLM_TIMEOUT_S (120 s) plus retrieval and the rest of the answer; chat also caps its
             # LLM request by the deadline it receives, so this is the longest an answer may take.
             chat_timeout_s=env_float(env, "GATEWAY_CHAT_TIMEOUT_S", 130.0, minimum=1.0),
+            sign_in_backoff=BackoffSettings(
+                free_attempts=env_int(env, "SIGN_IN_FREE_ATTEMPTS", 5, minimum=1, maximum=1000),
+                ip_free_attempts=env_int(env, "SIGN_IN_IP_FREE_ATTEMPTS", 50, minimum=1, maximum=100_000),
+                account_max_backoff_s=env_float(env, "SIGN_IN_ACCOUNT_MAX_BACKOFF_S", 60.0, minimum=1.0),
+                max_backoff_s=env_float(env, "SIGN_IN_MAX_BACKOFF_S", 900.0, minimum=1.0),
+            ),
         )
 
     def password_hasher(self) -> PasswordHasher:
@@ -124,11 +148,33 @@ class Settings:
         )
 
 
+def secret_entropy_bits(secret: str) -> float:
+    """An upper estimate of the secret's entropy: its length times the Shannon entropy of its
+    characters' frequencies. A random key scores about its true entropy; repetition and small
+    alphabets score low (32 "a"s: 0 bits; "abab...": 1 bit a character)."""
+    if not secret:
+        return 0.0
+    counts = Counter(secret)
+    per_char = -sum(n / len(secret) * math.log2(n / len(secret)) for n in counts.values())
+    return per_char * len(secret)
+
+
 def resolve_jwt_secret(settings: Settings, common: CommonSettings) -> str:
     """The signing secret: JWT_SECRET; in development a generated one kept in DATA_DIR/jwt_secret."""
     if settings.jwt_secret:
         if len(settings.jwt_secret.encode()) < MIN_SECRET_BYTES:
             raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+        if common.production:
+            if settings.jwt_secret in EXAMPLE_SECRETS:
+                raise ConfigError(
+                    "JWT_SECRET is an example value committed in deploy/; set a random one (openssl rand -hex 32)"
+                )
+            bits = secret_entropy_bits(settings.jwt_secret)
+            if bits < MIN_SECRET_ENTROPY_BITS:
+                raise ConfigError(
+                    f"JWT_SECRET looks guessable (about {bits:.0f} bits, at least {MIN_SECRET_ENTROPY_BITS} "
+                    "needed); set a random one (openssl rand -hex 32)"
+                )
         return settings.jwt_secret
     if common.production:
         raise ConfigError("JWT_SECRET is required when ENVIRONMENT=production")

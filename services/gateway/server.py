@@ -29,12 +29,10 @@ from gateway.auth import (
     AdminPolicy,
     Authenticator,
     AuthRoutes,
-    MemoryRefreshStore,
-    RedisRefreshStore,
-    RefreshStore,
     TokenConfig,
     Tokens,
 )
+from gateway.backoff import SignInBackoff
 from gateway.config import Settings
 from gateway.middleware import FrontDoor, csp_allowing_style
 from gateway.openapi import DOCS_STYLE, build_openapi, render_docs
@@ -45,7 +43,7 @@ from gateway.transcode import Transcoder
 
 log = logging.getLogger(__name__)
 
-# Every route of these backends is for administrators only (ADMIN_EMAILS).
+# Every route of these backends is for administrators only (the admin role of the account).
 ADMIN_BACKENDS = frozenset({"metrics"})
 # What /readyz asks of the backends. Kubernetes' readinessProbe (deploy/k8s/base/gateway.yaml) takes
 # a gateway pod out of the Service while it fails, so it must say whether *this* gateway is worth
@@ -100,18 +98,18 @@ class Gateway:
         )
         self.admins = AdminPolicy.from_settings(settings.admin_emails, production=common.production)
         self.authenticator = Authenticator(tokens, storage, settings.user_cache_ttl_s, self.admins)
-        self.refresh_store: RefreshStore = (
-            RedisRefreshStore(self.redis) if self.redis is not None else MemoryRefreshStore()
-        )
+        # Sign-ins (refresh tokens) are kept by storage in PostgreSQL: no Redis on the sign-in path
+        # but the backoff's counters, which fall back to local ones.
+        self.sign_in_backoff = SignInBackoff(settings.sign_in_backoff, self.redis)
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_ip_per_minute, self.redis)
         self.auth_routes = AuthRoutes(
             self.authenticator,
             storage,
-            self.refresh_store,
             settings.max_body_bytes,
             settings.password_hasher(),
             hash_concurrency=settings.password_hash_concurrency,
             hash_max_waiting=settings.password_hash_queue,
+            backoff=self.sign_in_backoff,
         )
         self.transcoder = Transcoder(
             self.backends,
@@ -142,12 +140,13 @@ class Gateway:
                 "fields": {
                     "routes": len(self.transcoder.table.routes),
                     "backends_loaded": [n for n, ok in self.transcoder.loaded.items() if ok],
-                    "refresh_tokens": self.refresh_store.name,
+                    "refresh_tokens": "storage",
+                    "sign_in_backoff": self.sign_in_backoff.backend,
                     "rate_limits": self.limiter.backend,
                     "web_app": self.web.dist_dir.joinpath("index.html").is_file(),
                     "admins": "every signed-in user (development, ADMIN_EMAILS empty)"
                     if self.admins.everyone
-                    else len(self.admins.emails),
+                    else "accounts with the admin role",
                 }
             },
         )

@@ -38,6 +38,15 @@ def _default_tokenizer_dir() -> str:
         return ""
 
 
+def admin_emails(env: Mapping[str, str]) -> frozenset[str]:
+    """ADMIN_EMAILS, trimmed and lower-cased as accounts' emails are compared."""
+    emails = frozenset(e.strip().lower() for e in env.get("ADMIN_EMAILS", "").split(",") if e.strip())
+    for email in emails:
+        if "@" not in email or any(c.isspace() for c in email):
+            raise ConfigError(f"ADMIN_EMAILS entry {email!r} is not an email address")
+    return emails
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     port: int
@@ -61,6 +70,9 @@ class Settings:
     ingest_lease_s: float
     metrics_addr: str
     search_vector_weight: float
+    # ADMIN_EMAILS: a bootstrap only, applied once per entry to the account that has it at start
+    # (storage.accounts.bootstrap_admins); admin rights are otherwise granted by storage.admin.
+    admin_emails: frozenset[str]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -103,4 +115,5 @@ class Settings:
             ingest_lease_s=env_float(env, "INGEST_LEASE_S", 60.0, minimum=0.5),
             metrics_addr=env_peer_address(env, "metrics"),
             search_vector_weight=_weight(env, "SEARCH_VECTOR_WEIGHT", DEFAULT_VECTOR_WEIGHT),
+            admin_emails=admin_emails(env),
         )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from studyassist.core.config import CommonSettings
 from studyassist.core.server import Server, ServiceSpec, create_server
 from studyassist.core.telemetry import Telemetry
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
+from storage.accounts import bootstrap_admins
 from storage.blobs import BlobStore
 from storage.config import Settings
 from storage.db import ITERATIVE_SCAN_SINCE, connect, instrument_sql, migrate
@@ -16,6 +19,8 @@ from storage.ranking import Ranking
 from storage.readiness import DatabaseReadiness
 from storage.servicer import StorageServicer
 from storage.termindex import Reindexer
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
 
@@ -33,6 +38,8 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
     )
     try:
         await migrate(db, embedding_dim=settings.embedding_dim)
+        for email in await bootstrap_admins(db, settings.admin_emails):
+            log.info("granted admin from ADMIN_EMAILS", extra={"fields": {"email": email}})
         await db.tune_vector_search()
         db.register_gauges(telemetry.meter)
         iterative_scan = db.pgvector >= ITERATIVE_SCAN_SINCE

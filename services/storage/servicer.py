@@ -23,6 +23,7 @@ from studyassist.common.v1 import common_pb2
 from studyassist.core.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
+from storage import accounts
 from storage.blobs import BlobStore
 from storage.bm25 import build_postings, coverage, highlight_words, query_terms, query_words
 from storage.config import DEFAULT_VECTOR_WEIGHT
@@ -196,7 +197,10 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         if not request.password_hash:
             raise InvalidArgument("password_hash is required")
         display_name = _clean_text(request.display_name.strip(), "display_name", 200)
-        async with self.db.connection() as conn:
+        if request.HasField("first_sign_in"):
+            accounts.parse_new_sign_in(request.first_sign_in)  # bad input refused before any write
+        # One transaction with the first sign-in: a registration leaves an account only with its tokens.
+        async with self.db.connection() as conn, conn.transaction():
             try:
                 row = await conn.fetchrow(
                     "INSERT INTO users (id, email, display_name, password_hash) VALUES ($1, $2, $3, $4) "
@@ -208,21 +212,66 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 )
             except asyncpg.UniqueViolationError:
                 raise AlreadyExists("a user with this email already exists", reason="EMAIL_TAKEN") from None
-        assert row is not None  # INSERT ... RETURNING always returns the row
+            assert row is not None  # INSERT ... RETURNING always returns the row
+            if request.HasField("first_sign_in"):
+                await accounts.start_sign_in(conn, row["id"], request.first_sign_in)
         return _user(row)
+
+    async def GetAccount(
+        self, request: storage_pb2.GetAccountRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.Account:
+        user_id = caller(context)
+        async with self.db.connection() as conn:
+            row = await accounts.account(conn, user_id, request.ended_within_s)
+        if row is None:
+            raise NotFound("user not found")
+        return storage_pb2.Account(user=_user(row), role=row["role"], ended_sign_in_ids=[str(i) for i in row["ended"]])
+
+    async def CreateSignIn(
+        self, request: storage_pb2.CreateSignInRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.CreateSignInResponse:
+        user_id = caller(context)
+        async with self.db.connection() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT active FROM users WHERE id = $1", user_id):
+                raise NotFound("user not found")
+            await accounts.start_sign_in(conn, user_id, request.sign_in)
+        return storage_pb2.CreateSignInResponse()
+
+    async def RotateRefreshToken(
+        self, request: storage_pb2.RotateRefreshTokenRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.RotateRefreshTokenResponse:
+        user_id = caller(context)
+        old = accounts.token_hash(request.refresh_token_hash, "refresh_token_hash")
+        new = accounts.token_hash(request.new_refresh_token_hash, "new_refresh_token_hash")
+        outcome, sign_in_id = await accounts.rotate(self.db, user_id, old, new, accounts.ttl(request.ttl_s))
+        reply = storage_pb2.RotateRefreshTokenResponse(outcome=outcome, sign_in_id=str(sign_in_id or ""))
+        if outcome == storage_pb2.REFRESH_OUTCOME_ROTATED:
+            async with self.db.connection() as conn:
+                row = await accounts.account(conn, user_id, 0)
+            if row is not None:
+                reply.account.CopyFrom(storage_pb2.Account(user=_user(row), role=row["role"]))
+        return reply
+
+    async def EndSignIn(
+        self, request: storage_pb2.EndSignInRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.EndSignInResponse:
+        user_id = caller(context)
+        token = accounts.token_hash(request.refresh_token_hash, "refresh_token_hash")
+        sign_in_id = await accounts.end_by_token(self.db, user_id, token)
+        return storage_pb2.EndSignInResponse(sign_in_id=str(sign_in_id or ""))
 
     async def GetUserByEmail(
         self, request: storage_pb2.GetUserByEmailRequest, context: grpc.aio.ServicerContext
     ) -> storage_pb2.UserCredentials:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
-                "SELECT id, email, display_name, active, created_at, password_hash FROM users "
+                "SELECT id, email, display_name, active, created_at, password_hash, role FROM users "
                 "WHERE lower(email) = lower($1)",
                 request.email.strip()[:254],
             )
         if row is None:
             raise NotFound("no user with this email")
-        return storage_pb2.UserCredentials(user=_user(row), password_hash=row["password_hash"])
+        return storage_pb2.UserCredentials(user=_user(row), password_hash=row["password_hash"], role=row["role"])
 
     async def GetUser(self, request: storage_pb2.GetUserRequest, context: grpc.aio.ServicerContext) -> storage_pb2.User:
         user_id = caller(context)

@@ -46,6 +46,10 @@ class FakeStorage(storage_pb2_grpc.StorageServiceServicer):  # type: ignore[misc
         self.time_remaining: dict[str, float | None] = {}
         self.metadata: dict[str, dict[str, str]] = {}
         self.email_lookups = 0
+        self.roles: dict[str, str] = {}
+        # Sign-ins as storage keeps them: id -> (user id, ended); refresh token hash -> (sign-in, used).
+        self.sign_ins: dict[str, tuple[str, bool]] = {}
+        self.refresh_tokens: dict[bytes, tuple[str, bool]] = {}
 
     def deactivate(self, user_id: str) -> None:
         self.users[user_id].active = False
@@ -60,7 +64,62 @@ class FakeStorage(storage_pb2_grpc.StorageServiceServicer):  # type: ignore[misc
         )
         self.users[user.user_id] = user
         self.hashes[user.user_id] = request.password_hash
+        if request.HasField("first_sign_in"):
+            self._start(user.user_id, request.first_sign_in)
         return user
+
+    def _start(self, user_id: str, sign_in: storage_pb2.NewSignIn) -> None:
+        self.sign_ins[sign_in.sign_in_id] = (user_id, False)
+        self.refresh_tokens[sign_in.refresh_token_hash] = (sign_in.sign_in_id, False)
+
+    def _account(self, user_id: str) -> storage_pb2.Account:
+        user = self.users.get(user_id)
+        if user is None:
+            raise NotFound("no such user")
+        ended = [sid for sid, (owner, done) in self.sign_ins.items() if owner == user_id and done]
+        return storage_pb2.Account(user=user, role=self.roles.get(user_id, "student"), ended_sign_in_ids=ended)
+
+    async def GetAccount(
+        self, request: storage_pb2.GetAccountRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.Account:
+        return self._account(caller_user_id(context))
+
+    async def CreateSignIn(
+        self, request: storage_pb2.CreateSignInRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.CreateSignInResponse:
+        self._start(caller_user_id(context), request.sign_in)
+        return storage_pb2.CreateSignInResponse()
+
+    async def RotateRefreshToken(
+        self, request: storage_pb2.RotateRefreshTokenRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.RotateRefreshTokenResponse:
+        user_id = caller_user_id(context)
+        sign_in_id, used = self.refresh_tokens.get(request.refresh_token_hash, ("", False))
+        owner, ended = self.sign_ins.get(sign_in_id, ("", False))
+        reply = storage_pb2.RotateRefreshTokenResponse(sign_in_id=sign_in_id)
+        if owner != user_id:
+            reply.outcome = storage_pb2.REFRESH_OUTCOME_UNKNOWN
+        elif ended:
+            reply.outcome = storage_pb2.REFRESH_OUTCOME_ENDED
+        elif used:
+            self.sign_ins[sign_in_id] = (owner, True)
+            reply.outcome = storage_pb2.REFRESH_OUTCOME_REUSED
+        else:
+            self.refresh_tokens[request.refresh_token_hash] = (sign_in_id, True)
+            self.refresh_tokens[request.new_refresh_token_hash] = (sign_in_id, False)
+            reply.outcome = storage_pb2.REFRESH_OUTCOME_ROTATED
+            reply.account.CopyFrom(self._account(user_id))
+        return reply
+
+    async def EndSignIn(
+        self, request: storage_pb2.EndSignInRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.EndSignInResponse:
+        sign_in_id, _ = self.refresh_tokens.get(request.refresh_token_hash, ("", False))
+        owner, _ = self.sign_ins.get(sign_in_id, ("", False))
+        if owner != caller_user_id(context):
+            return storage_pb2.EndSignInResponse()
+        self.sign_ins[sign_in_id] = (owner, True)
+        return storage_pb2.EndSignInResponse(sign_in_id=sign_in_id)
 
     async def GetUserByEmail(
         self, request: storage_pb2.GetUserByEmailRequest, context: grpc.aio.ServicerContext
@@ -68,7 +127,9 @@ class FakeStorage(storage_pb2_grpc.StorageServiceServicer):  # type: ignore[misc
         self.email_lookups += 1
         for user in self.users.values():
             if user.email == request.email:
-                return storage_pb2.UserCredentials(user=user, password_hash=self.hashes[user.user_id])
+                return storage_pb2.UserCredentials(
+                    user=user, password_hash=self.hashes[user.user_id], role=self.roles.get(user.user_id, "student")
+                )
         raise NotFound("no such user")
 
     async def GetUser(self, request: storage_pb2.GetUserRequest, context: grpc.aio.ServicerContext) -> storage_pb2.User:
