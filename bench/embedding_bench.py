@@ -30,8 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import psutil
+from studyassist.core.channels import create_channel
 from studyassist.core.testing import ServiceProcess, spawn_service
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
@@ -156,7 +156,7 @@ def p95(values: list[float]) -> float:
 async def service_round(address: str, texts: list[str], *, single_clients: bool) -> tuple[float, float]:
     """(texts/s with 32-text requests, texts/s with 32 concurrent one-text clients; 0 when skipped)."""
     half = len(texts) // 2 if single_clients else len(texts)
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with create_channel(address, default_timeout=600) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         batched = await embed_all(stub, texts[:half], 32, 3)
         single = await embed_all(stub, texts[half:], 1, 32) if single_clients else 0.0
@@ -165,7 +165,7 @@ async def service_round(address: str, texts: list[str], *, single_clients: bool)
 
 async def cache_latency(address: str, cached: list[str], samples: int) -> tuple[list[float], list[float]]:
     """Latencies (ms) of one-text Embed calls answered from the cache, and of an empty Info RPC."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with create_channel(address, default_timeout=600) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         requests = [embedding_pb2.EmbedRequest(texts=[t.encode()]) for t in cached]
         index = iter(range(10**9))

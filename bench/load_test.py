@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -70,6 +71,8 @@ class Mesh:
 def start_mesh() -> Iterator[Mesh]:
     ports = {name: free_port() for name in ("GATEWAY", "CHAT", "STORAGE", "EMBEDDING", "METRICS", "METRICS_HTTP")}
     data_dir = tempfile.mkdtemp(prefix="sa-load-")
+    # One mesh key for the launched services and this process, which asks metrics for its dashboard.
+    os.environ.setdefault("MESH_KEY", secrets.token_urlsafe(48))
     env = {
         **os.environ,
         **{f"{name}_PORT": str(port) for name, port in ports.items()},

@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from studyassist.core.config import CommonSettings, ConfigError, env_service_port, env_str
 from studyassist.core.embeddedpg import start_embedded_postgres
+from studyassist.core.identity import assertion_metadata, configure_mesh, service_subject
 from studyassist.core.localmodel import DEFAULT_START_TIMEOUT_S, env_model_dir, openai_server_answers
 from studyassist.core.logs import setup_logging
 from studyassist.core.supervision import POLL_S, Supervisor
@@ -141,7 +142,12 @@ def chat_llm(address: str) -> tuple[bool, str]:
 
     with grpc.insecure_channel(address) as channel:
         try:
-            status = chat_pb2_grpc.ChatServiceStub(channel).GetChatStatus(chat_pb2.GetChatStatusRequest(), timeout=5.0)
+            # Chat verifies every caller: the launcher signs with the mesh key its children share.
+            status = chat_pb2_grpc.ChatServiceStub(channel).GetChatStatus(
+                chat_pb2.GetChatStatusRequest(),
+                metadata=assertion_metadata(service_subject("launcher"), "chat"),
+                timeout=5.0,
+            )
         except grpc.RpcError:
             return False, ""
     return bool(status.llm_available), str(status.llm_base_url)
@@ -215,6 +221,12 @@ def main() -> int:
     found_redis = redis_answers(redis_url)
     found_llm = model_dir is None and llm_answers(llm_base_url)
     common.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # The key the services share (DATA_DIR/mesh_key in development), made before they start.
+        configure_mesh(os.environ, common, "launcher")
+    except ConfigError as exc:
+        print(f"launcher: configuration error: {exc}", file=sys.stderr)
+        return 2
     with contextlib.ExitStack() as stack:
         try:
             database_url = stack.enter_context(database(common.data_dir))

@@ -283,7 +283,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         embed_task: asyncio.Future[list[float] | None] | None = None
         lookup_task: asyncio.Future[tuple[str, chat_pb2.ChatResponse | None]] | None = None
         if not greeting:
-            embed_task = asyncio.ensure_future(self._embed(question, within))
+            embed_task = asyncio.ensure_future(self._embed(question, metadata, within))
             lookup_task = asyncio.ensure_future(
                 self._lookup(user_id, agent, question, request.file_ids, metadata, within, history_task)
             )
@@ -599,11 +599,15 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         key = cache_key(user_id, agent.agent_id, question, file_ids, version, self.llm.backend_name)
         return key, await self.cache.get(key)
 
-    async def _embed(self, question: str, within: Callable[[float], float]) -> list[float] | None:
+    async def _embed(
+        self, question: str, metadata: tuple[tuple[str, str], ...], within: Callable[[float], float]
+    ) -> list[float] | None:
         """The question's embedding; None (full-text search only) when the embedding service fails."""
         try:
             response = await self.embedding.Embed(
-                embedding_pb2.EmbedRequest(texts=[question.encode()]), timeout=within(EMBED_TIMEOUT_S)
+                embedding_pb2.EmbedRequest(texts=[question.encode()]),
+                metadata=metadata,
+                timeout=within(EMBED_TIMEOUT_S),
             )
         except grpc.aio.AioRpcError as exc:
             log.warning("embedding failed, searching full text only", extra={"fields": {"code": exc.code().name}})
@@ -667,7 +671,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         translated = " ".join(text.split())[:MAX_MESSAGE_CHARS]
         if not translated or translated.casefold() == question.casefold():
             return hits
-        embedding = await self._embed(translated, within)
+        embedding = await self._embed(translated, metadata, within)
         try:
             more = await self._search(translated, embedding, top_k, file_ids, metadata, within)
         except InvalidArgument:  # the model's output held no word to search by

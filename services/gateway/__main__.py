@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -18,6 +19,7 @@ import uvicorn
 import uvloop
 from studyassist.core.bootstrap import freeze_startup_objects
 from studyassist.core.config import CommonSettings, ConfigError
+from studyassist.core.identity import configure_mesh
 from studyassist.core.logs import setup_logging
 from studyassist.core.telemetry import resolve_endpoint, setup_telemetry
 
@@ -67,6 +69,8 @@ def main() -> None:
         common = CommonSettings.from_env()
         settings = Settings.from_env()
         jwt_secret = resolve_jwt_secret(settings, common)
+        # The key its calls to the backends are signed with (studyassist.core.identity).
+        configure_mesh(os.environ, common, "gateway")
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

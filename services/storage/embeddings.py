@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from studyassist.core.channels import create_channel
+from studyassist.core.channels import create_channel, user_metadata
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
 SERVICE = "studyassist.embedding.v1.EmbeddingService"
@@ -36,13 +36,18 @@ class EmbeddingClient:
             self._info = ModelInfo(reply.model_id, reply.dimension, reply.max_tokens)
         return self._info
 
-    async def embed(self, texts: list[str], *, deadline_s: float | None = None) -> tuple[np.ndarray, str]:
+    async def embed(
+        self, texts: list[str], *, deadline_s: float | None = None, user_id: str | None = None
+    ) -> tuple[np.ndarray, str]:
         """A (len(texts), dimension) float32 array and the model id that produced it.
 
-        ``deadline_s`` bounds this call (the channel's default otherwise).
+        ``deadline_s`` bounds this call (the channel's default otherwise). ``user_id``: the user the
+        call acts for (a search); without one it acts for storage itself (ingestion).
         """
         reply = await self.stub.Embed(
-            embedding_pb2.EmbedRequest(texts=[t.encode("utf-8") for t in texts]), timeout=deadline_s
+            embedding_pb2.EmbedRequest(texts=[t.encode("utf-8") for t in texts]),
+            timeout=deadline_s,
+            metadata=user_metadata(user_id) if user_id else None,
         )
         if len(reply.embeddings) != len(texts):
             raise EmbeddingError(f"asked for {len(texts)} embeddings, got {len(reply.embeddings)}")

@@ -23,6 +23,11 @@ from storage.termindex import Reindexer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
+# Account methods only the gateway may call (the sign-in reads the password hash); any other service
+# holding the mesh key is refused them (PERMISSION_DENIED). A new account method belongs here.
+GATEWAY_ONLY = frozenset(
+    {"CreateUser", "GetUserByEmail", "GetAccount", "CreateSignIn", "RotateRefreshToken", "EndSignIn"}
+)
 
 
 async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry) -> tuple[Server, int]:
@@ -75,7 +80,14 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
         )
         server, port = create_server(
             f"{common.bind_host}:{settings.port}",
-            [ServiceSpec(SERVICE_NAME, servicer, storage_pb2_grpc.add_StorageServiceServicer_to_server)],
+            [
+                ServiceSpec(
+                    SERVICE_NAME,
+                    servicer,
+                    storage_pb2_grpc.add_StorageServiceServicer_to_server,
+                    gateway_only=GATEWAY_ONLY,
+                )
+            ],
             meter=telemetry.meter,
             tracer=telemetry.tracer,
         )

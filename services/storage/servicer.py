@@ -559,7 +559,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         if remaining is not None:
             timeout = min(timeout, remaining * 0.5)
         try:
-            vectors, _ = await self.embeddings.embed([query], deadline_s=timeout)
+            # For the caller, not for storage: the query is the student's own (studyassist.core.identity).
+            vectors, _ = await self.embeddings.embed([query], deadline_s=timeout, user_id=str(caller(context)))
         except (grpc.aio.AioRpcError, EmbeddingError) as exc:
             self._embed_retry_at = time.monotonic() + QUERY_EMBED_BACKOFF_S
             reason = f"{exc.code().name} {exc.details() or ''}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)

@@ -210,7 +210,8 @@ async def test_bad_requests_get_clear_errors(
         assert caught.value.code() == code, request
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await chat.Chat(chat_pb2.ChatRequest(message="What is a stack?"), timeout=30)
-    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # No user named: the call carries the caller's own service identity, and a chat is a user's.
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
     # Another user's session: NOT_FOUND, streaming or not.
     mine = await chat.Chat(chat_pb2.ChatRequest(message="What is a stack?"), metadata=user_metadata(user), timeout=30)

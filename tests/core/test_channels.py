@@ -14,6 +14,7 @@ import grpc
 import pytest
 from studyassist.core.channels import create_channel, stream_unary_response
 from studyassist.core.errors import InvalidArgument, Unavailable
+from studyassist.core.identity import assertion_metadata, service_subject
 from studyassist.core.server import ServiceSpec, create_server
 from studyassist.core.testing import StandInServicer, stand_in_server
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
@@ -183,13 +184,15 @@ async def test_a_write_failing_as_the_server_ends_the_call_keeps_the_servers_sta
                 call.overwritten = True  # type: ignore[attr-defined]
                 call._cython_call.set_internal_error("Failed execute_batch")  # type: ignore[attr-defined]
 
-        plain = stub.UploadFile(one_chunk_then_wait())
+        # A plain channel mints no caller assertion: the call carries one made here.
+        signed = assertion_metadata(service_subject("test"), "storage")
+        plain = stub.UploadFile(one_chunk_then_wait(), metadata=signed)
         plain.add_done_callback(late_write_failure)
         with pytest.raises(grpc.aio.AioRpcError) as overwritten:
             await plain
         assert overwritten.value.code() == grpc.StatusCode.INTERNAL  # what the caller saw before
 
-        call = stub.UploadFile(one_chunk_then_wait())
+        call = stub.UploadFile(one_chunk_then_wait(), metadata=signed)
         kept_status = asyncio.ensure_future(stream_unary_response(call))
         await asyncio.sleep(0)  # the helper is watching the call before the overwrite is arranged
         call.add_done_callback(late_write_failure)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import urlsplit, urlunsplit
 
-import grpc
 import numpy as np
 import redis.asyncio as aioredis
 from embedding.model import SentenceEncoder
+from studyassist.core.channels import create_channel
 from studyassist.core.testing import TcpProxy, serving
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
@@ -18,7 +18,7 @@ SOME = TEXTS[:3]
 
 
 async def embed_and_stats(address: str) -> tuple[np.ndarray, embedding_pb2.StatsResponse]:  # type: ignore[type-arg]
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with create_channel(address, default_timeout=120) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         response = await stub.Embed(embedding_pb2.EmbedRequest(texts=[t.encode() for t in SOME]))
         stats = await stub.Stats(embedding_pb2.StatsRequest())

@@ -10,6 +10,7 @@ import pytest
 from embedding.batcher import cut_by_padded_tokens
 from embedding.model import SentenceEncoder
 from sentence_transformers import SentenceTransformer
+from studyassist.core.channels import create_channel
 from studyassist.core.testing import serving
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
@@ -26,7 +27,7 @@ async def test_vectors_match_sentence_transformers_one_by_one_and_batched(
     expected = reference_model.encode(TEXTS, normalize_embeddings=True)
     # A long wait makes the concurrent callers below share forward passes.
     build = builder(encoder, max_wait_ms=50.0, cache_entries=0)
-    async with serving(build) as address, grpc.aio.insecure_channel(address) as channel:
+    async with serving(build) as address, create_channel(address, default_timeout=120) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         one_by_one = [vectors(await stub.Embed(embedding_pb2.EmbedRequest(texts=[t.encode()]))) for t in TEXTS]
         before = await stub.Stats(embedding_pb2.StatsRequest())
@@ -45,7 +46,7 @@ async def test_vectors_match_sentence_transformers_one_by_one_and_batched(
 async def test_truncation_is_flagged_per_text_and_duplicates_answer_in_order(encoder: SentenceEncoder) -> None:
     long = "Kiến trúc máy tính và hệ điều hành. " * 200
     texts = ["short text", long, "short text"]
-    async with serving(builder(encoder)) as address, grpc.aio.insecure_channel(address) as channel:
+    async with serving(builder(encoder)) as address, create_channel(address, default_timeout=120) as channel:
         response = await embedding_pb2_grpc.EmbeddingServiceStub(channel).Embed(
             embedding_pb2.EmbedRequest(texts=[t.encode() for t in texts])
         )
@@ -70,7 +71,7 @@ async def test_bad_input_is_invalid_argument_with_reason(
     encoder: SentenceEncoder, texts: list[bytes], reason: str
 ) -> None:
     build = builder(encoder, max_texts=8, max_text_bytes=1024)
-    async with serving(build) as address, grpc.aio.insecure_channel(address) as channel:
+    async with serving(build) as address, create_channel(address, default_timeout=120) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.Embed(embedding_pb2.EmbedRequest(texts=texts))

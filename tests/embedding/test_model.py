@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import torch
@@ -15,6 +14,7 @@ from embedding.model import SentenceEncoder, packaged_model_dir, resolve_device,
 from embedding.server import assemble
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from studyassist.core.bootstrap import StartupError
+from studyassist.core.channels import create_channel
 from studyassist.core.config import ConfigError
 from studyassist.core.server import Server
 from studyassist.core.telemetry import setup_telemetry
@@ -146,7 +146,7 @@ async def test_metrics_report_batches_queue_and_cache(encoder: SentenceEncoder) 
         return assemble(encoder, settings(), redis_url="", meter=telemetry.meter, tracer=telemetry.tracer)
 
     try:
-        async with serving(build) as address, grpc.aio.insecure_channel(address) as channel:
+        async with serving(build) as address, create_channel(address, default_timeout=120) as channel:
             stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
             request = embedding_pb2.EmbedRequest(texts=[b"mot", b"hai", b"ba"])
             await stub.Embed(request)

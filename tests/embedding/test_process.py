@@ -6,9 +6,9 @@ import os
 import subprocess
 import sys
 
-import grpc
 import numpy as np
 from sentence_transformers import SentenceTransformer
+from studyassist.core.channels import create_channel
 from studyassist.core.testing import ServiceProcess
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
@@ -18,7 +18,7 @@ from tests.embedding.conftest import TEXTS
 async def test_process_serves_vectors_equal_to_sentence_transformers(
     embedding_service: ServiceProcess, reference_model: SentenceTransformer
 ) -> None:
-    async with grpc.aio.insecure_channel(embedding_service.address) as channel:
+    async with create_channel(embedding_service.address, default_timeout=120) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         response = await stub.Embed(embedding_pb2.EmbedRequest(texts=[t.encode() for t in TEXTS]), timeout=60)
         info = await stub.Info(embedding_pb2.InfoRequest(), timeout=10)

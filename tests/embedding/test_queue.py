@@ -21,6 +21,7 @@ from embedding.model import SentenceEncoder
 from embedding.server import SERVICE_NAME
 from embedding.servicer import EmbeddingServicer
 from studyassist.core.cache import LruTtlCache, TwoLayerCache
+from studyassist.core.channels import create_channel
 from studyassist.core.server import Server, ServiceSpec, create_server
 from studyassist.core.testing import serving
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
@@ -60,7 +61,7 @@ async def gated_service(
         return server, port
 
     try:
-        async with serving(build) as address, grpc.aio.insecure_channel(address) as channel:
+        async with serving(build) as address, create_channel(address, default_timeout=120) as channel:
             yield embedding_pb2_grpc.EmbeddingServiceStub(channel), model
     finally:
         model.release.set()

@@ -212,7 +212,7 @@ async def kill_9_during_uploads_and_ingestion(
     blob_dir = tmp_path / "blobs"
     db = await asyncpg.connect(database_url)
     cleanup.push_async_callback(db.close)
-    upstream = grpc.aio.insecure_channel(embedding_service.address)
+    upstream = create_channel(embedding_service.address, default_timeout=120)
     cleanup.push_async_callback(upstream.close, None)
     gate = EmbeddingGate(upstream)
     gate_server = grpc.aio.server()

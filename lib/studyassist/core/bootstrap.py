@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -15,6 +16,7 @@ from typing import TypeVar
 import uvloop
 
 from studyassist.core.config import CommonSettings, ConfigError
+from studyassist.core.identity import configure_mesh
 from studyassist.core.logs import setup_logging
 from studyassist.core.server import Server, run
 from studyassist.core.telemetry import Telemetry, resolve_endpoint, setup_telemetry
@@ -38,6 +40,8 @@ def run_service(
     try:
         common = CommonSettings.from_env()
         settings = load_settings()
+        # Before the server is built: it verifies callers with this key, and its clients mint with it.
+        configure_mesh(os.environ, common, name)
     except ConfigError as exc:
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -13,11 +13,18 @@ from typing import Any, TypeVar
 import grpc
 from opentelemetry import propagate
 
-from studyassist.core.errors import Unauthenticated
+from studyassist.core.identity import (
+    MESH_ASSERTION_HEADER,
+    USER_ID_HEADER,
+    audience_of,
+    caller_user_id,
+    current_mesh,
+    service_subject,
+)
 from studyassist.core.logs import REQUEST_ID_HEADER, request_id_var
 from studyassist.core.server import MAX_MESSAGE_BYTES
 
-USER_ID_HEADER = "x-user-id"
+__all__ = ["USER_ID_HEADER", "caller_user_id", "create_channel", "stream_unary_response", "user_metadata"]
 
 ResponseT = TypeVar("ResponseT")
 ValueT = TypeVar("ValueT")
@@ -35,6 +42,7 @@ CORE_WRITE_FAILURE = "Internal error from Core"
 
 def _with_context(details: grpc.aio.ClientCallDetails, default_timeout: float) -> grpc.aio.ClientCallDetails:
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    _assert_caller(metadata, details.method)
     request_id = request_id_var.get()
     if request_id and REQUEST_ID_HEADER not in metadata:
         metadata.add(REQUEST_ID_HEADER, request_id)
@@ -44,6 +52,23 @@ def _with_context(details: grpc.aio.ClientCallDetails, default_timeout: float) -
         metadata.add(key, value)
     timeout = details.timeout if details.timeout is not None else default_timeout
     return grpc.aio.ClientCallDetails(details.method, timeout, metadata, details.credentials, details.wait_for_ready)
+
+
+def _assert_caller(metadata: grpc.aio.Metadata, method: str | bytes) -> None:
+    """Replace user_metadata()'s request with a signed assertion for the service called: for that
+    user, or for this service itself when the call names none. An assertion already there (a test
+    sending a forged one, say) is left as it is."""
+    user_id = metadata.get(USER_ID_HEADER)
+    if USER_ID_HEADER in metadata:
+        del metadata[USER_ID_HEADER]
+    if MESH_ASSERTION_HEADER in metadata:
+        return
+    audience = audience_of(method.decode() if isinstance(method, bytes) else method)
+    if audience is None:
+        return
+    mesh = current_mesh()
+    subject = user_id if isinstance(user_id, str) and user_id else service_subject(mesh.issuer)
+    metadata.add(MESH_ASSERTION_HEADER, mesh.mint(subject, audience))
 
 
 # grpc.aio files an interceptor under the first of the four call shapes it implements (an elif
@@ -99,7 +124,7 @@ def create_channel(
     default_timeout: float = 10.0,
     idempotent: Iterable[tuple[str, str]] = (),
 ) -> grpc.aio.Channel:
-    """An insecure channel (the mesh runs inside one trust boundary; mTLS belongs to the platform)."""
+    """An insecure channel whose calls carry a signed caller assertion (studyassist.core.identity)."""
     options = [
         ("grpc.service_config", retry_service_config(idempotent)),
         ("grpc.enable_retries", 1),
@@ -118,16 +143,10 @@ def create_channel(
 
 
 def user_metadata(user_id: str) -> tuple[tuple[str, str], ...]:
-    """Call metadata naming the user a call acts for (set only after the gateway verified them)."""
+    """Call metadata for a call acting for ``user_id`` (the gateway verified them, or the call being
+    served acts for them). A channel from :func:`create_channel` turns it into a signed assertion
+    for the service called; sent any other way it names nobody."""
     return ((USER_ID_HEADER, user_id),)
-
-
-def caller_user_id(context: grpc.aio.ServicerContext) -> str:
-    """The user id a call acts for; UNAUTHENTICATED when missing."""
-    for key, value in context.invocation_metadata() or ():
-        if key == USER_ID_HEADER and isinstance(value, str) and value:
-            return value
-    raise Unauthenticated("no user in call metadata")
 
 
 def _finished(step: Coroutine[Any, Any, ValueT]) -> ValueT:

@@ -1,9 +1,10 @@
 """Building a gRPC server (kept apart from running it, so tests start real servers on port 0).
 
 ``create_server(address, services)`` returns ``(server, port)``: a :class:`Server` with health
-checking, server reflection and the interceptor that maps domain errors to status codes, times
-every call and continues the caller's trace. ``run(server)`` serves until SIGTERM/SIGINT, then
-drains: health goes NOT_SERVING at once, in-flight calls get the grace period.
+checking, server reflection and the interceptor that verifies the caller's assertion, maps domain
+errors to status codes, times every call and continues the caller's trace. ``run(server)`` serves
+until SIGTERM/SIGINT, then drains: health goes NOT_SERVING at once, in-flight calls get the grace
+period.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import metrics, propagate, trace
 
 from studyassist.core.errors import SERVER_FAULTS, StudyAssistError
+from studyassist.core.identity import EXEMPT_PREFIXES, Mesh, audience_of, caller_var, current_mesh, verify_call
 from studyassist.core.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class ServiceSpec:
     name: str
     servicer: object
     add: Callable[[Any, grpc.aio.Server], None]
+    # Methods (short names) only the gateway may call: accounts, password hashes.
+    gateway_only: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -76,9 +80,28 @@ def _method_parts(full_method: str) -> tuple[str, str]:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Maps domain errors to status codes, times each call, carries request id and trace."""
+    """Verifies the caller, maps domain errors to status codes, times each call, carries request id
+    and trace.
 
-    def __init__(self, meter: metrics.Meter, tracer: trace.Tracer) -> None:
+    Every call but the exempt ones (health, reflection, telemetry) must carry a caller assertion
+    signed with the mesh key, for one of this server's services (``audiences``), not expired; the
+    identity it names is what ``caller_user_id`` returns while the call runs. Missing, forged,
+    expired or for another service: UNAUTHENTICATED; a gateway-only method from another service:
+    PERMISSION_DENIED.
+    """
+
+    def __init__(
+        self,
+        meter: metrics.Meter,
+        tracer: trace.Tracer,
+        *,
+        mesh: Mesh,
+        audiences: frozenset[str],
+        gateway_only: frozenset[str] = frozenset(),
+    ) -> None:
+        self._mesh = mesh
+        self._audiences = audiences
+        self._gateway_only = gateway_only
         self._duration = meter.create_histogram(
             "rpc.server.duration", unit="ms", description="Server-side duration of gRPC calls"
         )
@@ -93,7 +116,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         full_method = handler_call_details.method
-        if full_method.startswith(("/grpc.health.", "/grpc.reflection.")):
+        if full_method.startswith(EXEMPT_PREFIXES):
             return handler
         return self._wrap(handler, full_method)
 
@@ -101,6 +124,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         service, method = _method_parts(full_method)
         attributes = {"rpc.service": service, "rpc.method": method}
         interceptor = self
+        gateway_only = full_method in self._gateway_only
+
+        def admit(context: grpc.aio.ServicerContext) -> None:
+            # Set (or cleared) on every call, inside the call's own task: nothing carries over.
+            caller_var.set(None)
+            identity = verify_call(
+                context.invocation_metadata(), interceptor._mesh, interceptor._audiences, gateway_only=gateway_only
+            )
+            caller_var.set(identity)
 
         def begin(context: grpc.aio.ServicerContext) -> tuple[Any, float]:
             metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
@@ -148,6 +180,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 span, started = begin(context)
                 error: BaseException | None = None
                 try:
+                    admit(context)
                     with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
                         return await inner_unary(request, context)
                 except grpc.aio.AbortError:
@@ -175,6 +208,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             span, started = begin(context)
             error: BaseException | None = None
             try:
+                admit(context)
                 with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
                     async for response in inner_stream(request, context):
                         yield response
@@ -206,9 +240,19 @@ def create_server(
     tracer: trace.Tracer | None = None,
     max_concurrent_rpcs: int | None = None,
 ) -> tuple[Server, int]:
-    """Build (not start) a server on ``address`` ("127.0.0.1:0" picks a free port)."""
+    """Build (not start) a server on ``address`` ("127.0.0.1:0" picks a free port).
+
+    Its calls are for the services its specs name (``studyassist.storage.v1.StorageService``:
+    "storage"): the audience a caller assertion must carry.
+    """
+    audiences = frozenset(a for spec in services if (a := audience_of(spec.name)) is not None)
+    gateway_only = frozenset(f"/{spec.name}/{method}" for spec in services for method in spec.gateway_only)
     interceptor = ServerInterceptor(
-        meter or metrics.get_meter("studyassist.server"), tracer or trace.get_tracer("studyassist.server")
+        meter or metrics.get_meter("studyassist.server"),
+        tracer or trace.get_tracer("studyassist.server"),
+        mesh=current_mesh(),
+        audiences=audiences,
+        gateway_only=gateway_only,
     )
     grpc_server = grpc.aio.server(
         interceptors=[interceptor],

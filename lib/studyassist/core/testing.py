@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -32,6 +33,10 @@ from studyassist.core.server import Server, ServiceSpec, create_server
 from studyassist.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# One mesh key for the test session: every service a test spawns inherits it (spawn_service passes
+# our environment on), and the test process and the servers it builds in-process read it
+# (studyassist.core.identity), so user_metadata() keeps producing assertions every backend accepts.
+os.environ.setdefault("MESH_KEY", secrets.token_urlsafe(48))
 # Debian's Chromium, never a downloaded build, with the flags the browser tests and the web benchmark share.
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
