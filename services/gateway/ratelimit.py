@@ -1,24 +1,22 @@
-"""Token-bucket rate limits per user and per client IP.
+"""Rate limits per user and per client IP: at most N requests in any minute.
 
-With Redis the buckets are shared by every gateway replica (one Lua script, atomic, Redis's own
-clock); without it, or while Redis is failing, each replica keeps local buckets, so the limit is
-per replica rather than missing. An empty bucket answers 429 with ``Retry-After``.
-
-A replica takes a few tokens from a shared bucket at once (a lease: ``lease_size``, a sixtieth of
-the bucket, at most 16, kept at most ``LEASE_S``) and spends them locally, so a busy user or
-address costs one Redis round trip per lease instead of one per request (two per API request,
-address and user, before). The shared limit still holds exactly: leased tokens are gone from the
-bucket; tokens a replica leased but did not spend in time are lost, which only makes the limit a
-little stricter. Small buckets (under 120 a minute) lease one token at a time, as before. A refusal
-is remembered until its Retry-After (spending elsewhere only empties a bucket further), so a client
-hammering past its limit costs no round trips either.
+With Redis the limit is shared by every gateway replica and exact under concurrency: a moving
+window, one sorted set per key holding the admission time of each request of the last minute, read
+and written by one Lua script (atomic, on Redis's own clock), so no two replicas can both take the
+last place. A refusal says when the oldest admission leaves the window (``Retry-After``); it is
+remembered here until then, which is exact too (admissions only leave the window with time), so a
+client hammering past its limit costs no round trips. Without Redis, or while Redis is failing,
+each replica keeps local token buckets (a minute's worth, refilled continuously), so the limit is
+per replica rather than missing. Over the limit: 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import OrderedDict
+from itertools import count
 from typing import Any
 
 import grpc
@@ -27,27 +25,22 @@ from studyassist.core.cache import REDIS_ERRORS, RedisBackoff
 
 from gateway.responses import HttpError
 
-_TOKEN_BUCKET_LUA = """
-local capacity = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local wanted = tonumber(ARGV[3]) or 1
+WINDOW_S = 60
+# KEYS[1]: the key's sorted set. ARGV: the limit, the window (microseconds), a member unique to this
+# request. Returns {1, 0} when admitted, else {0, seconds until a place frees up}.
+_MOVING_WINDOW_LUA = """
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
 local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or capacity
-local ts = tonumber(state[2]) or now
-tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
-local allowed = 0
-local retry = 0
-if tokens >= 1 then
-  allowed = math.min(math.floor(tokens), wanted)
-  tokens = tokens - allowed
-else
-  retry = (1 - tokens) / rate
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+  return {1, '0'}
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 1)
-return {allowed, tostring(retry)}
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tostring((tonumber(oldest[2]) + window - now) / 1000000)}
 """
 
 
@@ -73,16 +66,8 @@ class LocalBuckets:
         return wait
 
 
-# Seconds a replica may keep tokens it leased from a shared bucket before they are forgotten.
-LEASE_S = 1.0
-MAX_LEASE = 16
-# Keys with a lease held at once; beyond it every lease is dropped (memory stays bounded).
-MAX_LEASED_KEYS = 100_000
-
-
-def lease_size(per_minute: int) -> int:
-    """Tokens taken from a shared bucket per Redis round trip: a sixtieth of it, 1 to MAX_LEASE."""
-    return max(1, min(MAX_LEASE, per_minute // 60))
+# Keys with a refusal remembered at once; beyond it all are forgotten (memory stays bounded).
+MAX_REFUSED_KEYS = 100_000
 
 
 class RateLimiter:
@@ -93,43 +78,42 @@ class RateLimiter:
         self.per_ip = per_ip_per_minute
         self._redis = redis
         self._prefix = prefix
-        self._script: Any = redis.register_script(_TOKEN_BUCKET_LUA) if redis is not None else None
+        self._script: Any = redis.register_script(_MOVING_WINDOW_LUA) if redis is not None else None
         self._local = LocalBuckets()
         self._backoff = RedisBackoff("rate limits fall back to local buckets")
-        # key -> (tokens leased from the shared bucket and not spent yet, until when (monotonic));
-        # -1 tokens: the bucket refused, and cannot hold a whole token again before then.
-        self._leases: dict[str, tuple[int, float]] = {}
+        # key -> until when (monotonic) the shared window is full: no place frees up sooner.
+        self._refused: dict[str, float] = {}
+        # Members of the windows' sorted sets: this replica's random name and a running number.
+        self._replica = os.urandom(6).hex()
+        self._numbers = count()
 
     @property
     def backend(self) -> str:
         return "redis" if self._redis is not None else "local"
 
     async def _take(self, key: str, per_minute: int) -> float:
-        capacity, rate = float(per_minute), per_minute / 60.0
+        """0 when the request is admitted, else seconds until it could be."""
         if self._script is not None and self._backoff.ready():
             now = time.monotonic()
-            left, until = self._leases.get(key, (0, 0.0))
+            until = self._refused.get(key, 0.0)
             if until > now:
-                if left > 0:
-                    self._leases[key] = (left - 1, until)
-                    return 0.0
-                if left < 0:  # refused until then: the bucket cannot hold a whole token sooner
-                    return until - now
+                return until - now
+            member = f"{self._replica}:{next(self._numbers)}"
             try:
-                granted, retry = await self._script(
-                    keys=[self._prefix + key], args=[capacity, rate, lease_size(per_minute)]
+                admitted, retry = await self._script(
+                    keys=[self._prefix + key], args=[per_minute, WINDOW_S * 1_000_000, member]
                 )
             except REDIS_ERRORS as exc:
                 self._backoff.failed(exc)
             else:
-                granted, wait = int(granted), float(retry)
-                if granted > 1 or (granted <= 0 and wait > 0):
-                    if len(self._leases) >= MAX_LEASED_KEYS:
-                        self._leases.clear()
-                    now = time.monotonic()
-                    self._leases[key] = (granted - 1, now + LEASE_S) if granted > 1 else (-1, now + wait)
-                return 0.0 if granted > 0 else wait
-        return self._local.take(key, capacity, rate)
+                if int(admitted):
+                    return 0.0
+                wait = max(float(retry), 0.001)
+                if len(self._refused) >= MAX_REFUSED_KEYS:
+                    self._refused.clear()
+                self._refused[key] = time.monotonic() + wait
+                return wait
+        return self._local.take(key, float(per_minute), per_minute / 60.0)
 
     async def _check(self, key: str, per_minute: int) -> None:
         if per_minute <= 0:

@@ -28,7 +28,9 @@ async def test_rate_limit_per_user_answers_429_with_retry_after(
     assert codes == [200, 200, 200, 429]
     limited = await stack.client.get("/v1/sessions", headers=bearer(user["access"]))
     assert limited.json()["code"] == "RESOURCE_EXHAUSTED"
-    assert 1 <= int(limited.headers["retry-after"]) <= 20
+    # When a place frees up: a third of a minute for the local bucket, when the oldest of the three
+    # leaves the minute's window in Redis.
+    assert 1 <= int(limited.headers["retry-after"]) <= (60 if use_redis else 20)
     # Another user has their own bucket.
     other = await stack.register()
     assert (await stack.client.get("/v1/sessions", headers=bearer(other["access"]))).status_code == 200

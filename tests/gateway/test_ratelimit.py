@@ -1,22 +1,29 @@
-"""Shared rate limits lease a few tokens per Redis round trip, and the shared limit still holds."""
+"""Shared rate limits: a moving window in Redis admits exactly the limit, however the requests
+interleave across replicas, and a refusal is remembered until a place frees up."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import pytest
-from gateway.ratelimit import RateLimiter, lease_size
+from gateway.ratelimit import RateLimiter
 from gateway.responses import HttpError
 from studyassist.core.cache import connect_redis
 
 
-def test_lease_size() -> None:
-    assert [lease_size(n) for n in (1, 3, 119, 120, 300, 1200, 100_000)] == [1, 1, 1, 2, 5, 16, 16]
+async def admitted(limiter: RateLimiter, user: str) -> bool:
+    try:
+        await limiter.check_user(user)
+    except HttpError as exc:
+        assert exc.status == 429 and int(exc.headers["Retry-After"]) >= 1
+        return False
+    return True
 
 
-async def test_replicas_share_one_limit_with_fewer_round_trips(redis_url: str) -> None:
-    redis = connect_redis(redis_url)
+async def test_replicas_share_one_exact_limit_under_concurrency(redis_url: str) -> None:
+    redis = connect_redis(redis_url, timeout_s=5.0)
     assert redis is not None
     prefix = f"test:rl:{uuid.uuid4().hex}:"
     replicas = [RateLimiter(300, 0, redis, prefix=prefix) for _ in range(2)]
@@ -30,21 +37,28 @@ async def test_replicas_share_one_limit_with_fewer_round_trips(redis_url: str) -
             return await script(*args, **kwargs)
 
         limiter._script = counted
-    allowed = 0
-    for i in range(400):
-        try:
-            await replicas[i % 2].check_user("u1")
-            allowed += 1
-        except HttpError as exc:
-            assert exc.status == 429 and int(exc.headers["Retry-After"]) >= 1
-    # 300 in the bucket, a few more refilled meanwhile; a lease left unspent at the end is lost.
-    assert 300 - 2 * lease_size(300) <= allowed <= 310
-    assert calls <= allowed // 4 + 4  # one round trip per 5 allowed; a refusal is remembered until it ends
-    await redis.aclose()
+    try:
+        # 600 checks, 16 at a time, interleaved over both replicas: exactly the 300 of the window pass.
+        at_once = asyncio.Semaphore(16)
+
+        async def check(i: int) -> bool:
+            async with at_once:
+                return await admitted(replicas[i % 2], "u1")
+
+        outcomes = await asyncio.gather(*(check(i) for i in range(600)))
+        assert sum(outcomes) == 300
+        # Full: each replica remembers the refusal until a place frees up, without asking Redis.
+        before = calls
+        assert not any([await admitted(replicas[i % 2], "u1") for i in range(50)])
+        assert calls - before <= 2
+        # Another user has a window of their own.
+        assert await admitted(replicas[0], "u2")
+    finally:
+        await redis.aclose()
 
 
 @pytest.mark.parametrize("per_minute", [3, 60])
-async def test_small_limits_take_one_token_per_request(redis_url: str, per_minute: int) -> None:
+async def test_small_limits_admit_exactly_their_number(redis_url: str, per_minute: int) -> None:
     redis = connect_redis(redis_url)
     assert redis is not None
     limiter = RateLimiter(per_minute, 0, redis, prefix=f"test:rl:{uuid.uuid4().hex}:")
@@ -57,3 +71,9 @@ async def test_small_limits_take_one_token_per_request(redis_url: str, per_minut
             codes.append(exc.status)
     assert codes == [200] * per_minute + [429]
     await redis.aclose()
+
+
+async def test_without_redis_each_replica_keeps_local_buckets() -> None:
+    limiter = RateLimiter(5, 0, None)
+    assert limiter.backend == "local"
+    assert [await admitted(limiter, "u1") for _ in range(6)] == [True] * 5 + [False]

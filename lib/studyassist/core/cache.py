@@ -188,14 +188,23 @@ def _as_bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
+# Connections one client opens to Redis at most. A call beyond them waits for one to free up (within
+# the call's timeout) rather than failing at once: redis-py's default pool raises past 100, which
+# under a burst turned a healthy Redis into a "down" one for the whole back-off.
+MAX_REDIS_CONNECTIONS = 100
+
+
 def connect_redis(url: str, *, timeout_s: float = 0.25) -> aioredis.Redis | None:
     """A Redis client for ``url`` ("" = none). Connecting is lazy; failures surface as misses."""
     if not url:
         return None
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_REDIS_CONNECTIONS,
+        timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
         retry_on_timeout=False,
     )
+    return aioredis.Redis.from_pool(pool)
