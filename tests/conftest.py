@@ -27,21 +27,29 @@ def spawn_embedding(extra: dict[str, str] | None = None) -> ServiceProcess:
     return spawn_service("embedding", {"EMBEDDING_PORT": "0", "REDIS_URL": "", **(extra or {})})
 
 
+# The database of each storage service spawn_storage started, by its address (for what a test does
+# as an operator: `python -m storage.admin grant EMAIL` on it).
+STORAGE_DATABASES: dict[str, str] = {}
+
+
 def spawn_storage(
     postgres_url: str, embedding_addr: str, blob_dir: Path, extra: dict[str, str] | None = None
 ) -> ServiceProcess:
     """Storage with a database of its own."""
-    return spawn_service(
+    database_url = _create_database(postgres_url)
+    service = spawn_service(
         "storage",
         {
             "STORAGE_PORT": "0",
-            "DATABASE_URL": _create_database(postgres_url),
+            "DATABASE_URL": database_url,
             "EMBEDDING_ADDR": embedding_addr,
             "BLOB_DIR": str(blob_dir),
             "REDIS_URL": "",
             **(extra or {}),
         },
     )
+    STORAGE_DATABASES[service.address] = database_url
+    return service
 
 
 def spawn_chat(storage_addr: str, embedding_addr: str, extra: dict[str, str] | None = None) -> ServiceProcess:

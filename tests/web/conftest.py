@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 from studyassist.core.testing import CHROMIUM, CHROMIUM_ARGS, ServiceProcess, in_ci, spawn_service
 
-from tests.conftest import spawn_gateway
+from tests.conftest import STORAGE_DATABASES, spawn_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB_DIR = ROOT / "services" / "gateway" / "web"
-# The one administrator of the browser tests' gateway (ADMIN_EMAILS): everyone else is a student.
+# The one administrator of the browser tests' gateway: registered when the gateway starts and made
+# one by the operator's command (storage.admin); everyone else is a student. Its password is the
+# browser tests' PASSWORD.
 ADMIN_EMAIL = "quan-tri@stu.ptit.edu.vn"
+ADMIN_PASSWORD = "mat-khau-dai-1"
 
 
 def require_chromium() -> None:
@@ -66,8 +72,23 @@ def web_gateway(
         chat_service.address,
         storage_service.address,
         tmp_path_factory.mktemp("web-gateway"),
+        # Named, so development's "every user is an administrator" is off; the role is the account's.
         {"METRICS_ADDR": metrics_service.address, "ADMIN_EMAILS": ADMIN_EMAIL},
     )
+    registered = httpx.post(
+        f"http://{service.address}/v1/auth/register",
+        json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "display_name": "Quản trị"},
+        timeout=30,
+    )
+    assert registered.status_code == 201, registered.text
+    granted = subprocess.run(
+        [sys.executable, "-m", "storage.admin", "grant", ADMIN_EMAIL],
+        env={**os.environ, "DATABASE_URL": STORAGE_DATABASES[storage_service.address]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert granted.returncode == 0, granted.stderr
     yield service
     service.stop()
 

@@ -421,8 +421,12 @@ def test_dashboard_is_for_administrators(context: BrowserContext, page: Page) ->
     expect(page.get_by_test_id("dash-forbidden")).to_contain_text("Chỉ quản trị viên")
     page.get_by_test_id("logout").click()
 
-    # The administrator (ADMIN_EMAILS) sees the link; the real metrics service answers.
-    register(page, ADMIN_EMAIL)
+    # The administrator (granted by the operator's command, tests/web/conftest.py) sees the link;
+    # the real metrics service answers.
+    page.goto("/")
+    page.locator("input[name=email]").fill(ADMIN_EMAIL)
+    page.locator("input[name=password]").fill(PASSWORD)
+    page.locator("form button[type=submit]").click()
     with page.expect_response(lambda r: "/v1/metrics/dashboard" in r.url) as answer:
         page.get_by_role("link", name="Bảng theo dõi").click()
     assert answer.value.status == 200, answer.value.text()
