@@ -156,7 +156,7 @@ def _auth_paths() -> dict[str, Any]:
             "user_id": {"type": "string"},
             "email": {"type": "string"},
             "display_name": {"type": "string"},
-            "is_admin": {"type": "boolean", "description": "may open the admin-only routes (ADMIN_EMAILS)"},
+            "is_admin": {"type": "boolean", "description": "may open the admin-only routes (admin role)"},
         },
     }
     tokens = {
@@ -301,7 +301,7 @@ def build_openapi(routes: list[Route], *, admin_backends: frozenset[str] = froze
             ok = {"description": "ok", "content": {"application/json": {"schema": output}}}
         operation["responses"] = {"200": ok, **_error_responses()}
         if route.backend in admin_backends:
-            operation["description"] = "Administrators only (ADMIN_EMAILS); anyone else gets 403."
+            operation["description"] = "Administrators only (the admin role); anyone else gets 403."
             operation["responses"]["403"] = {
                 "description": "not an administrator",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
