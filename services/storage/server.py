@@ -7,7 +7,7 @@ import logging
 from studyassist.core.config import CommonSettings
 from studyassist.core.server import Server, ServiceSpec, create_server
 from studyassist.core.telemetry import Telemetry
-from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
+from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc, study_pb2, study_pb2_grpc
 
 from storage.accounts import bootstrap_admins
 from storage.blobs import BlobStore
@@ -18,11 +18,13 @@ from storage.ingest import Ingestor, IngestSettings
 from storage.ranking import Ranking
 from storage.readiness import DatabaseReadiness
 from storage.servicer import StorageServicer
+from storage.study import StudyServicer
 from storage.termindex import Reindexer
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
+STUDY_SERVICE_NAME = study_pb2.DESCRIPTOR.services_by_name["StudyService"].full_name
 # Account methods only the gateway may call (the sign-in reads the password hash); any other service
 # holding the mesh key is refused them (PERMISSION_DENIED). A new account method belongs here.
 GATEWAY_ONLY = frozenset(
@@ -86,7 +88,8 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
                     servicer,
                     storage_pb2_grpc.add_StorageServiceServicer_to_server,
                     gateway_only=GATEWAY_ONLY,
-                )
+                ),
+                ServiceSpec(STUDY_SERVICE_NAME, StudyServicer(db), study_pb2_grpc.add_StudyServiceServicer_to_server),
             ],
             meter=telemetry.meter,
             tracer=telemetry.tracer,
@@ -98,7 +101,11 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
     reindexer = Reindexer(db, storage_pb2.FILE_STATUS_READY)
     reindexer.start()
     readiness = DatabaseReadiness(
-        db.url, server.health, [SERVICE_NAME, ""], interval_s=settings.db_probe_interval_s, timeout_s=2.0
+        db.url,
+        server.health,
+        [SERVICE_NAME, STUDY_SERVICE_NAME, ""],
+        interval_s=settings.db_probe_interval_s,
+        timeout_s=2.0,
     )
     readiness.start()
 
