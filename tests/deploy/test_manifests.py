@@ -24,7 +24,8 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from studyassist.core.config import CommonSettings
+from studyassist.core.config import CommonSettings, ConfigError
+from studyassist.core.identity import resolve_mesh_key
 
 from deploy.render import Obj, RenderError, pod_spec, render
 from tests.deploy.conftest import OVERLAYS, REPO
@@ -399,6 +400,29 @@ def test_services_accept_their_settings(rendered: dict[str, list[Obj]], overlay:
         module.resolve_jwt_secret(settings, common)  # production refuses to start without one
     assert common.bind_host == "0.0.0.0"
     assert common.production == (overlay == "prod")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_service_verifies_callers_with_one_mesh_key(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    """MESH_KEY comes to every service from the Secret the JWT secret comes from, the same value for
+    all (a pod with another key would refuse every call); production refuses the committed example."""
+    objects = rendered[overlay]
+    sources = {}
+    for service in PORTS:
+        [ref] = [v["valueFrom"]["secretKeyRef"] for v in container(objects, service)["env"] if v["name"] == "MESH_KEY"]
+        sources[service] = (ref["name"], ref["key"])
+    [jwt] = [v["valueFrom"]["secretKeyRef"] for v in container(objects, "gateway")["env"] if v["name"] == "JWT_SECRET"]
+    assert set(sources.values()) == {(jwt["name"], "MESH_KEY")}
+    keys = {service: pod_environment(objects, service)["MESH_KEY"] for service in PORTS}
+    assert len(set(keys.values())) == 1
+    env = pod_environment(objects, "storage")
+    common = CommonSettings.from_env(env)
+    if common.production:  # the rendered prod Secret holds the example: refused, a real one taken
+        with pytest.raises(ConfigError, match="example value"):
+            resolve_mesh_key(env, common)
+        assert resolve_mesh_key({**env, "MESH_KEY": "f" * 8 + "0123456789abcdef" * 4}, common)
+    else:
+        assert resolve_mesh_key(env, common) == keys["storage"].encode()
 
 
 # ---------------------------------------------------------------- the checks can fail

@@ -43,6 +43,11 @@ DEFAULT_TTL_S = 60.0
 # Clocks of two pods may differ by a little; an assertion lives a minute, so a few seconds is safe.
 LEEWAY_S = 5.0
 KEY_FILE = "mesh_key"
+# The placeholders committed in deploy/k8s (the dev overlay's Secret, the prod secrets.env example):
+# production refuses them, as it refuses the example JWT secrets.
+EXAMPLE_KEYS = frozenset(
+    {"dev-only-mesh-key-not-a-secret-change-me-0123456789", "replace-with-another-output-of-openssl-rand-hex-32"}
+)
 # Methods no caller identity is asked for: probes and load balancers, the gateway's route discovery,
 # and telemetry (the OpenTelemetry SDK's exporters and a real Collector send none; they only push).
 EXEMPT_PREFIXES = ("/grpc.health.", "/grpc.reflection.", "/opentelemetry.proto.collector.")
@@ -125,6 +130,10 @@ def resolve_mesh_key(env: Environ, common: CommonSettings) -> bytes:
     if configured:
         if len(configured.encode()) < MIN_KEY_BYTES:
             raise ConfigError(f"MESH_KEY must be at least {MIN_KEY_BYTES} bytes")
+        if common.production and configured in EXAMPLE_KEYS:
+            raise ConfigError(
+                "MESH_KEY is an example value committed in deploy/; set a random one (openssl rand -hex 32)"
+            )
         return configured.encode()
     if common.production:
         raise ConfigError("MESH_KEY is required when ENVIRONMENT=production")
