@@ -49,20 +49,30 @@ class Sentence:
         return f"[{self.passage.index}]"
 
 
+def prose_sentences(text: str) -> list[str]:
+    """The prose sentences of one passage, in order; code, formulas and fragments left out."""
+    found: list[str] = []
+    for piece in _SENTENCE_BREAK.split(text):
+        sentence = piece.strip(" -*•\t")
+        if (
+            len(sentence) < MIN_SENTENCE_CHARS
+            or _CODE_HINT.search(sentence)
+            or sentence.startswith(("#", "$", "|", "```"))
+        ):
+            continue
+        if len(sentence) > MAX_SENTENCE_CHARS:
+            sentence = sentence[:MAX_SENTENCE_CHARS].rsplit(" ", 1)[0] + " …"
+        found.append(sentence)
+    return found
+
+
 def sentences_of(passages: Sequence[Passage]) -> list[Sentence]:
     """The prose sentences of the passages, in order; code, formulas and fragments left out."""
-    found: list[Sentence] = []
-    for passage in passages:
-        position = 0
-        for piece in _SENTENCE_BREAK.split(passage.hit.text):
-            text = piece.strip(" -*•\t")
-            if len(text) < MIN_SENTENCE_CHARS or _CODE_HINT.search(text) or text.startswith(("#", "$", "|", "```")):
-                continue
-            if len(text) > MAX_SENTENCE_CHARS:
-                text = text[:MAX_SENTENCE_CHARS].rsplit(" ", 1)[0] + " …"
-            found.append(Sentence(passage, position, text))
-            position += 1
-    return found
+    return [
+        Sentence(passage, position, text)
+        for passage in passages
+        for position, text in enumerate(prose_sentences(passage.hit.text))
+    ]
 
 
 def content_words(text: str) -> set[str]:

@@ -17,7 +17,7 @@ import logging
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
+from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc, decks_pb2, decks_pb2_grpc
 from studyassist.core.bootstrap import StartupError
 from studyassist.core.cache import LruTtlCache, TwoLayerCache, connect_redis
 from studyassist.core.channels import create_channel
@@ -31,10 +31,11 @@ from studyassist.core.localmodel import (
 from studyassist.core.server import Server, ServiceSpec, create_server
 from studyassist.core.telemetry import Telemetry
 from studyassist.embedding.v1 import embedding_pb2_grpc
-from studyassist.storage.v1 import storage_pb2_grpc
+from studyassist.storage.v1 import storage_pb2_grpc, study_pb2_grpc
 
 from chat.agents import AgentRegistry
 from chat.config import Settings
+from chat.decks import DeckServicer
 from chat.grounding import Grounding
 from chat.llm import LlmBackend
 from chat.responses import ResponseCache
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 STORAGE = "studyassist.storage.v1.StorageService"
 EMBEDDING = "studyassist.embedding.v1.EmbeddingService"
 CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+DECK_SERVICE = decks_pb2.DESCRIPTOR.services_by_name["DeckService"].full_name
 # Health entry saying whether the LLM answers (NOT_SERVING: extractive mode).
 LLM_HEALTH_SERVICE = f"{CHAT_SERVICE}/llm"
 # A task must end within the LLM's limit plus this (retrieval, saving, the extractive fallback).
@@ -174,7 +176,15 @@ async def _build(
                 CHAT_SERVICE,
                 servicer,
                 chat_pb2_grpc.add_ChatServiceServicer_to_server,
-            )
+            ),
+            ServiceSpec(
+                DECK_SERVICE,
+                DeckServicer(
+                    storage_pb2_grpc.StorageServiceStub(storage_channel),
+                    study_pb2_grpc.StudyServiceStub(storage_channel),
+                ),
+                decks_pb2_grpc.add_DeckServiceServicer_to_server,
+            ),
         ],
         meter=telemetry.meter,
         tracer=telemetry.tracer,

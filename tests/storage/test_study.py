@@ -4,7 +4,7 @@ bad input refused with a clear status and nothing written."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 import pytest
@@ -120,7 +120,7 @@ async def test_other_users_see_nothing(storage: StorageClient, study: study_pb2_
         .card_id
     )
     them = user_metadata(other)
-    calls = [
+    calls: list[Awaitable[object]] = [
         study.GetDeck(study_pb2.GetDeckRequest(deck_id=deck.deck_id), metadata=them),
         study.ListCards(study_pb2.ListCardsRequest(deck_id=deck.deck_id), metadata=them),
         study.DeleteDeck(study_pb2.DeleteDeckRequest(deck_id=deck.deck_id), metadata=them),
