@@ -438,6 +438,8 @@ class AuthRoutes:
                 credentials, stored_hash = None, self._dummy_hash
             valid = await self._work.compute(lambda: self._verify(stored_hash, password))
         if credentials is None or not valid or not credentials.user.active:
+            if self._backoff is not None:
+                await self._backoff.failed(email, address)
             raise _unauthenticated("invalid email or password", "INVALID_CREDENTIALS")
         if self._backoff is not None:
             await self._backoff.succeeded(email, address)

@@ -2,10 +2,10 @@
 from one address.
 
 An audit sent 240 wrong passwords to one account, 200 of them at once: every one got 401, none
-429. Each sign-in attempt is now counted *before* its password is checked (so a parallel burst is
-counted as it arrives, not after its hashes finish); after ``free`` attempts a key makes the next
-one wait 1 s, then 2, 4, 8 ... up to its cap, answered 429 with Retry-After and no hash computed.
-A successful sign-in clears the account's counters.
+429. Each sign-in attempt on an account is now counted *before* its password is checked (so a
+parallel burst is counted as it arrives, not after its hashes finish); after ``free`` attempts a key
+makes the next one wait 1 s, then 2, 4, 8 ... up to its cap, answered 429 with Retry-After and no
+hash computed. A successful sign-in clears the account's counters.
 
 Three keys, so that an attacker cannot lock a student out for long:
 - the account from one address (``pair``): the guesser's own address is slowed up to
@@ -14,7 +14,8 @@ Three keys, so that an attacker cannot lock a student out for long:
   only up to ``account_max_backoff_s`` (60 s): the student, from their own address, waits at most
   that long whatever an attacker does;
 - the address over every account (``ip``): against one address trying many accounts, with many
-  more free attempts (a university's students share a few NAT addresses).
+  more free attempts, and counting failed attempts only: a university's students share a few NAT
+  addresses, and a class signing in at once from one must not be refused.
 
 Counters live in Redis (one Lua script per attempt, atomic, Redis's clock), shared by every
 gateway replica; with no Redis, or while it fails (a timeout of a quarter second, then left alone
@@ -40,23 +41,28 @@ WINDOW_S = 3600
 # The first wait; each further attempt doubles it.
 BASE_S = 1.0
 
-# KEYS: the counters. ARGV: window, base, then (free, cap) per key. Refuses (returns the wait, no
-# count) while any key is waiting; else counts the attempt on every key and sets when each allows
-# the next one. Returns "0" when admitted.
+# KEYS: the keys, the first ARGV[3] of them counted. ARGV: window, base, that number, whether to
+# check every key first (1) or only count (0), then (free, cap) per counted key. Refuses (returns the
+# wait, counts nothing) while a checked key is waiting; else counts the attempt and sets when each
+# counted key allows the next one. "0": admitted.
 _ADMIT_LUA = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local window = tonumber(ARGV[1])
 local base = tonumber(ARGV[2])
+local counted = tonumber(ARGV[3])
 local wait = 0
-for i, key in ipairs(KEYS) do
-  local at = tonumber(redis.call('HGET', key, 'until') or '0') or 0
-  if at - now > wait then wait = at - now end
+if ARGV[4] == '1' then
+  for i, key in ipairs(KEYS) do
+    local at = tonumber(redis.call('HGET', key, 'until') or '0') or 0
+    if at - now > wait then wait = at - now end
+  end
 end
 if wait > 0 then return tostring(wait) end
-for i, key in ipairs(KEYS) do
-  local free = tonumber(ARGV[1 + 2 * i])
-  local cap = tonumber(ARGV[2 + 2 * i])
+for i = 1, counted do
+  local key = KEYS[i]
+  local free = tonumber(ARGV[3 + 2 * i])
+  local cap = tonumber(ARGV[4 + 2 * i])
   local n = redis.call('HINCRBY', key, 'n', 1)
   local delay = 0
   if n >= free then delay = math.min(cap, base * 2 ^ (n - free)) end
@@ -64,16 +70,6 @@ for i, key in ipairs(KEYS) do
   redis.call('EXPIRE', key, window)
 end
 return '0'
-"""
-
-# A success: KEYS[1..] are cleared, except the last (the address's), whose attempt is given back.
-_SUCCEED_LUA = """
-for i = 1, #KEYS - 1 do redis.call('DEL', KEYS[i]) end
-local ip = KEYS[#KEYS]
-if redis.call('EXISTS', ip) == 1 and tonumber(redis.call('HGET', ip, 'n') or '0') > 0 then
-  redis.call('HINCRBY', ip, 'n', -1)
-end
-return 1
 """
 
 
@@ -104,12 +100,13 @@ class LocalCounters:
             return 0, 0.0
         return entry[0], entry[1]
 
-    def admit(self, rules: list[tuple[str, int, float]]) -> float:
+    def admit(self, checked: list[str], counted: list[tuple[str, int, float]]) -> float:
+        """Seconds to wait while one of ``checked`` waits; else 0, with ``counted`` counted."""
         now = time.monotonic()
-        wait = max((self._get(key, now)[1] - now for key, _, _ in rules), default=0.0)
+        wait = max((self._get(key, now)[1] - now for key in checked), default=0.0)
         if wait > 0:
             return wait
-        for key, free, cap in rules:
+        for key, free, cap in counted:
             attempts = self._get(key, now)[0] + 1
             self._keys[key] = (attempts, now + delay(attempts, free, cap), now + WINDOW_S)
             self._keys.move_to_end(key)
@@ -117,20 +114,17 @@ class LocalCounters:
             self._keys.popitem(last=False)
         return 0.0
 
-    def succeed(self, cleared: list[str], address: str) -> None:
-        for key in cleared:
+    def clear(self, keys: list[str]) -> None:
+        for key in keys:
             self._keys.pop(key, None)
-        entry = self._keys.get(address)
-        if entry is not None and entry[0] > 0:
-            self._keys[address] = (entry[0] - 1, entry[1], entry[2])
 
 
 class SignInBackoff:
     def __init__(self, settings: BackoffSettings, redis: Redis | None, prefix: str = "gateway:signin:") -> None:
         self.settings = settings
         self._prefix = prefix
+        self._redis = redis
         self._admit: Any = redis.register_script(_ADMIT_LUA) if redis is not None else None
-        self._succeed: Any = redis.register_script(_SUCCEED_LUA) if redis is not None else None
         self._local = LocalCounters()
         self._redis_backoff = RedisBackoff("sign-in backoff counts locally")
 
@@ -138,33 +132,32 @@ class SignInBackoff:
     def backend(self) -> str:
         return "redis" if self._admit is not None else "local"
 
-    def _keys(self, email: str, address: str) -> tuple[str, str, str]:
-        return (
-            f"{self._prefix}pair:{email}|{address}",
-            f"{self._prefix}account:{email}",
-            f"{self._prefix}ip:{address}",
-        )
-
-    async def admit(self, email: str, address: str) -> None:
-        """Count one sign-in attempt, or 429 with Retry-After while one of its keys is waiting."""
-        s = self.settings
-        pair, account, ip = self._keys(email, address)
-        rules = [
-            (pair, s.free_attempts, s.max_backoff_s),
-            (account, s.free_attempts, s.account_max_backoff_s),
-            (ip, s.ip_free_attempts, s.max_backoff_s),
+    def _rules(self, email: str, address: str) -> list[tuple[str, int, float]]:
+        s, prefix = self.settings, self._prefix
+        return [
+            (f"{prefix}pair:{email}|{address}", s.free_attempts, s.max_backoff_s),
+            (f"{prefix}account:{email}", s.free_attempts, s.account_max_backoff_s),
+            (f"{prefix}ip:{address}", s.ip_free_attempts, s.max_backoff_s),
         ]
-        wait: float | None = None
+
+    async def _run(self, checked: list[str], counted: list[tuple[str, int, float]]) -> float:
+        """The wait ``checked`` impose, counting ``counted`` when there is none (Redis, else locally)."""
         if self._admit is not None and self._redis_backoff.ready():
-            args: list[float] = [WINDOW_S, BASE_S]
-            for _, free, cap in rules:
+            args: list[float] = [WINDOW_S, BASE_S, len(counted), 1 if checked else 0]
+            for _, free, cap in counted:
                 args += [free, cap]
+            keys = [key for key, _, _ in counted] + [key for key in checked if key not in {k for k, _, _ in counted}]
             try:
-                wait = float(await self._admit(keys=[k for k, _, _ in rules], args=args))
+                return float(await self._admit(keys=keys, args=args))
             except REDIS_ERRORS as exc:
                 self._redis_backoff.failed(exc)
-        if wait is None:
-            wait = self._local.admit(rules)
+        return self._local.admit(checked, counted)
+
+    async def admit(self, email: str, address: str) -> None:
+        """Count one sign-in attempt on the account, or 429 with Retry-After while the account, the
+        account from this address, or this address waits."""
+        rules = self._rules(email, address)
+        wait = await self._run([key for key, _, _ in rules], rules[:2])
         if wait > 0:
             seconds = max(1, math.ceil(wait))
             raise HttpError(
@@ -175,12 +168,16 @@ class SignInBackoff:
                 args={"seconds": seconds},
             )
 
+    async def failed(self, email: str, address: str) -> None:
+        """A wrong password (or no such account): counted against the address too."""
+        await self._run([], self._rules(email, address)[2:])
+
     async def succeeded(self, email: str, address: str) -> None:
-        pair, account, ip = self._keys(email, address)
+        keys = [key for key, _, _ in self._rules(email, address)[:2]]
         # Both stores: the attempt may have been counted in either (Redis failing since, or back).
-        self._local.succeed([pair, account], ip)
-        if self._succeed is not None and self._redis_backoff.ready():
+        self._local.clear(keys)
+        if self._redis is not None and self._redis_backoff.ready():
             try:
-                await self._succeed(keys=[pair, account, ip])
+                await self._redis.delete(*keys)
             except REDIS_ERRORS as exc:
                 self._redis_backoff.failed(exc)
