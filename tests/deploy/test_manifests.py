@@ -397,6 +397,11 @@ def test_services_accept_their_settings(rendered: dict[str, list[Obj]], overlay:
     module = importlib.import_module(f"{service}.config")
     settings = module.Settings.from_env(env)
     if service == "gateway":
+        if common.production:  # the rendered prod Secret holds the committed example: refused
+            with pytest.raises(ConfigError, match="example value"):
+                module.resolve_jwt_secret(settings, common)
+            real = "9c2e7b41d08f5a36e1c94b7d20a8f63e5b17c9d402e86fa13b5c7e90d4a2f681"  # as from openssl rand -hex 32
+            settings = module.Settings.from_env({**env, "JWT_SECRET": real})
         module.resolve_jwt_secret(settings, common)  # production refuses to start without one
     assert common.bind_host == "0.0.0.0"
     assert common.production == (overlay == "prod")
