@@ -78,6 +78,8 @@ def spawn_gateway(
             "METRICS_ADDR": "127.0.0.1:9",
             "DATA_DIR": str(data_dir),
             "REDIS_URL": "",
+            # Stopped at once by tests (no other replica to send clients to); test_drain sets its own.
+            "DRAIN_S": "0",
             **(extra or {}),
         },
     )

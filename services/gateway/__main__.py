@@ -24,6 +24,8 @@ from studyassist.core.logs import setup_logging
 from studyassist.core.telemetry import resolve_endpoint, setup_telemetry
 
 from gateway.config import Settings, resolve_jwt_secret
+from gateway.connections import guarded_protocol
+from gateway.drain import Drain
 from gateway.server import build_app
 
 log = logging.getLogger("gateway")
@@ -31,7 +33,16 @@ log = logging.getLogger("gateway")
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM after draining, so the process would die by the signal; we own
-    the signals instead and exit 0 after a graceful stop, as the gRPC services do."""
+    the signals instead and exit 0 after a graceful stop, as the gRPC services do.
+
+    The first signal starts the drain (gateway.drain: 503 with Retry-After, /readyz failing, answer
+    streams closed with an event) and stops the server ``drain_s`` later; a second one stops it now,
+    a third stops waiting for open requests."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, drain_s: float) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.drain_s = drain_s
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -45,8 +56,16 @@ class _Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
     def _stop(self) -> None:
+        if not self.drain.draining:
+            log.info("draining", extra={"fields": {"drain_s": self.drain_s}})
+            self.drain.begin()
+            asyncio.get_running_loop().call_later(self.drain_s, self._exit)
+            return
         if self.should_exit:
-            self.force_exit = True  # a second signal: stop waiting for open streams
+            self.force_exit = True  # another signal: stop waiting for open requests
+        self.should_exit = True
+
+    def _exit(self) -> None:
         self.should_exit = True
 
 
@@ -88,7 +107,8 @@ def main() -> None:
         app = build_app(settings, common, telemetry, jwt_secret)
         config = uvicorn.Config(
             app,
-            http="httptools",
+            # httptools, with bounds on slow headers and on clients that do not read.
+            http=guarded_protocol(settings.header_timeout_s, settings.send_idle_timeout_s),
             loop="none",
             lifespan="on",
             access_log=False,
@@ -96,7 +116,9 @@ def main() -> None:
             server_header=False,
             timeout_graceful_shutdown=max(1, int(common.shutdown_grace_seconds)),
         )
-        server = _Server(config)
+        drain = app.state.drain
+        assert isinstance(drain, Drain)
+        server = _Server(config, drain, settings.drain_s)
 
         async def announce() -> None:
             while not server.started:

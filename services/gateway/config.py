@@ -66,6 +66,13 @@ class Settings:
     # How long an answer stream may show no sign of life (no message, no heartbeat) before it ends
     # with a retryable error; the web app applies the same bound to what it receives.
     stream_stall_timeout_s: float
+    # Slow clients (gateway.connections): a request's headers must arrive within this, and a
+    # response may wait this long on a client that reads nothing before the connection is cut.
+    header_timeout_s: float
+    send_idle_timeout_s: float
+    # After SIGTERM, how long the gateway keeps its socket answering 503 + Retry-After (gateway.drain)
+    # before it stops accepting and lets what is in flight finish.
+    drain_s: float
     user_cache_ttl_s: float
     password_hash_concurrency: int
     password_hash_queue: int
@@ -116,6 +123,9 @@ class Settings:
             descriptor_refresh_s=env_float(env, "DESCRIPTOR_REFRESH_S", 30.0, minimum=1.0),
             sse_heartbeat_s=heartbeat_s,
             stream_stall_timeout_s=stall_s,
+            header_timeout_s=env_float(env, "HTTP_HEADER_TIMEOUT_S", 10.0, minimum=0.1),
+            send_idle_timeout_s=env_float(env, "HTTP_SEND_IDLE_TIMEOUT_S", 30.0, minimum=0.1),
+            drain_s=env_float(env, "DRAIN_S", 5.0, minimum=0.0),
             user_cache_ttl_s=env_float(env, "USER_CACHE_TTL_S", 10.0),
             # Half the cores by default: a burst of sign-ins leaves the rest for signed-in students.
             password_hash_concurrency=env_int(

@@ -34,6 +34,7 @@ from gateway.auth import (
 )
 from gateway.backoff import SignInBackoff
 from gateway.config import Settings
+from gateway.drain import Drain, DrainGate
 from gateway.middleware import FrontDoor, csp_allowing_style
 from gateway.openapi import DOCS_STYLE, build_openapi, render_docs
 from gateway.ratelimit import RateLimiter
@@ -102,6 +103,8 @@ class Gateway:
         # but the backoff's counters, which fall back to local ones.
         self.sign_in_backoff = SignInBackoff(settings.sign_in_backoff, self.redis)
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_ip_per_minute, self.redis)
+        # Begun by `python -m gateway` on SIGTERM (the app's state carries it there).
+        self.drain = Drain(retry_after_s=max(1.0, settings.drain_s))
         self.auth_routes = AuthRoutes(
             self.authenticator,
             storage,
@@ -122,6 +125,7 @@ class Gateway:
             stall_s=settings.stream_stall_timeout_s,
             admin_backends=ADMIN_BACKENDS,
             unary_timeouts={"chat": settings.chat_timeout_s},
+            drain=self.drain,
         )
         self.web = WebApp(settings.web_dist_dir)
         self.meter = telemetry.meter
@@ -250,7 +254,10 @@ class Gateway:
             Route("/v1/{rest:path}", self.transcoder.handle, methods=API_METHODS),
             Route("/{rest:path}", self.web.serve, methods=["GET", "HEAD"]),
         ]
-        middleware = [Middleware(FrontDoor, limiter=self.limiter, meter=self.meter, spans=self.spans)]
+        middleware = [
+            Middleware(FrontDoor, limiter=self.limiter, meter=self.meter, spans=self.spans),
+            Middleware(DrainGate, drain=self.drain),
+        ]
         if self.settings.cors_origins:
             middleware.append(
                 Middleware(
@@ -273,7 +280,9 @@ class Gateway:
             )
         )
         handlers: dict[Any, Any] = {HttpError: _http_error, HTTPException: _starlette_error}
-        return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=self.lifespan)
+        app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=self.lifespan)
+        app.state.drain = self.drain
+        return app
 
 
 def build_app(settings: Settings, common: CommonSettings, telemetry: Telemetry, jwt_secret: str) -> Starlette:

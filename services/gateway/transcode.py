@@ -9,7 +9,8 @@ field, defaults included, so browsers see a stable shape.
 Shapes: unary -> JSON; server streaming -> SSE (``data: <json>``, heartbeat comments while the
 backend is silent but answers its health check, an ``event: error`` carrying the error body
 (``gateway.responses``) if the stream fails after it started or its backend stops answering for
-``STREAM_STALL_TIMEOUT_S``);
+``STREAM_STALL_TIMEOUT_S``, and an ``event: close`` with the same body, reason SERVER_DRAINING, when
+the gateway starts draining (gateway.drain));
 client streaming with a bytes body field -> upload, streamed in chunks of at most 1 MiB.
 """
 
@@ -32,6 +33,7 @@ from studyassist.core.channels import stream_unary_response, user_metadata
 
 from gateway.auth import Authenticator
 from gateway.downloads import send_download
+from gateway.drain import Drain
 from gateway.middleware import ROUTE_TEMPLATE_KEY
 from gateway.ratelimit import RateLimiter
 from gateway.responses import (
@@ -361,8 +363,11 @@ class Transcoder:
         stall_s: float | None = None,
         admin_backends: frozenset[str] = frozenset(),
         unary_timeouts: Mapping[str, float] | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.backends = backends
+        # Streams end with a closing event when the gateway starts draining (SIGTERM).
+        self._drain = drain if drain is not None else Drain()
         self.channels = channels
         self.table = RouteTable(self._bind)
         self.loaded: dict[str, bool] = dict.fromkeys(backends, False)
@@ -505,6 +510,7 @@ class Transcoder:
         auth = self._auth
         liveness = self._liveness
         backend = route.backend
+        drain = self._drain
 
         def error_event(error: HttpError) -> bytes:
             return b"event: error\ndata: " + dumps(error.body()) + b"\n\n"
@@ -514,9 +520,15 @@ class Transcoder:
             last_check = time.monotonic()
             # The last sign of life from the backend: a message, or a health check it answered.
             last_alive = time.monotonic()
+            draining = asyncio.ensure_future(drain.wait())
             try:
                 while True:
-                    done, _ = await asyncio.wait({pending}, timeout=heartbeat_s)
+                    await asyncio.wait({pending, draining}, timeout=heartbeat_s, return_when=asyncio.FIRST_COMPLETED)
+                    if draining.done():
+                        # Leaving: the client reconnects (to another replica) or asks again.
+                        yield b"event: close\ndata: " + dumps(drain.error().body()) + b"\n\n"
+                        return
+                    done = {pending} if pending.done() else set()
                     if time.monotonic() - last_check >= heartbeat_s:
                         last_check = time.monotonic()
                         if not await auth.user_is_active(user_id):
@@ -531,8 +543,10 @@ class Transcoder:
                         # a heartbeat goes out only when the backend still answers its health check,
                         # so the client's bound on heartbeats (STREAM_STALL_TIMEOUT_S) sees a hang.
                         probe = liveness.check(backend)
-                        await asyncio.wait({pending, probe}, timeout=heartbeat_s, return_when=asyncio.FIRST_COMPLETED)
-                        if pending.done():
+                        await asyncio.wait(
+                            {pending, probe, draining}, timeout=heartbeat_s, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        if pending.done() or draining.done():
                             continue
                         if probe.done() and probe.result():
                             last_alive = time.monotonic()
@@ -561,6 +575,7 @@ class Transcoder:
                 yield error_event(exc)
             finally:
                 # The client went away or the stream ended: stop the backend's work too.
+                draining.cancel()
                 pending.cancel()
                 call.cancel()
 

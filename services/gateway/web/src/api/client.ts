@@ -1,5 +1,5 @@
 import { ApiError, errorFromEvent, errorFromResponse, type ErrorBody } from './errors';
-import { IdleTimer, parseJsonEvent, readSse, streamIdleMs } from './sse';
+import { closingEvent, IdleTimer, parseJsonEvent, readSse, reconnecting, StreamClosed, streamIdleMs } from './sse';
 import type { GatewayConfig, TokenResponse, User } from './types';
 
 const STORAGE_KEY = 'sa.auth';
@@ -241,8 +241,27 @@ export class ApiClient {
   /** Open an SSE endpoint and call onEvent with each event's JSON until the stream ends.
    *
    * An ``event: error`` from the gateway becomes an ApiError with its reason. With idleMs, a
-   * stream (or its response) silent that long, heartbeats included, ends with STREAM_STALLED. */
+   * stream (or its response) silent that long, heartbeats included, ends with STREAM_STALLED.
+   * A stream the gateway closed to restart (``event: close``) is opened again, after the wait it
+   * asked for, when it is a GET (a watch); a POST (an answer) is not sent twice: it fails with
+   * the closing event's reason (SERVER_DRAINING), and the question goes back to the box. */
   async stream<T>(
+    method: string,
+    path: string,
+    options: RequestOptions,
+    onEvent: (event: T) => void,
+    idleMs = 0,
+  ): Promise<void> {
+    const once = () => this.streamOnce(method, path, options, onEvent, idleMs);
+    try {
+      await (method === 'GET' ? reconnecting(once, { signal: options.signal }) : once());
+    } catch (error) {
+      if (error instanceof StreamClosed) throw errorFromEvent(error.body as ErrorBody);
+      throw error;
+    }
+  }
+
+  private async streamOnce<T>(
     method: string,
     path: string,
     options: RequestOptions,
@@ -267,6 +286,8 @@ export class ApiClient {
         response.body,
         (event) => {
           if (event.event === 'error') throw errorFromEvent(parseJsonEvent<ErrorBody>(event));
+          const closed = closingEvent(event);
+          if (closed) throw closed;
           onEvent(parseJsonEvent<T>(event));
         },
         inner.signal,

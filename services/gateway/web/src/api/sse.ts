@@ -156,3 +156,52 @@ export function parseJsonEvent<T>(event: SseEvent): T {
     throw new Error(`malformed stream event: ${event.data.slice(0, 80)}`);
   }
 }
+
+/** The event the gateway ends a stream with when it restarts (drains, on SIGTERM): its data is the
+ * error body (reason SERVER_DRAINING, args.retry_after_s); the stream may be opened again after it. */
+export const CLOSE_EVENT = 'close';
+
+/** A stream the gateway closed for a restart: open it again after retryAfterMs. */
+export class StreamClosed extends Error {
+  constructor(
+    readonly retryAfterMs: number,
+    readonly body: unknown,
+  ) {
+    super('the server closed the stream to restart');
+    this.name = 'StreamClosed';
+  }
+}
+
+/** The StreamClosed a closing event stands for; null for any other event. */
+export function closingEvent(event: SseEvent): StreamClosed | null {
+  if (event.event !== CLOSE_EVENT) return null;
+  let body: unknown = null;
+  try {
+    body = JSON.parse(event.data);
+  } catch {
+    body = null;
+  }
+  const args = (body as { args?: { retry_after_s?: unknown } } | null)?.args;
+  const seconds = Number(args?.retry_after_s);
+  return new StreamClosed(Number.isFinite(seconds) && seconds >= 1 ? seconds * 1000 : 1000, body);
+}
+
+/** Run open() again each time it fails with StreamClosed (the gateway restarting), after the wait
+ * the closing event asked for, at most `attempts` times; any other outcome is open()'s own. */
+export async function reconnecting(
+  open: () => Promise<void>,
+  options: { attempts?: number; signal?: AbortSignal; sleep?: (ms: number) => Promise<void> } = {},
+): Promise<void> {
+  const attempts = options.attempts ?? 5;
+  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await open();
+      return;
+    } catch (error) {
+      if (!(error instanceof StreamClosed) || attempt >= attempts || options.signal?.aborted) throw error;
+      await sleep(error.retryAfterMs);
+      if (options.signal?.aborted) throw error;
+    }
+  }
+}
