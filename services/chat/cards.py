@@ -255,9 +255,7 @@ def _language(chunk: SourceChunk, cache: dict[str, str]) -> str:
     return found
 
 
-def _candidates(
-    kind: study_pb2.CardKind, documents: dict[str, _Document], rng: random.Random
-) -> list[list[CardDraft]]:
+def _candidates(kind: study_pb2.CardKind, documents: dict[str, _Document], rng: random.Random) -> list[list[CardDraft]]:
     """Per passage (document order), its candidate cards, best first."""
     languages: dict[str, str] = {}
     per_chunk: dict[str, list[CardDraft]] = defaultdict(list)
@@ -322,9 +320,7 @@ def _question_key(draft: CardDraft) -> str:
     return normalise(draft.front.replace(BLANK, " "))
 
 
-def generate(
-    chunks: Sequence[SourceChunk], kind: study_pb2.CardKind, size: int, *, seed: int = 0
-) -> Generated:
+def generate(chunks: Sequence[SourceChunk], kind: study_pb2.CardKind, size: int, *, seed: int = 0) -> Generated:
     """Up to ``size`` cards of ``kind`` from ``chunks`` (one or more files' passages in order): every
     passage's best card first, round after round, so a deck covers the material before it goes deep;
     the cards then in document order."""

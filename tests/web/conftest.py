@@ -41,9 +41,7 @@ def web_dist() -> Path:
     # One build at a time on this machine: test runs started side by side share web/dist.
     with open(WEB_DIR / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        built = subprocess.run(
-            ["make", "-s", "-C", str(WEB_DIR), "build"], capture_output=True, text=True, timeout=600
-        )
+        built = subprocess.run(["make", "-s", "-C", str(WEB_DIR), "build"], capture_output=True, text=True, timeout=600)
     if built.returncode != 0:
         pytest.fail(f"building the web app failed:\n{built.stdout[-2000:]}\n{built.stderr[-2000:]}")
     dist = WEB_DIR / "dist"
