@@ -6,6 +6,8 @@ import { useApp } from './context';
 import { useI18n } from './i18n';
 import { ChatPage } from './pages/ChatPage';
 import { DocumentsPage } from './pages/DocumentsPage';
+import { StudyPage } from './pages/StudyPage';
+import { useDueCount } from './lib/dueCount';
 import { chatHref, navigate, useRoute } from './router';
 
 // Administrators' page: its charts load only when someone opens it.
@@ -16,7 +18,8 @@ const ViewerPage = lazy(() => import('./pages/ViewerPage'));
 export default function Shell({ onLogout }: { onLogout: () => void }) {
   const { t, lang } = useI18n();
   const route = useRoute();
-  const { isAdmin } = useApp();
+  const { isAdmin, client } = useApp();
+  const due = useDueCount(client, route);
   const [sidebarOpen, setSidebarOpen] = useState(false);
   useEffect(() => {
     performance.mark('sa:shell');
@@ -61,6 +64,21 @@ export default function Shell({ onLogout }: { onLogout: () => void }) {
         <nav className="nav">
           {navLink('chat', '#/chat', t('nav.chat'))}
           {navLink('documents', '#/documents', t('nav.documents'))}
+          {/* With the count of cards due now: the label says it whole, the badge shows the number. */}
+          <a
+            href="#/study"
+            className={route.page === 'study' ? 'active' : ''}
+            aria-current={route.page === 'study' ? 'page' : undefined}
+            aria-label={due ? t('nav.studyDue', { count: due }) : undefined}
+            data-testid="nav-study"
+          >
+            {t('nav.study')}
+            {due ? (
+              <span className="nav-badge" data-testid="nav-due">
+                {due}
+              </span>
+            ) : null}
+          </a>
           {/* Administrators only (the gateway answers 403 to anyone else). */}
           {isAdmin && navLink('dashboard', '#/dashboard', t('nav.dashboard'))}
         </nav>
@@ -78,6 +96,7 @@ export default function Shell({ onLogout }: { onLogout: () => void }) {
           <ErrorBoundary lang={lang}>
             {route.page === 'chat' && <ChatPage sessionId={route.sessionId} focusMessageId={route.focusMessageId} />}
             {route.page === 'documents' && <DocumentsPage />}
+            {route.page === 'study' && <StudyPage view={route.studyView ?? 'decks'} deckId={route.deckId ?? ''} />}
             {route.page === 'viewer' && (
               <Suspense fallback={<p className="muted pad">{t('common.loading')}</p>}>
                 <ViewerPage fileId={route.fileId ?? ''} chunkId={route.chunkId ?? ''} pageNumber={route.pageNumber ?? 0} />

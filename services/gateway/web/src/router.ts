@@ -2,13 +2,17 @@ import { useEffect, useState } from 'react';
 
 // Hash routes ("#/chat/<id>?m=<message>"): the gateway serves one index.html, no server-side routes needed.
 export interface Route {
-  page: 'chat' | 'documents' | 'dashboard' | 'viewer';
+  page: 'chat' | 'documents' | 'dashboard' | 'viewer' | 'study';
   sessionId: string;
   focusMessageId: string;
   /** The source viewer's file, cited chunk and page ("#/view/<file>?chunk=<id>&page=<n>"). */
   fileId?: string;
   chunkId?: string;
   pageNumber?: number;
+  /** The Study page's screen: its decks, or the review of due cards ("#/study/review?deck=<id>"). */
+  studyView?: 'decks' | 'review';
+  /** The review's deck; empty: every deck's due cards. */
+  deckId?: string;
 }
 
 export function parseHash(hash: string): Route {
@@ -23,6 +27,10 @@ export function parseHash(hash: string): Route {
   const params = new URLSearchParams(query);
   if (parts[0] === 'documents') return { page: 'documents', sessionId: '', focusMessageId: '' };
   if (parts[0] === 'dashboard') return { page: 'dashboard', sessionId: '', focusMessageId: '' };
+  if (parts[0] === 'study') {
+    const review = parts[1] === 'review';
+    return { page: 'study', sessionId: '', focusMessageId: '', studyView: review ? 'review' : 'decks', deckId: review ? (params.get('deck') ?? '') : '' };
+  }
   if (parts[0] === 'view' && parts[1]) {
     const pageNumber = Number(params.get('page') ?? 0);
     return {
@@ -48,6 +56,11 @@ export function viewerHref(fileId: string, chunkId = '', page = 0): string {
   if (page > 0) params.set('page', String(page));
   const query = params.toString();
   return `#/view/${encodeURIComponent(fileId)}${query ? `?${query}` : ''}`;
+}
+
+export function studyHref(review = false, deckId = ''): string {
+  if (!review) return '#/study';
+  return deckId ? `#/study/review?deck=${encodeURIComponent(deckId)}` : '#/study/review';
 }
 
 export function navigate(href: string, replace = false): void {

@@ -202,3 +202,57 @@ export interface Alert {
   /** The figures behind value (metrics.proto Alert.args). */
   args?: Record<string, string>;
 }
+
+// The study loop (storage's studyassist.storage.v1.StudyService, chat's DeckService).
+export type CardKind = 'CARD_KIND_UNSPECIFIED' | 'CARD_KIND_FLASHCARD' | 'CARD_KIND_CLOZE' | 'CARD_KIND_MULTIPLE_CHOICE';
+
+/** The passage a card was made from (page: 1-based page or slide, 0 when the format has none). */
+export interface CardSource {
+  file_id?: string;
+  file_name?: string;
+  chunk_id?: string;
+  page?: number;
+  heading?: string;
+  quote?: string;
+}
+
+export interface StudyCard {
+  card_id: string;
+  deck_id?: string;
+  kind?: CardKind;
+  front?: string;
+  back?: string;
+  /** Multiple choice: four options, `back` among them. */
+  choices?: string[];
+  source?: CardSource;
+  suspended?: boolean;
+  state?: string;
+  stability?: number;
+  difficulty?: number;
+  due?: string;
+  last_review?: string;
+  reviews?: number;
+}
+
+export interface Deck {
+  deck_id: string;
+  title?: string;
+  kind?: CardKind;
+  file_ids?: string[];
+  card_count?: number;
+  due_count?: number;
+  due_today?: number;
+  new_count?: number;
+  learned_count?: number;
+  /** Share of reviews not rated "again", 0..1 (0 before any review). */
+  retention?: number;
+  created_at?: string;
+  /** CreateDeck only: candidate cards the generator dropped. */
+  dropped?: number;
+}
+
+/** GET /v1/reviews:due: a page of due cards, soonest first, and how many are due in all. */
+export interface DueCards {
+  cards?: StudyCard[];
+  due_count?: number;
+}
