@@ -20,6 +20,7 @@ from chat.tasks import LEASE_EXPIRED, Task, TaskStore
 from studyassist.chat.v1 import chat_pb2, chat_pb2_grpc
 from studyassist.core.cache import connect_redis
 from studyassist.core.channels import user_metadata
+from studyassist.core.errors import NotFound
 from studyassist.core.testing import ServiceProcess, TcpProxy, spawn_service
 from studyassist.storage.v1 import storage_pb2_grpc
 
@@ -132,6 +133,34 @@ async def test_an_owner_cut_off_past_its_lease_stops_and_takes_the_failed_end(
         await here.close()
         await there.close()
         await owner_redis.aclose()
+        await proxy.close()
+
+
+async def test_a_task_submitted_just_after_a_redis_blip_is_found_on_the_other_replica(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    kwargs = shared_redis.connection_pool.connection_kwargs
+    proxy = TcpProxy(kwargs["host"], kwargs["port"])
+    await proxy.start()
+    blipped_redis = connect_redis(f"redis://127.0.0.1:{proxy.port}/0")
+    assert blipped_redis is not None
+    here = TaskStore(10, redis=blipped_redis, prefix=key_prefix, backoff_s=60)
+    there = TaskStore(10, redis=shared_redis, prefix=key_prefix)
+    try:
+        proxy.cut()
+        with pytest.raises(NotFound):  # Redis could not say: this replica now leaves it alone a while
+            await here.get("alice", "2" * 32)
+        assert not here.backoff.ready()
+        proxy.restore()
+        gate, work = gated()
+        submitted = await here.submit("alice", work)
+        # Written before submit returned, back-off or not: the other replica finds it at once.
+        assert (await there.get("alice", submitted.task_id)).state in ACTIVE
+        gate.set()
+    finally:
+        await here.close()
+        await there.close()
+        await blipped_redis.aclose()
         await proxy.close()
 
 
