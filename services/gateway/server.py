@@ -57,6 +57,11 @@ ADMIN_BACKENDS = frozenset({"metrics"})
 # is not serving is reported as degraded with 200; a required one makes it 503.
 REQUIRED_BACKENDS = ("storage",)
 API_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+COMPRESSED_DOCUMENT_TYPES = (
+    "application/pdf",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+)
 # Each readiness question to a backend (its health, chat's backend) is bounded by this.
 READY_TIMEOUT_S = 1.0
 
@@ -65,11 +70,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HttpError)
     return error_response(exc)
 
-COMPRESSED_DOCUMENT_TYPES = (
-    "application/pdf",
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-)
 
 async def _starlette_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
