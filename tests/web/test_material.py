@@ -300,6 +300,10 @@ def test_dashboard_reads_as_text_and_every_page_passes_axe(page: Page) -> None:
     page.goto("/#/chat")
     expect(page.get_by_test_id("composer")).to_be_visible()
     assert_accessible(page, "chat, empty")
+    # The Study page with no deck yet (tests/web/test_study.py checks it with decks and cards).
+    page.goto("/#/study")
+    expect(page.get_by_test_id("deck-form")).to_be_visible()
+    assert_accessible(page, "study, no deck")
 
     # The real metrics service: the timeline is drawn at once from the window it holds, and the
     # alerts are in Vietnamese from their codes.

@@ -201,8 +201,9 @@ function CreateDeckForm({ onCreated }: { onCreated: () => void }) {
     }
   };
 
+  // noValidate: the size is checked by deckRequest and said in the UI's language, not by a browser tooltip.
   return (
-    <form className="card deck-form" onSubmit={(e) => void submit(e)} data-testid="deck-form" aria-busy={busy}>
+    <form className="card deck-form" onSubmit={(e) => void submit(e)} noValidate data-testid="deck-form" aria-busy={busy}>
       <h2>{t('study.create.title')}</h2>
       <div className="deck-form-fields">
         <label>
