@@ -130,6 +130,13 @@ def test_deck_review_with_the_keyboard_and_open_the_source(page: Page, tmp_path:
 
 def test_multiple_choice_marks_the_right_answer_and_a_deck_is_deleted(page: Page, tmp_path: Path) -> None:
     register(page)
+    # No file yet: the server's reason, in Vietnamese, through the app's error display.
+    page.goto("/#/study")
+    page.get_by_test_id("deck-create").click()
+    expect(page.get_by_test_id("deck-form").get_by_role("alert")).to_contain_text(
+        "Chưa có tài liệu nào sẵn sàng để tạo thẻ."
+    )
+    expect(page.get_by_test_id("deck-row")).to_have_count(0)
     upload(page, tmp_path, "ctdl-trac-nghiem.md", DEFINITIONS)
     page.goto("/#/study")
     cards = make_deck(page, "CARD_KIND_MULTIPLE_CHOICE", 3)
@@ -157,8 +164,13 @@ def test_multiple_choice_marks_the_right_answer_and_a_deck_is_deleted(page: Page
     expect(choices.nth(right)).to_contain_text("đáp án đúng")
     expect(card.locator("[data-mark]")).to_have_count(2)
     assert_accessible(page, "study, a multiple-choice card answered")
-    # "Again" brings a new card back in a minute, not now: it leaves the due count too.
-    page.get_by_test_id("rate-again").click()
+    # "Again" brings a new card back in a minute, not now: it leaves the due count too. A focused
+    # rating button keeps Space for itself (it presses it) instead of the screen taking it.
+    page.get_by_test_id("rate-again").focus()
+    with page.expect_response(lambda r: r.url.endswith(":review")) as reviewed:
+        page.keyboard.press("Space")
+    sent = reviewed.value.request.post_data_json
+    assert sent is not None and sent["rating"] == "again"
     if cards > 1:
         expect(page.get_by_test_id("nav-due")).to_have_text(str(cards - 1))
     else:

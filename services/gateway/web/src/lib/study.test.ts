@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { translate } from '../i18n';
 import { parseHash, studyHref } from '../router';
-import { choiceMark, deckRequest, retentionPercent, reviewKeyAction, sourceHref, sourceLabel, typingInto } from './study';
+import { choiceMark, deckRequest, retentionPercent, reviewKeyAction, sourceHref, sourceLabel, spaceBelongsTo, typingInto } from './study';
 
 const t = (key: string, vars?: Record<string, string | number>) => translate('vi', key, vars);
 
@@ -40,6 +40,15 @@ describe('typingInto', () => {
     expect(typingInto(element('DIV', true))).toBe(true);
     expect(typingInto(element('BUTTON'))).toBe(false);
     expect(typingInto(null)).toBe(false);
+  });
+
+  it('leaves Space to a focused button or link, which it presses', () => {
+    const element = (tagName: string) => ({ tagName }) as unknown as EventTarget;
+    expect(spaceBelongsTo(element('BUTTON'))).toBe(true);
+    expect(spaceBelongsTo(element('A'))).toBe(true);
+    expect(spaceBelongsTo(element('INPUT'))).toBe(true);
+    expect(spaceBelongsTo(element('BODY'))).toBe(false);
+    expect(spaceBelongsTo(null)).toBe(false);
   });
 });
 

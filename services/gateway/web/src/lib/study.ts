@@ -32,6 +32,13 @@ export function typingInto(target: EventTarget | null): boolean {
   return tag === 'INPUT' || tag === 'TEXTAREA' || tag === 'SELECT' || element?.isContentEditable === true;
 }
 
+/** A focused button, link or disclosure keeps Space for itself (it presses it), as everywhere else. */
+export function spaceBelongsTo(target: EventTarget | null): boolean {
+  const element = target as { tagName?: unknown } | null;
+  const tag = typeof element?.tagName === 'string' ? element.tagName.toUpperCase() : '';
+  return tag === 'BUTTON' || tag === 'A' || tag === 'SUMMARY' || typingInto(target);
+}
+
 export type ChoiceMark = 'right' | 'wrong' | '';
 
 /** How a choice looks once the card is revealed: the right one marked, a wrong pick marked too. */

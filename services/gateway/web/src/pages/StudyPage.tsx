@@ -17,6 +17,7 @@ import {
   reviewKeyAction,
   sourceHref,
   sourceLabel,
+  spaceBelongsTo,
   typingInto,
   type Rating,
 } from '../lib/study';
@@ -354,8 +355,9 @@ function ReviewScreen({ deckId }: { deckId: string }) {
     if (!card) return;
     const onKey = (event: KeyboardEvent) => {
       if (event.ctrlKey || event.metaKey || event.altKey || typingInto(event.target)) return;
+      if (event.key === ' ' && spaceBelongsTo(event.target)) return;
       const action = reviewKeyAction(event.key, revealed, choices.length);
-      // Space never scrolls the page nor presses a focused button here: it only turns the card.
+      // Space turns the card; it never scrolls the page here.
       if (event.key === ' ') event.preventDefault();
       if (!action) return;
       event.preventDefault();
