@@ -92,6 +92,9 @@ def test_deck_review_with_the_keyboard_and_open_the_source(page: Page, tmp_path:
     back = card.get_by_test_id("card-back")
     expect(back).to_contain_text("cấu trúc dữ liệu")
     expect(card.get_by_test_id("card-quote")).to_contain_text(front.removesuffix(" là gì?"))
+    # The answer is marked in its passage.
+    answer = card.get_by_test_id("card-answer").inner_text().removesuffix("…").strip()
+    expect(card.get_by_test_id("card-quote").locator("mark")).to_have_text(re.compile(f"^{re.escape(answer)}$", re.I))
     expect(page.get_by_test_id("ratings")).to_contain_text("Quên")
     expect(page.get_by_test_id("ratings")).to_contain_text("Dễ")
     assert_accessible(page, "study, a card turned")

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { translate } from '../i18n';
 import { parseHash, studyHref } from '../router';
-import { choiceMark, deckRequest, retentionPercent, reviewKeyAction, sourceHref, sourceLabel, spaceBelongsTo, typingInto } from './study';
+import { choiceMark, deckRequest, markAnswer, retentionPercent, reviewKeyAction, sourceHref, sourceLabel, spaceBelongsTo, typingInto } from './study';
 
 const t = (key: string, vars?: Record<string, string | number>) => translate('vi', key, vars);
 
@@ -112,5 +112,23 @@ describe('study routes', () => {
     expect(parseHash(studyHref())).toMatchObject({ page: 'study', studyView: 'decks', deckId: '' });
     expect(parseHash(studyHref(true))).toMatchObject({ page: 'study', studyView: 'review', deckId: '' });
     expect(parseHash(studyHref(true, 'd/1'))).toMatchObject({ page: 'study', studyView: 'review', deckId: 'd/1' });
+  });
+});
+
+describe('markAnswer', () => {
+  const quote = 'Ngăn xếp là cấu trúc dữ liệu vào sau ra trước. Hàng đợi vào trước ra trước.';
+  it('marks where the answer is, case aside', () => {
+    expect(markAnswer(quote, 'Cấu trúc dữ liệu vào sau ra trước')).toEqual([
+      { text: 'Ngăn xếp là ', mark: false },
+      { text: 'cấu trúc dữ liệu vào sau ra trước', mark: true },
+      { text: '. Hàng đợi vào trước ra trước.', mark: false },
+    ]);
+    expect(markAnswer(quote, 'Ngăn xếp')[0]).toEqual({ text: 'Ngăn xếp', mark: true });
+    expect(markAnswer(quote, 'cấu trúc dữ liệu…').find((p) => p.mark)?.text).toBe('cấu trúc dữ liệu');
+  });
+  it('marks nothing when the passage does not hold the answer word for word', () => {
+    expect(markAnswer(quote, 'Cây nhị phân')).toEqual([{ text: quote, mark: false }]);
+    expect(markAnswer(quote, '  ')).toEqual([{ text: quote, mark: false }]);
+    expect(markAnswer('', 'x')).toEqual([]);
   });
 });

@@ -2,6 +2,7 @@
 // is marked, a deck's figures as the page shows them, and the body of POST /v1/decks.
 import type { CardKind, CardSource, Deck, StudyCard } from '../api/types';
 import { viewerHref } from '../router';
+import type { HighlightPart } from './highlight';
 import { fileFormat, locationLabel } from './location';
 
 /** The four FSRS ratings, in the order of their keys 1-4 (storage's ReviewCard takes the name). */
@@ -94,4 +95,21 @@ export function sourceLabel(source: CardSource | undefined, t: Translate): strin
 /** The viewer opened at the card's passage (the link a citation opens, CitationPanel's). */
 export function sourceHref(source: CardSource | undefined): string {
   return source?.file_id ? viewerHref(source.file_id, source.chunk_id ?? '', source.page ?? 0) : '';
+}
+
+/** The card's passage with its answer marked (its first place, case aside), so the student sees
+ * where the answer comes from; unmarked when the passage does not hold it word for word. */
+export function markAnswer(quote: string, answer: string): HighlightPart[] {
+  const wanted = answer.trim().replace(/…$/, '').trim();
+  const lowerQuote = quote.toLocaleLowerCase('vi');
+  const lowerWanted = wanted.toLocaleLowerCase('vi');
+  // Lower-casing that changes a text's length would put the mark off its words: mark nothing then.
+  const at = wanted && lowerQuote.length === quote.length && lowerWanted.length === wanted.length ? lowerQuote.indexOf(lowerWanted) : -1;
+  if (at < 0) return quote ? [{ text: quote, mark: false }] : [];
+  const end = at + wanted.length;
+  return [
+    { text: quote.slice(0, at), mark: false },
+    { text: quote.slice(at, end), mark: true },
+    { text: quote.slice(end), mark: false },
+  ].filter((part) => part.text);
 }

@@ -11,6 +11,7 @@ import {
   DECK_KINDS,
   DEFAULT_DECK_SIZE,
   deckRequest,
+  markAnswer,
   MAX_DECK_SIZE,
   RATINGS,
   retentionPercent,
@@ -424,8 +425,16 @@ function ReviewScreen({ deckId }: { deckId: string }) {
               {revealed && (
                 <div className="review-back" data-testid="card-back">
                   <p className="muted small">{t('study.answer')}</p>
-                  <p className="review-answer">{card.back}</p>
-                  {card.source?.quote && <blockquote className="snippet" data-testid="card-quote">{card.source.quote}</blockquote>}
+                  <p className="review-answer" data-testid="card-answer">
+                    {card.back}
+                  </p>
+                  {card.source?.quote && (
+                    <blockquote className="snippet" data-testid="card-quote">
+                      {markAnswer(card.source.quote, card.back ?? '').map((part, index) =>
+                        part.mark ? <mark key={index}>{part.text}</mark> : <span key={index}>{part.text}</span>,
+                      )}
+                    </blockquote>
+                  )}
                 </div>
               )}
             </div>
