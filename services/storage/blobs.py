@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import hashlib
+import logging
 import os
 import time
 import uuid
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
-STALE_TEMP_S = 3600
+log = logging.getLogger(__name__)
+
+# A temp file nothing was written to for this long is an upload's leftover (a crash, a killed replica):
+# the gateway gives an upload at most an hour in all (UPLOAD_TIMEOUT_S), and a live one touches its
+# file with every chunk.
+STALE_TEMP_S = 3600.0
 # While an upload streams, its written bytes are handed to the disk every this many bytes (fdatasync
 # on a side thread, the writer going on meanwhile), so the fsync that acknowledges the upload waits
 # only for the tail instead of the whole file.
@@ -23,15 +30,24 @@ class BlobStore:
         self.root = root
         self.tmp = root / "tmp"
 
-    def prepare(self) -> None:
+    def prepare(self, stale_s: float = STALE_TEMP_S) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
-        # Temp files of uploads a crash or a cancelled call left behind (old enough that no
-        # replica sharing this directory can still be writing them).
-        cutoff = time.time() - STALE_TEMP_S
+        self.sweep(stale_s)
+
+    def sweep(self, stale_s: float = STALE_TEMP_S) -> int:
+        """Remove temp files of uploads a crash or a killed replica left behind; how many.
+
+        Only those untouched for ``stale_s`` (no replica sharing this directory can still be
+        writing them). Blocking: call from a thread.
+        """
+        cutoff = time.time() - stale_s
+        removed = 0
         for leftover in self.tmp.glob("*.part"):
             with contextlib.suppress(OSError):
                 if leftover.stat().st_mtime < cutoff:
                     leftover.unlink()
+                    removed += 1
+        return removed
 
     def path(self, blob_name: str) -> Path:
         return self.root / blob_name
@@ -46,6 +62,39 @@ class BlobStore:
         os.replace(temp.path, final)
         _fsync_dir(final.parent)
         return final
+
+
+class TempSweeper:
+    """Sweeps the blob store's abandoned temp files every ``interval_s`` while the service runs (a
+    replica that lives for months would otherwise keep every leftover since its start)."""
+
+    def __init__(self, blobs: BlobStore, *, interval_s: float, stale_s: float) -> None:
+        self.blobs = blobs
+        self.interval_s = interval_s
+        self.stale_s = stale_s
+        self.removed = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="temp-blob-sweep")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                removed = await asyncio.to_thread(self.blobs.sweep, self.stale_s)
+            except Exception:  # (the next round tries again; a sweep is never worth the service)
+                log.exception("sweeping temp blobs failed")
+                continue
+            self.removed += removed
+            if removed:
+                log.info("removed abandoned temp blobs", extra={"fields": {"count": removed}})
 
 
 class TempBlob:

@@ -16,6 +16,8 @@ from studyassist.core.config import (
     env_str,
 )
 
+from storage.blobs import STALE_TEMP_S
+
 # The vector ranking's vote in a hybrid search, relative to BM25's (storage.ranking), measured with
 # the bundled English MiniLM on bench/retrieval_eval.py; a multilingual model earns more.
 DEFAULT_VECTOR_WEIGHT = 0.1
@@ -57,6 +59,10 @@ class Settings:
     # How often storage asks its database whether it answers; not ready (health NOT_SERVING) while not.
     db_probe_interval_s: float
     blob_dir: Path | None  # None: DATA_DIR/blobs
+    # Abandoned upload temp files (nothing written to them for blob_temp_stale_s) are removed at start
+    # and every blob_temp_sweep_s while storage runs.
+    blob_temp_sweep_s: float
+    blob_temp_stale_s: float
     embedding_addr: str
     embedding_dim: int
     upload_max_bytes: int
@@ -102,6 +108,10 @@ class Settings:
             db_acquire_timeout_s=env_float(env, "DB_ACQUIRE_TIMEOUT_S", 2.0, minimum=0.01),
             db_probe_interval_s=env_float(env, "DB_PROBE_INTERVAL_S", 2.0, minimum=0.1),
             blob_dir=Path(blob_dir).resolve() if blob_dir else None,
+            blob_temp_sweep_s=env_float(env, "BLOB_TEMP_SWEEP_S", 600.0, minimum=0.1),
+            # At least a minute: a live upload's file is touched with every chunk, but a slow client may
+            # pause between them.
+            blob_temp_stale_s=env_float(env, "BLOB_TEMP_STALE_S", STALE_TEMP_S, minimum=60.0),
             embedding_addr=env_peer_address(env, "embedding"),
             embedding_dim=env_int(env, "EMBEDDING_DIM", 384, minimum=1, maximum=16000),
             upload_max_bytes=env_int(env, "UPLOAD_MAX_BYTES", 50_000_000, minimum=1),

@@ -10,7 +10,7 @@ from studyassist.core.telemetry import Telemetry
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc, study_pb2, study_pb2_grpc
 
 from storage.accounts import bootstrap_admins
-from storage.blobs import BlobStore
+from storage.blobs import BlobStore, TempSweeper
 from storage.config import Settings
 from storage.db import ITERATIVE_SCAN_SINCE, connect, instrument_sql, migrate
 from storage.embeddings import EmbeddingClient
@@ -51,7 +51,7 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
         db.register_gauges(telemetry.meter)
         iterative_scan = db.pgvector >= ITERATIVE_SCAN_SINCE
         blobs = BlobStore(settings.blob_dir or common.data_dir / "blobs")
-        blobs.prepare()
+        blobs.prepare(settings.blob_temp_stale_s)
         embeddings = EmbeddingClient(settings.embedding_addr)
         ingestor = Ingestor(
             db,
@@ -108,8 +108,11 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
         timeout_s=2.0,
     )
     readiness.start()
+    sweeper = TempSweeper(blobs, interval_s=settings.blob_temp_sweep_s, stale_s=settings.blob_temp_stale_s)
+    sweeper.start()
 
     async def close() -> None:
+        await sweeper.stop()
         await readiness.stop()
         await reindexer.stop()
         await ingestor.stop()

@@ -7,7 +7,7 @@ import re
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,11 @@ def clean_file_name(raw: str) -> str:
     """The user's name, kept as metadata only: last path part, no control characters, bounded."""
     name = _UNSAFE_NAME.sub("", raw.replace("\\", "/").rsplit("/", 1)[-1]).strip()
     return name[:255] or "untitled"
+
+
+def _discard_created(creating: Future[TempBlob]) -> None:
+    if not creating.cancelled() and creating.exception() is None:
+        creating.result().discard()
 
 
 @dataclass(slots=True)
@@ -56,9 +61,14 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
     flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-flush")
     threads = (writer, checker, flusher)
     loop = asyncio.get_running_loop()
+    creating = writer.submit(blobs.new_temp, flusher)
     try:
-        temp = await loop.run_in_executor(writer, blobs.new_temp, flusher)
+        temp = await asyncio.wrap_future(creating)
     except BaseException:
+        # Cancelled (the caller's body broke off) while the writer was creating the file: the thread
+        # goes on and creates it. Queued behind that, the discard removes it (a 0-byte leftover
+        # otherwise, one per such call).
+        writer.submit(_discard_created, creating)
         for thread in threads:
             thread.shutdown(wait=False)
         raise
