@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import re
+import unicodedata
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
@@ -22,12 +22,23 @@ from storage.sniff import TextValidator, early_kind, office_kind, text_kind
 MAX_CHUNK_BYTES = 1024 * 1024
 SNIFF_BYTES = 8192
 WRITE_AHEAD_CHUNKS = 4
-_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]")
+# Kept in a name although Unicode calls them format characters: the joiners that emoji sequences and
+# some scripts need (they reorder nothing).
+_KEPT_FORMAT = frozenset("\u200c\u200d")
+
+
+def _shown_as_is(ch: str) -> bool:
+    # Control characters (C0, DEL, C1), line and paragraph separators, and format characters: the
+    # bidirectional overrides, embeddings, isolates and marks among them make "invoice\u202etxt.exe"
+    # show as "invoiceexe.txt"; zero-width spaces and the BOM hide a name's real spelling.
+    return ch in _KEPT_FORMAT or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp")
 
 
 def clean_file_name(raw: str) -> str:
-    """The user's name, kept as metadata only: last path part, no control characters, bounded."""
-    name = _UNSAFE_NAME.sub("", raw.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    """The user's name, kept as metadata only: last path part, shown as it reads (no control, bidi or
+    other invisible format characters), bounded."""
+    last = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in last if _shown_as_is(ch)).strip()
     return name[:255] or "untitled"
 
 
@@ -51,6 +62,7 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
     if first is None or first.WhichOneof("part") != "metadata":
         raise InvalidArgument("the first upload message must carry the file's metadata")
     metadata = first.metadata
+    file_name = clean_file_name(metadata.file_name)  # (its suffix decides Markdown: the name as shown)
     # One writer thread per upload: the chunks must reach the file and the hash in order, which a
     # shared pool does not promise. Text is checked on a second thread, in order too: hashing (it
     # releases the GIL) and the UTF-8 check (it holds it) then run at once, on two cores, instead of
@@ -117,7 +129,7 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
         elif family == "zip":
             kind = await asyncio.to_thread(office_kind, temp.path)
         else:
-            kind = text_kind(metadata.file_name, metadata.content_type)
+            kind = text_kind(file_name, metadata.content_type)
     except BaseException:
         for write in pending:
             write.cancel()  # those not started yet never start
@@ -129,7 +141,7 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
     finally:
         for thread in threads:
             thread.shutdown(wait=False)
-    return Received(temp, sha256, temp.size, kind, clean_file_name(metadata.file_name))
+    return Received(temp, sha256, temp.size, kind, file_name)
 
 
 @dataclass(frozen=True, slots=True)
