@@ -32,8 +32,17 @@ from gateway.responses import HttpError, error_response
 log = logging.getLogger(__name__)
 
 # worker-src: pdf.js (the source viewer) runs its worker from /assets/, and from nowhere else (no
-# blob: or data: workers, no eval).
-CSP = "default-src 'self'; script-src 'self'; worker-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+# blob: or data: workers, no eval). base-uri and form-action: default-src does not cover them, so an
+# injected <base> could repoint every relative URL and an injected <form> post anywhere.
+CSP = (
+    "default-src 'self'; script-src 'self'; worker-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'"
+)
+# Sent on answers to requests that came over TLS: straight to uvicorn, or through a proxy uvicorn
+# trusts (FORWARDED_ALLOW_IPS; its X-Forwarded-Proto sets the scheme, from anyone else it is ignored).
+# Over plain HTTP it would be ignored by browsers anyway, and must not pin a development host.
+# No includeSubDomains: the gateway cannot know what else lives under its domain.
+HSTS = (b"strict-transport-security", b"max-age=31536000")
 
 
 def csp_allowing_style(style: str) -> str:
@@ -128,6 +137,8 @@ class FrontDoor:
                 headers.append((b"x-response-time", f"{elapsed_ms:.2f}ms".encode()))
                 present = {k.lower() for k, _ in headers}
                 headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+                if scope.get("scheme") == "https" and HSTS[0] not in present:
+                    headers.append(HSTS)
                 message = {**message, "headers": headers}
                 status: int = message["status"]
                 status_seen.append(status)
