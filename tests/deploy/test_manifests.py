@@ -15,14 +15,19 @@ import importlib
 import importlib.metadata
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Iterable
+from ipaddress import ip_network
 from pathlib import Path
+from urllib.parse import urlparse
 
 import kubernetes_validate
 import pytest
+import redis
 import yaml
 from studyassist.core.config import CommonSettings, ConfigError
 from studyassist.core.identity import resolve_mesh_key
@@ -227,11 +232,16 @@ def check_config(objects: list[Obj]) -> list[str]:
         want = f"dns:///{service}-headless.{namespace}.svc.cluster.local:{PORTS[service]}"
         if settings.get(f"{service.upper()}_ADDR") != want:
             problems.append(f"{service.upper()}_ADDR is {settings.get(f'{service.upper()}_ADDR')!r}, not {want!r}")
-    for cm in (o for o in objects if o["kind"] == "ConfigMap"):
-        for svc, namespace in re.findall(r"([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local", str(cm["data"])):
+    sources = [(f"ConfigMap {o['metadata']['name']}", o["data"]) for o in objects if o["kind"] == "ConfigMap"]
+    sources += [
+        (f"{w['metadata']['name']} env", [e.get("value") for c in spec_of(w)["containers"] for e in c.get("env", [])])
+        for w in workloads(objects)
+    ]
+    for where, values in sources:
+        for svc, namespace in re.findall(r"([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local", str(values)):
             ours = find(objects, "Service", svc)
             if ours and ours["metadata"].get("namespace") != namespace:
-                problems.append(f"ConfigMap {cm['metadata']['name']}: {svc}.{namespace} is not where {svc} runs")
+                problems.append(f"{where}: {svc}.{namespace} is not where {svc} runs")
     if settings.get("BIND_HOST") != "0.0.0.0":
         problems.append("BIND_HOST is not 0.0.0.0: nothing outside the pod could connect")
     for workload in workloads(objects):
@@ -331,6 +341,116 @@ def check_scale(objects: list[Obj], *, single: bool) -> list[str]:
     return problems
 
 
+# Redis keys whose loss weakens a limit or drops work (see redis.yaml): their instance must not evict.
+REDIS_STATE_CLIENTS = ("gateway", "chat")
+
+
+def _arg(args: list[str], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args and args.index(flag) + 1 < len(args) else None
+
+
+def _secret_var(c: Obj, reference: str | None) -> tuple[str, str] | None:
+    """The Secret (name, key) behind ``$(VAR)``, when VAR is one of ``c``'s env from a secretKeyRef."""
+    match = re.fullmatch(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", reference or "")
+    refs = [e["valueFrom"]["secretKeyRef"] for e in c.get("env", []) if match and e["name"] == match[1]]
+    refs = [r for r in refs if isinstance(r, dict)]
+    return (refs[0]["name"], refs[0]["key"]) if refs else None
+
+
+def check_redis(objects: list[Obj]) -> list[str]:
+    """Every Redis requires a password from a Secret; each service's REDIS_URL names a Redis of
+    this overlay and carries that password as ``$(VAR)`` of a Secret-backed variable before it
+    (never a literal, never in a ConfigMap); the instance holding limits and tasks never evicts."""
+    problems = []
+    instances: dict[str, tuple[tuple[str, str] | None, str | None]] = {}  # Service -> (password, policy)
+    for w in workloads(objects):
+        c = spec_of(w)["containers"][0]
+        if not c["image"].startswith("redis:"):
+            continue
+        args, name = c.get("args", []), w["metadata"]["name"]
+        password = _secret_var(c, _arg(args, "--requirepass"))
+        if password is None:
+            problems.append(f"{name}: no --requirepass from a Secret")
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        for svc in (
+            o
+            for o in objects
+            if o["kind"] == "Service" and selects({"matchLabels": o["spec"].get("selector", {})}, labels)
+        ):
+            instances[svc["metadata"]["name"]] = (password, _arg(args, "--maxmemory-policy"))
+    for cm in (o for o in objects if o["kind"] == "ConfigMap" and "REDIS_URL" in o.get("data", {})):
+        problems.append(
+            f"ConfigMap {cm['metadata']['name']}: REDIS_URL (it carries a password: Secret-backed env only)"
+        )
+    for service in PORTS:
+        c = container(objects, service)
+        [*urls] = [e for e in c.get("env", []) if e["name"] == "REDIS_URL"]
+        if not urls:
+            if service in REDIS_STATE_CLIENTS:
+                problems.append(f"{service}: no REDIS_URL")
+            continue
+        url = urlparse(urls[0].get("value", ""))
+        host = (url.hostname or "").split(".")[0]
+        password, policy = instances.get(host, (None, None))
+        if host not in instances:
+            problems.append(f"{service}: REDIS_URL names {url.hostname}, no Redis of this overlay")
+        elif _secret_var(c, url.password) is None or _secret_var(c, url.password) != password:
+            problems.append(f"{service}: REDIS_URL's password is not $(VAR) of the Secret key {host} requires")
+        else:
+            names = [e["name"] for e in c["env"]]
+            if names.index(url.password.strip("$()")) > names.index("REDIS_URL"):
+                problems.append(
+                    f"{service}: {url.password} is defined after REDIS_URL (Kubernetes would not expand it)"
+                )
+        if service in REDIS_STATE_CLIENTS and policy != "noeviction":
+            problems.append(
+                f"{service}: its Redis {host} evicts ({policy}); rate limits, backoff and tasks need noeviction"
+            )
+    return problems
+
+
+def _llm_endpoint(objects: list[Obj]) -> tuple[str, int]:
+    url = urlparse(config(objects).get("LLM_BASE_URL", ""))
+    return url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+
+
+def check_chat_egress(objects: list[Obj]) -> list[str]:
+    """Chat leaves the namespace only for its LLM: no rule to anywhere (0.0.0.0/0, every namespace,
+    any port), and LLM_BASE_URL's port is open to its namespace (in-cluster) or an address block."""
+    problems, llm_open = [], False
+    host, port = _llm_endpoint(objects)
+    in_cluster = re.fullmatch(r"[a-z0-9-]+\.([a-z0-9-]+)\.svc\.cluster\.local", host)
+    for policy in (o for o in objects if o["kind"] == "NetworkPolicy"):
+        name, spec = policy["metadata"]["name"], policy["spec"]
+        if "chat" not in selected(objects, spec["podSelector"]):
+            continue
+        for rule in spec.get("egress", []):
+            ports = {p.get("port") for p in rule.get("ports", [])}
+            for peer in rule.get("to") or [None]:
+                if peer is None:
+                    problems.append(f"NetworkPolicy {name}: chat may reach anywhere (a rule without 'to')")
+                    continue
+                if not _from_outside(peer):
+                    continue
+                namespaces = peer.get("namespaceSelector")
+                block = peer.get("ipBlock", {}).get("cidr")
+                if namespaces == {} or (block and ip_network(block, strict=False).prefixlen < 8):
+                    problems.append(f"NetworkPolicy {name}: chat may reach {peer}")
+                elif not ports:
+                    problems.append(f"NetworkPolicy {name}: chat may leave the namespace on any port")
+                dns = namespaces == {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}} and ports <= {53}
+                if not dns and not (
+                    (in_cluster and namespaces == {"matchLabels": {"kubernetes.io/metadata.name": in_cluster[1]}})
+                    or (not in_cluster and block)
+                ):
+                    problems.append(f"NetworkPolicy {name}: chat may reach {peer}, not its LLM {host}")
+                elif not dns and port in ports:
+                    llm_open = True
+    if not llm_open:
+        problems.append(f"chat cannot reach its LLM {host}:{port} (LLM_BASE_URL)")
+    return problems
+
+
 CHECKS: list[Check] = [
     check_schema,
     check_containers,
@@ -339,6 +459,8 @@ CHECKS: list[Check] = [
     check_services,
     check_config,
     check_network_policies,
+    check_redis,
+    check_chat_egress,
 ]
 
 
@@ -368,6 +490,11 @@ def test_overlays_share_one_namespace_with_pod_security(rendered: dict[str, list
         }
 
 
+def expand(value: str, env: dict[str, str]) -> str:
+    """``$(VAR)`` replaced by VAR's value in ``env``, as the kubelet expands env values and args."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), value)
+
+
 def pod_environment(objects: list[Obj], workload: str) -> dict[str, str]:
     """The environment the first container of ``workload`` starts with: its ConfigMaps, then its
     own values and Secret keys."""
@@ -378,8 +505,8 @@ def pod_environment(objects: list[Obj], workload: str) -> dict[str, str]:
     for var in c.get("env", []):
         ref = var.get("valueFrom", {}).get("secretKeyRef")
         secret = find(objects, "Secret", ref["name"]) if ref else None
-        if ref is None:
-            env[var["name"]] = var["value"]
+        if ref is None:  # $(VAR) expands to a variable defined before, as the kubelet does
+            env[var["name"]] = expand(var["value"], env)
         elif secret and ref["key"] in secret.get("stringData", {}):
             env[var["name"]] = secret["stringData"][ref["key"]]
         elif secret and ref["key"] in secret.get("data", {}):
@@ -474,9 +601,73 @@ def _cluster_ip_address(objects: list[Obj]) -> None:
 
 
 def _redis_elsewhere(objects: list[Obj]) -> None:
+    [url] = [e for e in container(objects, "gateway")["env"] if e["name"] == "REDIS_URL"]
+    url["value"] = url["value"].replace(".studyassist.", ".default.")
+
+
+def _redis_env(objects: list[Obj], workload: str) -> list[Obj]:
+    redis = find(objects, "Deployment", workload)
+    assert redis is not None
+    env: list[Obj] = spec_of(redis)["containers"][0]["env"]
+    return env
+
+
+def _redis_args(objects: list[Obj], workload: str) -> list[str]:
+    redis = find(objects, "Deployment", workload)
+    assert redis is not None
+    args: list[str] = spec_of(redis)["containers"][0]["args"]
+    return args
+
+
+def _redis_without_password(objects: list[Obj]) -> None:
+    args = _redis_args(objects, "redis-cache")
+    del args[args.index("--requirepass") : args.index("--requirepass") + 2]
+
+
+def _redis_literal_password(objects: list[Obj]) -> None:
+    args = _redis_args(objects, "redis-state")
+    args[args.index("--requirepass") + 1] = "hunter2"
+
+
+def _redis_evicts_limits(objects: list[Obj]) -> None:
+    args = _redis_args(objects, "redis-state")
+    args[args.index("--maxmemory-policy") + 1] = "allkeys-lru"
+
+
+def _redis_url_literal(objects: list[Obj]) -> None:
+    [url] = [e for e in container(objects, "chat")["env"] if e["name"] == "REDIS_URL"]
+    url["value"] = url["value"].replace("$(REDIS_PASSWORD)", "dev-only-redis-password")
+
+
+def _redis_url_in_configmap(objects: list[Obj]) -> None:
     cm = find(objects, "ConfigMap", "studyassist-config")
     assert cm is not None
-    cm["data"]["REDIS_URL"] = "redis://redis.default.svc.cluster.local:6379/0"
+    cm["data"]["REDIS_URL"] = "redis://redis-state.studyassist.svc.cluster.local:6379/0"
+
+
+def _redis_url_before_password(objects: list[Obj]) -> None:
+    env = container(objects, "embedding")["env"]
+    [url] = [e for e in env if e["name"] == "REDIS_URL"]
+    env.remove(url)
+    env.insert(0, url)
+
+
+def _chat_egress_anywhere(objects: list[Obj]) -> None:
+    policy = find(objects, "NetworkPolicy", "chat-llm")
+    assert policy is not None
+    policy["spec"]["egress"][0]["to"].append({"ipBlock": {"cidr": "0.0.0.0/0"}})
+
+
+def _chat_egress_every_namespace(objects: list[Obj]) -> None:
+    policy = find(objects, "NetworkPolicy", "chat")
+    assert policy is not None
+    policy["spec"]["egress"].append({"to": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 8000}]})
+
+
+def _llm_moved(objects: list[Obj]) -> None:
+    cm = find(objects, "ConfigMap", "studyassist-config")
+    assert cm is not None
+    cm["data"]["LLM_BASE_URL"] = "https://llm.example.edu:8443/v1"
 
 
 def _queue_metric_renamed(objects: list[Obj]) -> None:
@@ -500,7 +691,16 @@ BREAKAGES: list[tuple[Callable[[list[Obj]], None], Check, str]] = [
     (_chat_to_postgres, check_network_policies, "NetworkPolicy chat: lets ['chat'] reach postgres"),
     (_typo, check_schema, "readinesProbe"),
     (_cluster_ip_address, check_config, "EMBEDDING_ADDR is"),
-    (_redis_elsewhere, check_config, "redis.default is not where redis runs"),
+    (_redis_elsewhere, check_config, "redis-state.default is not where redis-state runs"),
+    (_redis_without_password, check_redis, "redis-cache: no --requirepass from a Secret"),
+    (_redis_literal_password, check_redis, "redis-state: no --requirepass from a Secret"),
+    (_redis_evicts_limits, check_redis, "gateway: its Redis redis-state evicts (allkeys-lru)"),
+    (_redis_url_literal, check_redis, "chat: REDIS_URL's password is not $(VAR)"),
+    (_redis_url_in_configmap, check_redis, "ConfigMap studyassist-config: REDIS_URL"),
+    (_redis_url_before_password, check_redis, "embedding: $(REDIS_PASSWORD) is defined after REDIS_URL"),
+    (_chat_egress_anywhere, check_chat_egress, "chat may reach {'ipBlock': {'cidr': '0.0.0.0/0'}}"),
+    (_chat_egress_every_namespace, check_chat_egress, "chat may reach {'namespaceSelector': {}}"),
+    (_llm_moved, check_chat_egress, "chat cannot reach its LLM llm.example.edu:8443"),
     (_queue_metric_renamed, check_autoscaling, f"HPA embedding: does not scale on {QUEUE_DEPTH_METRIC}"),
     (_embedding_on_cpu, lambda objects: check_gpu(objects, expected=True), "embedding lacks an nvidia.com/gpu limit"),
 ]
@@ -679,3 +879,44 @@ def test_import_scan_follows_lib_and_skips_lazy_imports(tmp_path: Path) -> None:
     found = third_party_imports(tmp_path)
     assert {"numpy", "grpc"} <= set(found), found  # grpc: through lib/studyassist/core/server.py
     assert not {"torch", "uvloop", "pandas", "typing"} & set(found), found
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_redis_urls_authenticate_to_redis_started_as_rendered(
+    rendered: dict[str, list[Obj]], overlay: str, tmp_path: Path
+) -> None:
+    """A real redis-server started with each instance's rendered args (its $(VAR)s expanded as
+    the kubelet does) refuses a client without the password and answers each service's REDIS_URL."""
+    objects = rendered[overlay]
+    for instance, clients in {"redis-state": ("gateway", "chat"), "redis-cache": ("embedding",)}.items():
+        env = pod_environment(objects, instance)
+        args = [expand(a, env) for a in container(objects, instance)["args"]]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen(
+            ["redis-server", *args, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            anonymous = redis.Redis(port=port)
+            for _ in range(200):  # until it listens (or has exited: the ping below then fails)
+                try:
+                    anonymous.ping()
+                except redis.AuthenticationError:  # it listens (a ConnectionError too: caught first)
+                    break
+                except redis.ConnectionError:
+                    if server.poll() is not None:
+                        break
+                    time.sleep(0.05)
+            with pytest.raises(redis.AuthenticationError):
+                anonymous.ping()
+            for service in clients:
+                url = urlparse(pod_environment(objects, service)["REDIS_URL"])
+                assert url.hostname == f"{instance}.studyassist.svc.cluster.local"
+                local = url._replace(netloc=f":{url.password}@127.0.0.1:{port}").geturl()
+                assert redis.Redis.from_url(local).ping() is True
+        finally:
+            server.terminate()
+            server.wait(10)
