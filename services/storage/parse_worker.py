@@ -95,9 +95,34 @@ def parse_markdown(path: str) -> list[Section]:
     return sections
 
 
+# pypdf's messages for its size limits on what a stream unpacks to (Flate, LZW, run-length, JBIG2,
+# images, decoding work); its other limits are on structure (page tree, outline, form fields, name
+# trees: depth and entries; arrays, dictionaries, tokens).
+_PDF_STREAM_LIMIT = re.compile(
+    r"Limit reached while decompressing|stream length|decoding exceeded|buffer size|image size|JBIG2"
+)
+
+
+def _pdf_limit(message: str, configuration: Any) -> ParseFailure:
+    """Which of pypdf's safety limits the PDF went past (without one, pypdf's error failed the parser
+    as a whole: "the parser failed")."""
+    detail = message.splitlines()[0][:200] if message else "LimitReachedError"
+    if _PDF_STREAM_LIMIT.search(message):
+        mb = int(configuration.zlib_maximum_output_length) // 1_000_000
+        return ParseFailure(
+            f"a stream in the PDF unpacks to more than the reader's limit of {mb} MB ({detail})",
+            "PDF_STREAM_LIMIT",
+            {"mb": mb},
+        )
+    return ParseFailure(
+        f"the PDF's structure is nested too deep or has too many entries for the reader ({detail})",
+        "PDF_STRUCTURE_LIMIT",
+    )
+
+
 def parse_pdf(path: str) -> list[Section]:
     import pypdf
-    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
+    from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError, PdfReadError
 
     with open(path, "rb") as f:
         f.seek(0, 2)
@@ -124,6 +149,8 @@ def parse_pdf(path: str) -> list[Section]:
         raise ParseFailure(
             "the PDF is encrypted with a password; upload an unprotected copy", "PDF_ENCRYPTED"
         ) from None
+    except LimitReachedError as exc:
+        raise _pdf_limit(str(exc), pypdf.get_configuration()) from None
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
         raise ParseFailure(
             f"the PDF is damaged and cannot be read ({type(exc).__name__}: {exc})"[:300], "PDF_DAMAGED"
