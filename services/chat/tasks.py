@@ -303,14 +303,16 @@ class TaskStore:
 
     def _local(self, task_id: str) -> Task | None:
         task = self._tasks.get(task_id)
-        if task is not None and task.done and time.monotonic() - task.finished_at > self.ttl_s:
+        # finished_at, not done: a task shows its end while its last write to Redis is under way,
+        # and is finished here (its TTL counting) only once that is over.
+        if task is not None and task.finished_at and time.monotonic() - task.finished_at > self.ttl_s:
             del self._tasks[task_id]
             return None
         return task
 
     def _make_room(self) -> None:
         while len(self._tasks) >= self.max_tasks:
-            oldest = next((k for k, t in self._tasks.items() if t.done), None)
+            oldest = next((k for k, t in self._tasks.items() if t.finished_at), None)
             if oldest is None:
                 return
             del self._tasks[oldest]

@@ -21,6 +21,8 @@ from tests.chat.conftest import chat_env, chat_stub, new_user, upload_ready
 from tests.chat.tinyllm import LlmServer, Relay
 
 NOTES = "# Heaps\n\nA binary heap keeps the smallest key at the root; insert and extract-min take O(log n).\n"
+# A question the notes answer, for the "long" agent's answers that run for many seconds.
+ESSAY = "Write a very long essay on how a binary heap keeps the smallest key at the root"
 
 
 @pytest.fixture
@@ -95,10 +97,9 @@ async def test_a_caller_that_goes_away_cancels_the_llm_request(
     chat: chat_pb2_grpc.ChatServiceAsyncStub, storage: storage_pb2_grpc.StorageServiceAsyncStub, llm_relay: Relay
 ) -> None:
     user = await new_user(storage)
+    await upload_ready(storage, user, "heaps.md", NOTES)
     asked_at = time.monotonic()
-    call = chat.StreamChat(
-        chat_pb2.ChatRequest(agent_id="long", message="Write a very long essay"), metadata=user_metadata(user)
-    )
+    call = chat.StreamChat(chat_pb2.ChatRequest(agent_id="long", message=ESSAY), metadata=user_metadata(user))
     async for event in call:
         if event.HasField("delta"):
             break
@@ -116,9 +117,8 @@ async def test_a_stopped_answer_keeps_the_question_and_the_text_so_far(
     chat: chat_pb2_grpc.ChatServiceAsyncStub, storage: storage_pb2_grpc.StorageServiceAsyncStub
 ) -> None:
     user = await new_user(storage)
-    call = chat.StreamChat(
-        chat_pb2.ChatRequest(agent_id="long", message="Write a very long essay"), metadata=user_metadata(user)
-    )
+    await upload_ready(storage, user, "heaps.md", NOTES)
+    call = chat.StreamChat(chat_pb2.ChatRequest(agent_id="long", message=ESSAY), metadata=user_metadata(user))
     session_id, streamed = "", ""
     async for event in call:
         if event.HasField("started"):
@@ -136,7 +136,7 @@ async def test_a_stopped_answer_keeps_the_question_and_the_text_so_far(
             break
         await asyncio.sleep(0.1)
     question, stopped = history.messages
-    assert question.role == storage_pb2.ROLE_USER and question.content == "Write a very long essay"
+    assert question.role == storage_pb2.ROLE_USER and question.content == ESSAY
     assert stopped.role == storage_pb2.ROLE_ASSISTANT
     assert stopped.content.startswith(streamed) and stopped.content.endswith("(Stopped.)")
     assert stopped.backend.startswith("llm:")
@@ -190,8 +190,10 @@ async def test_deadline_is_enforced_and_leaves_the_llm_in_use(
     """One caller's short deadline ends that call with DEADLINE_EXCEEDED; it says nothing about the
     LLM, which stays in use for everyone (no switch to extractive mode until the next probe)."""
     user = await new_user(storage)
+    # A question the notes answer: an abstaining answer is capped far below the "long" agent's tokens.
+    await upload_ready(storage, user, "heaps.md", NOTES)
     switched_before = llm_unavailable_logged(llm_chat_service)
-    request = chat_pb2.ChatRequest(agent_id="long", message="Write a very long essay")
+    request = chat_pb2.ChatRequest(agent_id="long", message=ESSAY)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         if streamed:
             async for _ in chat.StreamChat(request, metadata=user_metadata(user), timeout=1.5):
