@@ -84,6 +84,12 @@ def error_response(error: HttpError) -> Response:
     return json_response(error.body(), error.status, error.headers)
 
 
+# Reasons whose HTTP status says more than their gRPC code's (FAILED_PRECONDITION, 400): an upload past
+# the student's byte quota is too large for them (413); past the file-count quota it is refused (403),
+# not 429, which tells clients and proxies that waiting helps (only deleting files does).
+_REASON_STATUS = {"QUOTA_BYTES": 413, "QUOTA_FILES": 403}
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> HttpError:
     """The HTTP error for a backend's failed call; ``service`` names the backend for the user."""
     code = error.code()
@@ -93,7 +99,7 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> HttpError:
         reason = _DEFAULT_REASONS[code]
         if service:
             args = {"service": service}
-    return HttpError(code, message, reason=reason, args=args)
+    return HttpError(code, message, status=_REASON_STATUS.get(reason), reason=reason, args=args)
 
 
 def invalid(

@@ -66,6 +66,9 @@ class Settings:
     embedding_addr: str
     embedding_dim: int
     upload_max_bytes: int
+    # What one student may keep (live files): total bytes and number; an upload past either is refused.
+    user_quota_bytes: int
+    user_quota_files: int
     parse_memory_limit_mb: int
     parse_timeout_s: float
     chunk_tokens: int
@@ -115,6 +118,8 @@ class Settings:
             embedding_addr=env_peer_address(env, "embedding"),
             embedding_dim=env_int(env, "EMBEDDING_DIM", 384, minimum=1, maximum=16000),
             upload_max_bytes=env_int(env, "UPLOAD_MAX_BYTES", 50_000_000, minimum=1),
+            user_quota_bytes=env_int(env, "USER_QUOTA_BYTES", 5_000_000_000, minimum=1),
+            user_quota_files=env_int(env, "USER_QUOTA_FILES", 2000, minimum=1),
             parse_memory_limit_mb=env_int(env, "PARSE_MEMORY_LIMIT_MB", 1024, minimum=64),
             parse_timeout_s=env_float(env, "PARSE_TIMEOUT_S", 120.0, minimum=0.1),
             chunk_tokens=chunk_tokens,

@@ -20,6 +20,7 @@ from storage.readiness import DatabaseReadiness
 from storage.servicer import StorageServicer
 from storage.study import StudyServicer
 from storage.termindex import Reindexer
+from storage.uploads import Quota
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ async def build(settings: Settings, common: CommonSettings, telemetry: Telemetry
             blobs,
             ingestor,
             upload_max_bytes=settings.upload_max_bytes,
+            quota=Quota(settings.user_quota_bytes, settings.user_quota_files),
             embedding_dim=settings.embedding_dim,
             embeddings=embeddings,
             hnsw_iterative_scan=iterative_scan,

@@ -37,7 +37,7 @@ from storage.paging import newest_first, split_page
 from storage.ranking import Ranking
 from storage.termindex import SESSION_TERMS_VERSION, append_session_terms, rank_chunks, rank_messages
 from storage.textfold import fold, highlight
-from storage.uploads import receive, store
+from storage.uploads import Quota, receive, store
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         *,
         upload_max_bytes: int,
         embedding_dim: int,
+        quota: Quota | None = None,
         embeddings: EmbeddingClient | None = None,
         hnsw_iterative_scan: bool = False,
         ranking: Ranking | None = None,
@@ -178,6 +179,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         self.blobs = blobs
         self.ingestor = ingestor
         self.upload_max_bytes = upload_max_bytes
+        self.quota = quota
         self.embedding_dim = embedding_dim
         # Embeds the query of a search that came without a vector (a browser through the gateway).
         self.embeddings = embeddings
@@ -290,7 +292,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     ) -> storage_pb2.File:
         user_id = caller(context)
         received = await receive(request_iterator, self.blobs, self.upload_max_bytes)
-        stored = await store(self.db, self.blobs, user_id, received)
+        stored = await store(self.db, self.blobs, user_id, received, self.quota)
         self.ingestor.wake()
         file = await self._get_file(user_id, stored.file_id)
         file.merged = stored.merged

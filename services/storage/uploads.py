@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from studyassist.core.errors import InvalidArgument, NotFound
+from studyassist.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from studyassist.storage.v1 import storage_pb2
 
 from storage.blobs import BlobStore, TempBlob
-from storage.db import Database
+from storage.db import Connection, Database
 from storage.sniff import TextValidator, early_kind, office_kind, text_kind
 
 MAX_CHUNK_BYTES = 1024 * 1024
@@ -145,6 +145,44 @@ async def receive(requests: AsyncIterator[storage_pb2.UploadFileRequest], blobs:
 
 
 @dataclass(frozen=True, slots=True)
+class Quota:
+    """What one student may keep: live files' total bytes and their number (USER_QUOTA_*)."""
+
+    max_bytes: int
+    max_files: int
+
+
+async def _check_quota(conn: Connection, user_id: uuid.UUID, size: int, quota: Quota | None) -> None:
+    """Refuse a new live file past the student's quota (FAILED_PRECONDITION: waiting does not help,
+    deleting files does). Inside the storing transaction, after locking the user's row, so two
+    uploads at once cannot both take the last place."""
+    if quota is None:
+        return
+    await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id)
+    row = await conn.fetchrow(
+        "SELECT count(*) AS files, coalesce(sum(d.size_bytes), 0)::bigint AS used FROM uploaded_files f "
+        "JOIN documents d ON d.id = f.document_id WHERE f.user_id = $1 AND f.deleted_at IS NULL",
+        user_id,
+    )
+    assert row is not None  # (an aggregate always answers one row)
+    files: int = row["files"]
+    used: int = row["used"]
+    if files + 1 > quota.max_files:
+        raise FailedPrecondition(
+            f"you already keep {files} files, the quota of {quota.max_files}; delete some to upload more",
+            reason="QUOTA_FILES",
+            args={"limit": quota.max_files, "used": files},
+        )
+    if used + size > quota.max_bytes:
+        raise FailedPrecondition(
+            f"this file ({size} bytes) would take your files to {used + size} bytes, over your quota of "
+            f"{quota.max_bytes} bytes; delete some to upload more",
+            reason="QUOTA_BYTES",
+            args={"limit": quota.max_bytes, "limit_mb": f"{quota.max_bytes / 1_000_000:g}", "used": used, "size": size},
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Stored:
     file_id: uuid.UUID
     # The caller already had these bytes as a live file and ``file_id`` is that file: the client
@@ -152,8 +190,12 @@ class Stored:
     merged: bool = False
 
 
-async def store(db: Database, blobs: BlobStore, user_id: uuid.UUID, received: Received) -> Stored:
-    """Commit the blob and its rows; returns the live file. Same user + same bytes: no new work."""
+async def store(
+    db: Database, blobs: BlobStore, user_id: uuid.UUID, received: Received, quota: Quota | None = None
+) -> Stored:
+    """Commit the blob and its rows; returns the live file. Same user + same bytes: no new work.
+
+    A new live file must fit in ``quota`` (the same bytes merged into a live file take nothing more)."""
     try:
         async with db.connection() as conn:
             for _ in range(3):  # a concurrent upload of the same bytes can win a race; look again
@@ -162,6 +204,7 @@ async def store(db: Database, blobs: BlobStore, user_id: uuid.UUID, received: Re
                         "SELECT id FROM documents WHERE user_id = $1 AND sha256 = $2", user_id, received.sha256
                     )
                     if existing is None:
+                        await _check_quota(conn, user_id, received.size, quota)
                         document_id = uuid.uuid4()
                         blob_name = f"{document_id.hex[:2]}/{document_id.hex}"
                         inserted = await conn.fetchval(
@@ -198,6 +241,7 @@ async def store(db: Database, blobs: BlobStore, user_id: uuid.UUID, received: Re
                     )
                     if live is not None:
                         return Stored(uuid.UUID(str(live)), merged=True)
+                    await _check_quota(conn, user_id, received.size, quota)
                     file_id = uuid.uuid4()
                     inserted = await conn.fetchval(
                         "INSERT INTO uploaded_files (id, user_id, document_id, file_name) VALUES ($1, $2, $3, $4) "
