@@ -20,6 +20,7 @@ from studyassist.storage.v1 import study_pb2, study_pb2_grpc
 
 from storage.db import Connection, Database
 from storage.ids import caller, decode_token, encode_token, page_size, parse_id
+from storage.quiz import QuizMethods
 
 MAX_CARDS = 500
 CHOICES = 4
@@ -128,7 +129,7 @@ def _validate_card(card: study_pb2.NewCard, n: int) -> None:
     _text(card.source.quote, f"cards[{n}].source.quote", MAX_QUOTE_CHARS)
 
 
-class StudyServicer(study_pb2_grpc.StudyServiceServicer):
+class StudyServicer(QuizMethods, study_pb2_grpc.StudyServiceServicer):
     def __init__(self, db: Database, scheduler: fsrs.Scheduler | None = None) -> None:
         self.db = db
         self.scheduler = scheduler or fsrs.Scheduler()
