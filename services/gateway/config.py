@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import secrets
-import zlib
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,26 +19,13 @@ from studyassist.core.config import (
     env_service_port,
     env_str,
 )
+from studyassist.core.secrets import MIN_SECRET_BYTES, check_production_key, require_key_length
 
 from gateway.backoff import BackoffSettings
 
 DEFAULT_WEB_DIST = Path(__file__).resolve().parent / "web" / "dist"
 # Same shape as the addresses accepted at registration (gateway.auth.EMAIL_RE).
 EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}")
-# HS256 keys shorter than the hash output weaken the MAC; refuse them.
-MIN_SECRET_BYTES = 32
-# The example JWT secrets committed in deploy/ (the prod overlay's secrets.env.example, the dev
-# overlay's Secret): anyone can read them, so production refuses them (tests/security checks that
-# every JWT_SECRET in deploy/ is listed here).
-EXAMPLE_SECRETS = frozenset(
-    {
-        "replace-with-output-of-openssl-rand-hex-32",
-        "dev-only-not-a-secret-change-me-0123456789abcdef",
-    }
-)
-# Production's least estimated entropy of JWT_SECRET: `openssl rand -hex 32` gives ~256 bits by this
-# estimate, a repeated or dictionary-like phrase far less.
-MIN_SECRET_ENTROPY_BITS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,36 +143,12 @@ class Settings:
         )
 
 
-def secret_entropy_bits(secret: str) -> float:
-    """An upper estimate of the secret's entropy: the smaller of its length times the Shannon
-    entropy of its characters' frequencies (small alphabets score low: 64 "a"s 0 bits, "abab..." 1
-    bit a character) and the size of its zlib compression (repetition scores low: "0123456789" four
-    times). A random key scores about its true entropy by both."""
-    if not secret:
-        return 0.0
-    counts = Counter(secret)
-    per_char = -sum(n / len(secret) * math.log2(n / len(secret)) for n in counts.values())
-    # zlib's header and checksum are 6 bytes of any compression.
-    compressed = 8.0 * max(0, len(zlib.compress(secret.encode(), 9)) - 6)
-    return min(per_char * len(secret), compressed)
-
-
 def resolve_jwt_secret(settings: Settings, common: CommonSettings) -> str:
     """The signing secret: JWT_SECRET; in development a generated one kept in DATA_DIR/jwt_secret."""
     if settings.jwt_secret:
-        if len(settings.jwt_secret.encode()) < MIN_SECRET_BYTES:
-            raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
-        if common.production:
-            if settings.jwt_secret in EXAMPLE_SECRETS:
-                raise ConfigError(
-                    "JWT_SECRET is an example value committed in deploy/; set a random one (openssl rand -hex 32)"
-                )
-            bits = secret_entropy_bits(settings.jwt_secret)
-            if bits < MIN_SECRET_ENTROPY_BITS:
-                raise ConfigError(
-                    f"JWT_SECRET looks guessable (about {bits:.0f} bits, at least {MIN_SECRET_ENTROPY_BITS} "
-                    "needed); set a random one (openssl rand -hex 32)"
-                )
+        require_key_length("JWT_SECRET", settings.jwt_secret)
+        if common.production:  # neither a placeholder committed in deploy/ nor a guessable key
+            check_production_key("JWT_SECRET", settings.jwt_secret)
         return settings.jwt_secret
     if common.production:
         raise ConfigError("JWT_SECRET is required when ENVIRONMENT=production")

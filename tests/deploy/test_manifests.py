@@ -520,6 +520,11 @@ def test_services_accept_their_settings(rendered: dict[str, list[Obj]], overlay:
     """Each service's own settings parser takes the environment the manifests give its pods (a
     misspelt choice such as EMBEDDING_DTYPE=float16 would stop the pod at start)."""
     env = pod_environment(rendered[overlay], service)
+    if overlay == "prod" and "REDIS_URL" in env:  # the example REDIS_PASSWORD, expanded into it: refused
+        with pytest.raises(ConfigError, match="example value"):
+            CommonSettings.from_env(env)
+        password = "af9ca5edfce2be46cfe065499c1b02888db424bde60212f94441735513e4a8c2"  # as from openssl rand -hex 32
+        env["REDIS_URL"] = env["REDIS_URL"].replace(env["REDIS_PASSWORD"], password)
     common = CommonSettings.from_env(env)
     module = importlib.import_module(f"{service}.config")
     settings = module.Settings.from_env(env)
@@ -552,7 +557,8 @@ def test_every_service_verifies_callers_with_one_mesh_key(rendered: dict[str, li
     if common.production:  # the rendered prod Secret holds the example: refused, a real one taken
         with pytest.raises(ConfigError, match="example value"):
             resolve_mesh_key(env, common)
-        assert resolve_mesh_key({**env, "MESH_KEY": "f" * 8 + "0123456789abcdef" * 4}, common)
+        real = "3b8f0e6a91c2d74e5f08a1b3c6d9e2f47a0b5c8d1e4f7a2b6c9d0e3f5a8b1c4d"  # as from openssl rand -hex 32
+        assert resolve_mesh_key({**env, "MESH_KEY": real}, common) == real.encode()
     else:
         assert resolve_mesh_key(env, common) == keys["storage"].encode()
 

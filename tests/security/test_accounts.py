@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import os
 import random
-import re
 import secrets
 import subprocess
 import sys
@@ -30,18 +29,19 @@ import grpc
 import httpx
 import jwt
 import pytest
-from gateway.config import EXAMPLE_SECRETS, Settings, resolve_jwt_secret, secret_entropy_bits
+from gateway.config import Settings, resolve_jwt_secret
 from storage.config import Settings as StorageSettings
 from storage.server import build
 from studyassist.core.channels import create_channel, user_metadata
 from studyassist.core.config import CommonSettings, ConfigError
+from studyassist.core.secrets import entropy_bits
 from studyassist.core.telemetry import setup_telemetry
 from studyassist.core.testing import serving
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from tests.gateway.conftest import bearer, serve_gateway
+from tests.security.test_production_secrets import committed_examples
 
-ROOT = Path(__file__).resolve().parents[2]
 DEAD_ADDR = "127.0.0.1:9"
 PASSWORD = "mật khẩu đúng"
 
@@ -352,19 +352,10 @@ async def test_admin_rights_are_granted_by_an_operator_never_claimed_by_register
         assert config.json()["is_admin"] is True
 
 
-def _committed_example_secrets() -> set[str]:
-    """Every JWT_SECRET value written in deploy/ (examples, the dev overlay)."""
-    found: set[str] = set()
-    for path in (ROOT / "deploy").rglob("*"):
-        if path.is_file() and path.suffix in {".yaml", ".yml", ".example", ".env"}:
-            for match in re.finditer(r"JWT_SECRET\s*[:=]\s*['\"]?([^\s'\"{}]+)", path.read_text()):
-                found.add(match.group(1))
-    return found
-
-
 def test_production_refuses_the_example_and_guessable_jwt_secrets(tmp_path: Path) -> None:
-    examples = _committed_example_secrets()
-    assert len(examples) >= 2 and examples <= EXAMPLE_SECRETS, examples
+    # That each is on the refused list: test_production_secrets.py.
+    examples = committed_examples("JWT_SECRET")
+    assert len(examples) >= 2, examples
     production = CommonSettings.from_env({"ENVIRONMENT": "production", "DATA_DIR": str(tmp_path)})
     development = CommonSettings.from_env({"DATA_DIR": str(tmp_path)})
 
@@ -376,7 +367,7 @@ def test_production_refuses_the_example_and_guessable_jwt_secrets(tmp_path: Path
             resolve(secret, production)
         assert resolve(secret, development) == secret  # the dev overlay keeps working
     for guessable in ("a" * 64, "ab" * 32, "password" * 5, "0123456789" * 4):
-        assert secret_entropy_bits(guessable) < 128
+        assert entropy_bits(guessable) < 128
         with pytest.raises(ConfigError, match="guessable"):
             resolve(guessable, production)
     for good in (secrets.token_hex(32), secrets.token_urlsafe(48)):

@@ -134,7 +134,7 @@ class CommonSettings:
     @classmethod
     def from_env(cls, env: Environ | None = None) -> CommonSettings:
         env = os.environ if env is None else env
-        return cls(
+        settings = cls(
             environment=env_choice(env, "ENVIRONMENT", "development", ("development", "production")),
             log_level=env_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             bind_host=env_str(env, "BIND_HOST", "127.0.0.1"),
@@ -146,3 +146,9 @@ class CommonSettings:
             metric_export_interval_s=env_int(env, "OTEL_METRIC_EXPORT_INTERVAL", 10_000, minimum=10) / 1000,
             span_export_delay_s=env_int(env, "OTEL_BSP_SCHEDULE_DELAY", 1000, minimum=10) / 1000,
         )
+        if settings.production and settings.redis_url:
+            # Imported here: studyassist.core.secrets imports ConfigError from this module.
+            from studyassist.core.secrets import check_production_redis_url
+
+            check_production_redis_url(settings.redis_url)
+        return settings

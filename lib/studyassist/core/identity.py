@@ -30,6 +30,7 @@ import jwt
 
 from studyassist.core.config import CommonSettings, ConfigError, Environ, env_float
 from studyassist.core.errors import PermissionDenied, Unauthenticated
+from studyassist.core.secrets import MIN_SECRET_BYTES, check_production_key, require_key_length
 
 MESH_ASSERTION_HEADER = "x-mesh-assertion"
 # What user_metadata() puts in a call's metadata: a request to the channel to mint an assertion for
@@ -38,16 +39,10 @@ USER_ID_HEADER = "x-user-id"
 SERVICE_PREFIX = "service:"
 GATEWAY = "gateway"
 ALGORITHM = "HS256"
-MIN_KEY_BYTES = 32
 DEFAULT_TTL_S = 60.0
 # Clocks of two pods may differ by a little; an assertion lives a minute, so a few seconds is safe.
 LEEWAY_S = 5.0
 KEY_FILE = "mesh_key"
-# The placeholders committed in deploy/k8s (the dev overlay's Secret, the prod secrets.env example):
-# production refuses them, as it refuses the example JWT secrets.
-EXAMPLE_KEYS = frozenset(
-    {"dev-only-mesh-key-not-a-secret-change-me-0123456789", "replace-with-another-output-of-openssl-rand-hex-32"}
-)
 # Methods no caller identity is asked for: probes and load balancers, the gateway's route discovery,
 # and telemetry (the OpenTelemetry SDK's exporters and a real Collector send none; they only push).
 EXEMPT_PREFIXES = ("/grpc.health.", "/grpc.reflection.", "/opentelemetry.proto.collector.")
@@ -128,12 +123,9 @@ def resolve_mesh_key(env: Environ, common: CommonSettings) -> bytes:
     that runs with the same DATA_DIR, as ``make run`` does); production refuses to start without one."""
     configured = env.get("MESH_KEY", "").strip()
     if configured:
-        if len(configured.encode()) < MIN_KEY_BYTES:
-            raise ConfigError(f"MESH_KEY must be at least {MIN_KEY_BYTES} bytes")
-        if common.production and configured in EXAMPLE_KEYS:
-            raise ConfigError(
-                "MESH_KEY is an example value committed in deploy/; set a random one (openssl rand -hex 32)"
-            )
+        require_key_length("MESH_KEY", configured)
+        if common.production:  # neither a placeholder committed in deploy/ nor a guessable key
+            check_production_key("MESH_KEY", configured)
         return configured.encode()
     if common.production:
         raise ConfigError("MESH_KEY is required when ENVIRONMENT=production")
@@ -150,7 +142,7 @@ def _read_or_create(path: Path) -> bytes:
     for _ in range(50):
         if path.exists():
             key = path.read_text().strip()
-            if len(key.encode()) >= MIN_KEY_BYTES:
+            if len(key.encode()) >= MIN_SECRET_BYTES:
                 return key.encode()
             time.sleep(0.02)
             continue
@@ -163,7 +155,7 @@ def _read_or_create(path: Path) -> bytes:
         with os.fdopen(fd, "w") as handle:
             handle.write(key)
         return key.encode()
-    raise OSError(f"{path} holds no usable key (shorter than {MIN_KEY_BYTES} bytes); delete it")
+    raise OSError(f"{path} holds no usable key (shorter than {MIN_SECRET_BYTES} bytes); delete it")
 
 
 def assertion_ttl(env: Environ) -> float:
