@@ -32,6 +32,7 @@ from typing import Any
 
 import grpc
 from redis.asyncio import Redis
+from studyassist.core.backoff import exponential_delay
 from studyassist.core.cache import REDIS_ERRORS, RedisBackoff
 
 from gateway.responses import HttpError
@@ -82,8 +83,8 @@ class BackoffSettings:
 
 
 def delay(attempts: int, free: int, cap: float) -> float:
-    """Seconds the next attempt waits after ``attempts`` counted ones."""
-    return 0.0 if attempts < free else min(cap, BASE_S * 2.0 ** (attempts - free))
+    """Seconds the next attempt waits after ``attempts`` counted ones (as _ADMIT_LUA computes it)."""
+    return 0.0 if attempts < free else exponential_delay(attempts - free, BASE_S, cap)
 
 
 class LocalCounters:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from studyassist.core.backoff import exponential_delay
 from studyassist.core.children import dying_with_this_process
 
 log = logging.getLogger("launcher")
@@ -62,8 +63,7 @@ class Backoff:
         """The delay after the ``failures``-th failure in a row (1 for the first)."""
         if failures < 1:
             raise ValueError(f"failures must be at least 1, not {failures}")
-        # The exponent is bounded so that a child failing for days does not overflow the float.
-        return min(self.cap_s, self.first_s * self.factor ** min(failures - 1, 64))
+        return exponential_delay(failures - 1, self.first_s, self.cap_s, self.factor)
 
 
 def describe_exit(returncode: int) -> str:
