@@ -6,6 +6,7 @@ import { useApp } from './context';
 import { useI18n } from './i18n';
 import { ChatPage } from './pages/ChatPage';
 import { DocumentsPage } from './pages/DocumentsPage';
+import { QuizPage } from './pages/QuizPage';
 import { StudyPage } from './pages/StudyPage';
 import { useDueCount } from './lib/dueCount';
 import { chatHref, navigate, useRoute } from './router';
@@ -68,8 +69,8 @@ export default function Shell({ onLogout }: { onLogout: () => void }) {
               visible text stays the start of the link's name). */}
           <a
             href="#/study"
-            className={route.page === 'study' ? 'active' : ''}
-            aria-current={route.page === 'study' ? 'page' : undefined}
+            className={route.page === 'study' || route.page === 'quiz' ? 'active' : ''}
+            aria-current={route.page === 'study' || route.page === 'quiz' ? 'page' : undefined}
             data-testid="nav-study"
           >
             {t('nav.study')}
@@ -101,6 +102,7 @@ export default function Shell({ onLogout }: { onLogout: () => void }) {
             {route.page === 'chat' && <ChatPage sessionId={route.sessionId} focusMessageId={route.focusMessageId} />}
             {route.page === 'documents' && <DocumentsPage />}
             {route.page === 'study' && <StudyPage view={route.studyView ?? 'decks'} deckId={route.deckId ?? ''} />}
+            {route.page === 'quiz' && <QuizPage quizId={route.quizId ?? ''} deckId={route.deckId ?? ''} />}
             {route.page === 'viewer' && (
               <Suspense fallback={<p className="muted pad">{t('common.loading')}</p>}>
                 <ViewerPage fileId={route.fileId ?? ''} chunkId={route.chunkId ?? ''} pageNumber={route.pageNumber ?? 0} />

@@ -2,7 +2,7 @@ import { useEffect, useState } from 'react';
 
 // Hash routes ("#/chat/<id>?m=<message>"): the gateway serves one index.html, no server-side routes needed.
 export interface Route {
-  page: 'chat' | 'documents' | 'dashboard' | 'viewer' | 'study';
+  page: 'chat' | 'documents' | 'dashboard' | 'viewer' | 'study' | 'quiz';
   sessionId: string;
   focusMessageId: string;
   /** The source viewer's file, cited chunk and page ("#/view/<file>?chunk=<id>&page=<n>"). */
@@ -11,8 +11,11 @@ export interface Route {
   pageNumber?: number;
   /** The Study page's screen: its decks, or the review of due cards ("#/study/review?deck=<id>"). */
   studyView?: 'decks' | 'review';
-  /** The review's deck; empty: every deck's due cards. */
+  /** The review's deck; empty: every deck's due cards. The quiz page's deck too. */
   deckId?: string;
+  /** The quiz page: a new quiz of `deckId` ("#/quiz?deck=<id>"), one result ("#/quiz/<id>"), or
+   * every past result ("#/quiz"). */
+  quizId?: string;
 }
 
 export function parseHash(hash: string): Route {
@@ -31,6 +34,7 @@ export function parseHash(hash: string): Route {
     const review = parts[1] === 'review';
     return { page: 'study', sessionId: '', focusMessageId: '', studyView: review ? 'review' : 'decks', deckId: review ? (params.get('deck') ?? '') : '' };
   }
+  if (parts[0] === 'quiz') return { page: 'quiz', sessionId: '', focusMessageId: '', quizId: parts[1] ?? '', deckId: params.get('deck') ?? '' };
   if (parts[0] === 'view' && parts[1]) {
     const pageNumber = Number(params.get('page') ?? 0);
     return {
@@ -61,6 +65,15 @@ export function viewerHref(fileId: string, chunkId = '', page = 0): string {
 export function studyHref(review = false, deckId = ''): string {
   if (!review) return '#/study';
   return deckId ? `#/study/review?deck=${encodeURIComponent(deckId)}` : '#/study/review';
+}
+
+/** A new quiz of the deck, or (no deck) the list of past results. */
+export function quizHref(deckId = ''): string {
+  return deckId ? `#/quiz?deck=${encodeURIComponent(deckId)}` : '#/quiz';
+}
+
+export function quizResultHref(quizId: string): string {
+  return `#/quiz/${encodeURIComponent(quizId)}`;
 }
 
 export function navigate(href: string, replace = false): void {

@@ -256,3 +256,50 @@ export interface DueCards {
   cards?: StudyCard[];
   due_count?: number;
 }
+
+/** POST /v1/decks/{deck}/quizzes: the questions, without their answers (storage scores the submit). */
+export interface QuizQuestion {
+  position?: number;
+  card_id?: string;
+  front?: string;
+  choices?: string[];
+}
+
+export interface Quiz {
+  quiz_id: string;
+  deck_id?: string;
+  deck_title?: string;
+  questions?: QuizQuestion[];
+  time_limit_s?: number;
+  started_at?: string;
+  deadline?: string;
+}
+
+export interface QuizResultQuestion {
+  position?: number;
+  card_id?: string;
+  front?: string;
+  choices?: string[];
+  /** Index into choices; -1: unanswered (or answered after the time limit). */
+  chosen?: number;
+  answer?: number;
+  correct?: boolean;
+  source?: CardSource;
+}
+
+export interface QuizResult {
+  quiz_id: string;
+  deck_id?: string;
+  deck_title?: string;
+  question_count?: number;
+  correct?: number;
+  wrong?: number;
+  unanswered?: number;
+  time_limit_s?: number;
+  /** int64: a string in proto3 JSON. */
+  time_taken_ms?: string | number;
+  late?: boolean;
+  started_at?: string;
+  submitted_at?: string;
+  questions?: QuizResultQuestion[];
+}

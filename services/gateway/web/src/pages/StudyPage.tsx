@@ -22,7 +22,7 @@ import {
   typingInto,
   type Rating,
 } from '../lib/study';
-import { studyHref } from '../router';
+import { quizHref, studyHref } from '../router';
 
 // How many due cards one request brings; the queue is asked again after every review.
 const QUEUE_SIZE = 50;
@@ -127,6 +127,12 @@ function DecksScreen() {
                 {(deck.due_count ?? 0) > 0 && (
                   <a className="button primary" href={studyHref(true, deck.deck_id)} data-testid="review-deck">
                     {t('study.reviewDeck')}
+                    <span className="visually-hidden">: {title}</span>
+                  </a>
+                )}
+                {deck.kind === 'CARD_KIND_MULTIPLE_CHOICE' && (
+                  <a className="button" href={quizHref(deck.deck_id)} data-testid="quiz-deck">
+                    {t('quiz.take')}
                     <span className="visually-hidden">: {title}</span>
                   </a>
                 )}
