@@ -232,8 +232,12 @@ class QuizMethods:
         after = decode_token(request.page_token, 2)
         if after is not None:
             try:
+                if not all(isinstance(v, str) for v in after):
+                    raise ValueError(after)
                 after_at, after_id = datetime.fromisoformat(after[0]), uuid.UUID(after[1])
-            except (TypeError, ValueError):
+                if after_at.tzinfo is None:
+                    raise ValueError(after)  # compared with timestamptz: a naive one would be taken as UTC
+            except ValueError:
                 raise InvalidArgument("page_token is not valid") from None
         async with self.db.connection() as conn:
             if deck_id is not None and (

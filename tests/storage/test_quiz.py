@@ -11,6 +11,7 @@ from datetime import timedelta
 import asyncpg
 import grpc
 import pytest
+from storage.ids import encode_token
 from studyassist.core.channels import create_channel, user_metadata
 from studyassist.storage.v1 import storage_pb2, study_pb2, study_pb2_grpc
 
@@ -220,5 +221,13 @@ async def test_bad_input_is_refused_and_writes_nothing(
         study_pb2.SubmitQuizRequest(quiz_id=quiz.quiz_id, answers=[answer(position=1, choice=3)]), metadata=me
     )
     assert result.unanswered == 1 and result.correct + result.wrong == 1
-    bad_token = study_pb2.ListQuizResultsRequest(page_token="bm90IGEgdG9rZW4")
-    assert await refused(study.ListQuizResults(bad_token, metadata=me)) == invalid
+    for token in ("bm90IGEgdG9rZW4", encode_token([1, 2]), encode_token(["2026-01-01", "not-an-id"])):
+        bad_token = study_pb2.ListQuizResultsRequest(page_token=token)
+        assert await refused(study.ListQuizResults(bad_token, metadata=me)) == invalid, token
+
+    # Suspended cards are never asked: with both suspended the deck has nothing to quiz on.
+    for asked in (await study.ListCards(study_pb2.ListCardsRequest(deck_id=deck.deck_id), metadata=me)).cards:
+        await study.UpdateCard(study_pb2.UpdateCardRequest(card_id=asked.card_id, suspended=True), metadata=me)
+    none_left = study_pb2.StartQuizRequest(deck_id=deck.deck_id, count=2, time_limit_s=60)
+    assert await refused(study.StartQuiz(none_left, metadata=me)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert len((await study.ListQuizResults(study_pb2.ListQuizResultsRequest(), metadata=me)).results) == 1
