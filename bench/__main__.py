@@ -54,6 +54,8 @@ BENCHMARKS = [
     Benchmark("telemetry_bench", ("--quick",)),
     Benchmark("gateway_telemetry_bench"),
     Benchmark("web_bench"),
+    # 30-page PDF, 10,000 cards: about 2 minutes.
+    Benchmark("cards_bench"),
     Benchmark("load_test", ("--measure", "30")),
 ]
 
@@ -126,6 +128,10 @@ ISSUE_METRICS = [
     Metric("sse_streams", "open SSE streams held without errors", ">= 1000", ">=", 1000),
     Metric("initial_js", "initial JavaScript (gzip)", "<= 200 KB", "<=", 200),
     Metric("telemetry_cost", "gateway throughput cost of exporting telemetry", "<= 10 %", "<=", 10),
+    Metric("cards_deck_pdf", "50-card deck from a 30-page PDF, extractive", "< 10 s", "<", 10),
+    Metric("reviews_due_p95", "GET /v1/reviews:due p95, 10,000 cards for the student", "< 50 ms", "<", 50),
+    Metric("cards_in_passage", "extractive cards whose answer is in their cited passage", ">= 90 %", ">=", 90),
+    Metric("cards_duplicates", "cards of a deck asking the same thing (all test decks)", "0", "<=", 0),
 ]
 
 
