@@ -1,6 +1,7 @@
 import { useCallback, useEffect, useRef, useState, type FormEvent } from 'react';
 import { ApiError } from '../api/errors';
 import type { CardKind, Deck, DueCards, StoredFile, StudyCard } from '../api/types';
+import { DeckCards } from '../components/DeckCards';
 import { ErrorBanner } from '../components/ErrorBanner';
 import { useApp } from '../context';
 import { useI18n } from '../i18n';
@@ -141,6 +142,7 @@ function DecksScreen() {
                   <span className="visually-hidden">: {title}</span>
                 </button>
               </div>
+              <DeckCards deck={deck} onChanged={changed} />
             </li>
           );
         })}
