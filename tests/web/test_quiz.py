@@ -106,3 +106,28 @@ def test_quiz_scored_with_the_wrong_answer_linking_to_its_passage(page: Page, tm
     expect(kept.get_by_test_id("quiz-score")).to_have_text("2/3 (67 %)")
     expect(kept.get_by_test_id("quiz-summary")).to_contain_text("2 right · 1 wrong · 0 unanswered")
     expect(kept.get_by_test_id("quiz-missed")).to_have_count(1)
+
+
+def test_the_quiz_hands_itself_in_when_the_time_is_up(page: Page, tmp_path: Path) -> None:
+    register(page)
+    upload(page, tmp_path, "ctdl-het-gio.md", DEFINITIONS)
+    page.goto("/#/study")
+    assert make_deck(page, "CARD_KIND_MULTIPLE_CHOICE", 5) >= 2
+    deck_id = page.get_by_test_id("deck-row").get_attribute("data-deck-id")
+    # The page's clock is Playwright's from here: the minute passes at once instead of being waited.
+    page.clock.install()
+    page.goto(f"/#/quiz?deck={deck_id}")
+    page.reload()
+    page.get_by_test_id("quiz-count").fill("2")
+    page.get_by_test_id("quiz-minutes").fill("1")
+    page.get_by_test_id("quiz-start").click()
+    expect(page.get_by_test_id("quiz-timer")).to_have_text(re.compile(r"^Còn lại: (1:00|0:5\d)$"))
+    page.keyboard.press("1")
+    expect(page.get_by_test_id("quiz-question")).to_have_attribute("data-position", "1")
+    with page.expect_response(lambda r: r.url.endswith(":submit")) as submitted:
+        page.clock.run_for("01:01")
+    # What was answered goes in; the unanswered question counts as such.
+    assert submitted.value.request.post_data_json == {"answers": [{"position": 0, "choice": 0}]}
+    result = page.get_by_test_id("quiz-result")
+    expect(result.get_by_test_id("quiz-summary")).to_contain_text("1 chưa trả lời")
+    expect(result.get_by_test_id("quiz-missed").last).to_contain_text("Bạn chọn: chưa trả lời")
