@@ -128,7 +128,7 @@ class QuizMethods:
                 request.count,
             )
             if not cards:
-                raise FailedPrecondition("the deck has no multiple-choice cards to quiz on")
+                raise FailedPrecondition("the deck has no multiple-choice cards to quiz on", reason="NO_QUIZ_CARDS")
             questions = []
             for position, card in enumerate(cards):
                 choices: list[str] = json.loads(card["choices"])
@@ -192,7 +192,7 @@ class QuizMethods:
             if quiz is None:
                 raise NotFound("quiz not found")
             if quiz["submitted_at"] is not None:
-                raise FailedPrecondition("the quiz was already submitted")
+                raise FailedPrecondition("the quiz was already submitted", reason="QUIZ_SUBMITTED")
             chosen = _answers(request, quiz["question_count"])
             now = datetime.now(UTC)
             late = now > quiz["deadline"] + SUBMIT_GRACE
@@ -276,7 +276,7 @@ class QuizMethods:
                 raise NotFound("quiz not found")
             if quiz["submitted_at"] is None:
                 # Its answers stay hidden while it can still be answered.
-                raise FailedPrecondition("the quiz has not been submitted yet")
+                raise FailedPrecondition("the quiz has not been submitted yet", reason="QUIZ_OPEN")
             questions = await conn.fetch(
                 f"SELECT {QUESTION_COLUMNS} FROM quiz_questions WHERE quiz_id = $1 ORDER BY position", quiz_id
             )

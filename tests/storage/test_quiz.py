@@ -13,6 +13,7 @@ import grpc
 import pytest
 from storage.ids import encode_token
 from studyassist.core.channels import create_channel, user_metadata
+from studyassist.core.errors import reason_from_metadata
 from studyassist.storage.v1 import storage_pb2, study_pb2, study_pb2_grpc
 
 from tests.storage.conftest import StorageClient
@@ -92,7 +93,11 @@ async def test_quiz_is_scored_by_the_server_and_kept(
         study_pb2.SubmitQuizRequest(quiz_id=quiz.quiz_id, answers=[study_pb2.QuizAnswer(position=2, choice=right[2])]),
         metadata=me,
     )
-    assert await refused(again) == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await again
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # The reason the web app says in the student's language (and reads the kept result on).
+    assert reason_from_metadata(error.value.trailing_metadata()) == ("QUIZ_SUBMITTED", {})
     kept = await study.GetQuizResult(study_pb2.GetQuizResultRequest(quiz_id=quiz.quiz_id), metadata=me)
     assert kept == result
 

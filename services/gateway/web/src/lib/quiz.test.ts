@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { reasonKey } from '../api/errors';
 import { dictionaries } from '../i18n';
 import { parseHash, quizHref, quizResultHref } from '../router';
 import { countdown, missedQuestions, quizKeyChoice, quizRequest, scoreLabel, submitBody, takenLabel } from './quiz';
@@ -78,5 +79,9 @@ describe('quiz text', () => {
     const keys = Object.keys(dictionaries.vi).filter((key) => key.startsWith('quiz.'));
     expect(keys.length).toBeGreaterThan(20);
     for (const key of keys) expect(dictionaries.en[key as keyof typeof dictionaries.en]).toBeTruthy();
+  });
+
+  it("says storage's quiz reasons in the UI's words", () => {
+    for (const reason of ['NO_QUIZ_CARDS', 'QUIZ_SUBMITTED', 'QUIZ_OPEN']) expect(reasonKey(reason)).toBe(`reason.${reason}`);
   });
 });

@@ -1,4 +1,5 @@
 import { useCallback, useEffect, useRef, useState, type FormEvent } from 'react';
+import { ApiError } from '../api/errors';
 import type { Deck, Quiz, QuizResult } from '../api/types';
 import { ErrorBanner } from '../components/ErrorBanner';
 import { useApp } from '../context';
@@ -161,6 +162,15 @@ function TakeQuiz({ quiz, onDone }: { quiz: Quiz; onDone: (result: QuizResult) =
     try {
       onDone(await client.json<QuizResult>('POST', `/v1/quizzes/${encodeURIComponent(quiz.quiz_id)}:submit`, { body: submitBody(picksRef.current) }));
     } catch (caught) {
+      if (caught instanceof ApiError && caught.reason === 'QUIZ_SUBMITTED') {
+        // A retry of a submit whose answer was lost on the way: the server scored the first one.
+        try {
+          onDone(await client.get<QuizResult>(`/v1/quizzes/${encodeURIComponent(quiz.quiz_id)}`));
+          return;
+        } catch (again) {
+          caught = again;
+        }
+      }
       // A network failure: the student may try again (the server scores one submit only).
       sent.current = false;
       setError(caught);
