@@ -31,11 +31,16 @@ MIN_SENTENCE_CHARS = 25
 MAX_SENTENCE_CHARS = 400
 # "X là Y", "X được gọi là Y", "X is a Y": a sentence that says what something is.
 _DEFINES = re.compile(
-    r"^(?P<term>[^.!?:;]{2,80}?)\s+(?:được gọi là|được định nghĩa là|được hiểu là|là|is an?|is the|are|refers to|means)"
+    # The term holds no comma: "Trong UNIX, fork() tạo tiến trình con là bản sao ..." defines no
+    # "Trong UNIX, fork() ...". "X are Y" is left out: plural sentences rarely define ("Balanced
+    # parentheses are checked with a stack").
+    r"^(?P<term>[^.!?:;,]{2,80}?)\s+(?:được gọi là|được định nghĩa là|được hiểu là|là|is an?|is the|refers to|means)"
     r"\s+(?P<rest>.{8,})$",
     re.IGNORECASE | re.DOTALL,
 )
-_CODE_HINT = re.compile(r"[;{}]|\b(?:int|void|def|return|class|public|#include)\b|==|->|\+\+")
+# A line of code, not prose: braces, a statement's closing semicolon, a keyword with its syntax. A
+# semicolon inside a sentence is prose (Vietnamese notes use it often).
+_CODE_HINT = re.compile(r"[{}]|;\s*$|\b(?:int|void|def|return|class|public)\b.*[;({:]|#include|==|->|\+\+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +162,15 @@ def _quotes(passages: Sequence[Passage], language: str, count: int) -> list[str]
     return lines
 
 
-def _summary(passages: Sequence[Passage], language: str, sentences_wanted: int = 5) -> list[str]:
+def _summary(passages: Sequence[Passage], question: str, language: str, sentences_wanted: int = 5) -> list[str]:
     sentences = sentences_of(passages)
     if not sentences:
         return [_TEXT[language]["quotes"], "", *_quotes(passages, language, 3)]
-    scores = textrank(sentences)
+    # Central sentences (TextRank), those about the student's question first among equals: a cited
+    # passage that is long but less on topic must not fill the summary.
+    asked = content_words(question)
+    ranks = textrank(sentences)
+    scores = [rank * (1 + 2 * _relevance(s, asked)) for rank, s in zip(ranks, sentences, strict=True)]
     best = sorted(range(len(sentences)), key=lambda i: -scores[i])[:sentences_wanted]
     chosen = sorted(best, key=lambda i: (sentences[i].passage.index, sentences[i].position))
     return [_TEXT[language]["summary"], "", *(f"- {sentences[i].text} {sentences[i].cite}" for i in chosen)]
@@ -260,7 +269,7 @@ def extractive_answer(style: str, passages: Sequence[Passage], question: str, la
     """The agent's answer from ``passages`` (not empty) without an LLM."""
     notice = _TEXT[language]["notice"]
     if style == "summary":
-        body = _summary(passages, language)
+        body = _summary(passages, question, language)
     elif style == "definition":
         body = _definition(passages, question, language)
     elif style == "questions":
