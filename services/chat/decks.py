@@ -1,7 +1,8 @@
 """DeckService: a deck of cards generated from the caller's passages, stored through storage.
 
-Generation lives in chat, beside retrieval (and the LLM, for the generator that will use it): the
-passages come from storage's ListFileChunks, the cards from :mod:`chat.cards`, and storage's
+Generation lives in chat, beside retrieval and the LLM: the passages come from storage's
+ListFileChunks, the cards from the LLM when it is up (:mod:`chat.llmcards`, held to the same checks)
+and from :mod:`chat.cards` for the rest (all of them without an LLM), and storage's
 StudyService.StoreDeck keeps the deck and its cards in one transaction, checking again that every
 cited passage is the caller's. Every other study call (decks, cards, reviews) is storage's own.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections import Counter
 
 import grpc
 from studyassist.chat.v1 import decks_pb2, decks_pb2_grpc
@@ -17,7 +19,9 @@ from studyassist.core.channels import caller_user_id, user_metadata
 from studyassist.core.errors import FailedPrecondition, InvalidArgument, NotFound, StudyAssistError, Unavailable
 from studyassist.storage.v1 import storage_pb2, storage_pb2_grpc, study_pb2, study_pb2_grpc
 
-from chat.cards import FLASHCARD, SourceChunk, generate
+from chat.cards import FLASHCARD, CardDraft, SourceChunk, generate
+from chat.llm import LlmBackend
+from chat.llmcards import DUPLICATE, combine, write_cards
 
 MAX_SIZE = 500
 MAX_FILES = 100
@@ -26,6 +30,10 @@ KINDS = (study_pb2.CARD_KIND_FLASHCARD, study_pb2.CARD_KIND_CLOZE, study_pb2.CAR
 MAX_CHUNKS = 5_000
 PAGE = 200
 STORAGE_TIMEOUT_S = 20.0
+# The LLM's share of a deck request, in all: past it, the extractive generator writes the rest.
+LLM_BUDGET_S = 60.0
+# Kept of the caller's deadline for generating the rest and storing the deck.
+STORE_RESERVE_S = 10.0
 
 
 def _error(exc: grpc.aio.AioRpcError, what: str) -> StudyAssistError:
@@ -41,10 +49,17 @@ def _error(exc: grpc.aio.AioRpcError, what: str) -> StudyAssistError:
 
 class DeckServicer(decks_pb2_grpc.DeckServiceServicer):
     def __init__(
-        self, storage: storage_pb2_grpc.StorageServiceAsyncStub, study: study_pb2_grpc.StudyServiceAsyncStub
+        self,
+        storage: storage_pb2_grpc.StorageServiceAsyncStub,
+        study: study_pb2_grpc.StudyServiceAsyncStub,
+        llm: LlmBackend | None = None,
+        *,
+        llm_budget_s: float = LLM_BUDGET_S,
     ) -> None:
         self.storage = storage
         self.study = study
+        self.llm = llm
+        self.llm_budget_s = llm_budget_s
 
     async def _ready_files(self, file_ids: list[str], metadata: tuple[tuple[str, str], ...]) -> list[storage_pb2.File]:
         if file_ids:
@@ -111,7 +126,18 @@ class DeckServicer(decks_pb2_grpc.DeckServiceServicer):
         # Off the event loop: a large deck's generation takes a second or so of CPU.
         seed = zlib.crc32(f"{user_id}:{','.join(f.file_id for f in files)}".encode())
         made = await asyncio.to_thread(generate, chunks, kind, request.size, seed=seed)
-        if not made.cards:
+        llm_cards: list[CardDraft] = []
+        llm_dropped: Counter[str] = Counter()
+        if self.llm is not None and self.llm.available:
+            remaining = context.time_remaining()
+            budget = self.llm_budget_s if remaining is None else min(self.llm_budget_s, remaining - STORE_RESERVE_S)
+            if budget > 0:
+                written = await write_cards(self.llm, chunks, kind, request.size, budget)
+                llm_cards, llm_dropped = written.cards, written.dropped
+        combined = combine(llm_cards, made.cards, request.size, chunks)
+        if combined.llm_duplicates:
+            llm_dropped[DUPLICATE] += combined.llm_duplicates
+        if not combined.cards:
             raise FailedPrecondition("the material yields no cards of this kind", reason="NO_CARDS")
         title = request.title.strip() or ", ".join(f.file_name for f in files[:3]) + ("…" if len(files) > 3 else "")
         try:
@@ -120,7 +146,7 @@ class DeckServicer(decks_pb2_grpc.DeckServiceServicer):
                     title=title[:200],
                     kind=kind,
                     file_ids=[f.file_id for f in files],
-                    dropped=made.dropped,
+                    dropped=made.dropped + llm_dropped.total(),
                     cards=[
                         study_pb2.NewCard(
                             kind=card.kind,
@@ -136,7 +162,7 @@ class DeckServicer(decks_pb2_grpc.DeckServiceServicer):
                                 quote=card.source.text,
                             ),
                         )
-                        for card in made.cards
+                        for card in combined.cards
                     ],
                 ),
                 metadata=metadata,
@@ -144,4 +170,7 @@ class DeckServicer(decks_pb2_grpc.DeckServiceServicer):
             )
         except grpc.aio.AioRpcError as exc:
             raise _error(exc, "storing the deck") from None
+        deck.llm_cards = combined.from_llm
+        deck.extractive_cards = combined.from_extractive
+        deck.llm_dropped.update(llm_dropped)
         return deck

@@ -182,6 +182,7 @@ async def _build(
                 DeckServicer(
                     storage_pb2_grpc.StorageServiceStub(storage_channel),
                     study_pb2_grpc.StudyServiceStub(storage_channel),
+                    llm,
                 ),
                 decks_pb2_grpc.add_DeckServiceServicer_to_server,
             ),
