@@ -45,10 +45,17 @@ async def test_sigterm_closes_streams_refuses_new_requests_then_exits(tmp_path: 
                 while not lines or not lines[-1].startswith("data: "):  # until the watch flows
                     lines.append(await anext(received))
                 gateway.process.send_signal(signal.SIGTERM)
+                # The signal reaches the process's loop a moment later (more on a loaded machine):
+                # the drain has begun once readiness fails.
+                ready = await client.get("/readyz")
+                for _ in range(100):
+                    if ready.status_code == 503:
+                        break
+                    await asyncio.sleep(0.02)
+                    ready = await client.get("/readyz")
 
                 # While draining: new requests are told to come back, readiness fails, liveness holds.
                 refused = await client.get("/v1/sessions", headers=headers)
-                ready = await client.get("/readyz")
                 alive = await client.get("/healthz")
 
                 lines += [line async for line in received]  # ends by itself after the closing event
