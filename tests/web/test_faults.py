@@ -9,6 +9,7 @@ embedding), so the other browser tests keep their healthy mesh.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -216,8 +217,11 @@ def test_two_tabs_refresh_the_expired_token_once(
         for page in (first, second):
             expect(page.get_by_test_id("logout")).to_be_visible()
             expect(page.locator("form.auth-card")).to_have_count(0)
-        # One refresh for both tabs: the single-use refresh token was spent once.
-        assert len(refreshes) == 1, [r.url for r in refreshes]
+        # The tabs shared one refresh: no single-use refresh token was sent twice (the bug: both tabs
+        # spent the same one and logged each other out). On a loaded machine the 10 s token may
+        # expire again before both tabs are done, and a later refresh spends the newer token.
+        spent = [json.loads(r.post_data or "{}").get("refresh_token") for r in refreshes]
+        assert spent and all(spent) and len(set(spent)) == len(spent), [r.url for r in refreshes]
         # And both keep working with the shared tokens.
         for page in (first, second):
             page.goto("/#/documents")
