@@ -316,8 +316,20 @@ def _candidates(kind: study_pb2.CardKind, documents: dict[str, _Document], rng: 
     return [sorted(per_chunk[chunk_id], key=lambda d: -d.score) for chunk_id in order if per_chunk[chunk_id]]
 
 
-def _question_key(draft: CardDraft) -> str:
+def question_key(draft: CardDraft) -> str:
     return normalise(draft.front.replace(BLANK, " "))
+
+
+def asked_keys(draft: CardDraft) -> set[str]:
+    """What a card asks, for telling repeats apart: its question, and the term it defines (overlapping
+    passages repeat sentences, and a term may be defined twice)."""
+    return {question_key(draft), draft.topic or question_key(draft)}
+
+
+def in_document_order(cards: list[CardDraft], chunks: Sequence[SourceChunk]) -> None:
+    """Sort ``cards`` in place by where their passage stands in ``chunks``."""
+    position = {chunk.chunk_id: n for n, chunk in enumerate(chunks)}
+    cards.sort(key=lambda d: position.get(d.source.chunk_id, 0))
 
 
 def generate(chunks: Sequence[SourceChunk], kind: study_pb2.CardKind, size: int, *, seed: int = 0) -> Generated:
@@ -328,7 +340,6 @@ def generate(chunks: Sequence[SourceChunk], kind: study_pb2.CardKind, size: int,
     per_chunk = _candidates(kind, _collect(chunks), rng)
     result = Generated(cards=[], candidates=sum(len(c) for c in per_chunk))
     asked: set[str] = set()
-    position = {chunk.chunk_id: n for n, chunk in enumerate(chunks)}
     depth = 0
     while len(result.cards) < size and any(depth < len(c) for c in per_chunk):
         for candidates in per_chunk:
@@ -338,8 +349,7 @@ def generate(chunks: Sequence[SourceChunk], kind: study_pb2.CardKind, size: int,
             if not supported(draft.back, draft.source.text):
                 result.unsupported += 1
                 continue
-            # Overlapping passages repeat sentences, and a term may be defined twice: asked once.
-            keys = {_question_key(draft), draft.topic or _question_key(draft)}
+            keys = asked_keys(draft)
             if keys & asked:
                 result.duplicates += 1
                 continue
@@ -347,5 +357,5 @@ def generate(chunks: Sequence[SourceChunk], kind: study_pb2.CardKind, size: int,
             result.cards.append(draft)
         depth += 1
     # Left-over candidates beyond `size` are not "dropped": only the rejected ones are.
-    result.cards.sort(key=lambda d: position.get(d.source.chunk_id, 0))
+    in_document_order(result.cards, chunks)
     return result

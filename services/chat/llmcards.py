@@ -34,8 +34,10 @@ from chat.cards import (
     MULTIPLE_CHOICE,
     CardDraft,
     SourceChunk,
-    _question_key,
+    asked_keys,
+    in_document_order,
     normalise,
+    question_key,
     supported,
 )
 from chat.llm import LlmBackend, LlmUnavailable
@@ -266,7 +268,7 @@ def combine(
     cards: list[CardDraft] = []
     duplicates = 0
     for card in llm_cards:
-        key = _question_key(card)
+        key = question_key(card)
         if key in asked:
             duplicates += 1
             continue
@@ -277,11 +279,10 @@ def combine(
     for card in extractive:
         if len(cards) >= size:
             break
-        keys = {_question_key(card), card.topic or _question_key(card)}
+        keys = asked_keys(card)
         if keys & asked:
             continue  # the LLM already asks it: not a drop, just not needed
         asked |= keys
         cards.append(card)
-    position = {chunk.chunk_id: n for n, chunk in enumerate(chunks)}
-    cards.sort(key=lambda d: position.get(d.source.chunk_id, 0))
+    in_document_order(cards, chunks)
     return Combined(cards, from_llm, len(cards) - from_llm, duplicates)
